@@ -1,0 +1,37 @@
+# Two commands on a fresh machine with python3: `make up` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PORT ?=
+
+.PHONY: install up down test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/marquee up $(if $(PORT),--port $(PORT))
+
+down: $(STAMP)
+	$(BIN)/marquee down
+
+# pytest exits 5 when it collects nothing: that is a broken suite here, never a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest tests -q -x --timeout=900; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; exit $$rc
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q
+
+bench: $(STAMP)
+	$(BIN)/marquee bench ingest --json
+	$(BIN)/marquee bench features --json
+
+clean:
+	rm -rf $(VENV) .marquee .pytest_cache

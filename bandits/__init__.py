@@ -1,0 +1,1 @@
+"""bandits layer of Marquee."""
