@@ -30,33 +30,39 @@ def _load(spec: str):
     return configure, run
 
 
-def _add(subparsers, name: str, spec: str, help_text: str) -> None:
-    configure, run = _load(spec)
+def _add(subparsers, name: str, spec: str, help_text: str, chosen: bool) -> None:
+    """Register a subcommand; only the chosen one imports its module (keeps --help quick and
+    lets one command's heavy imports never slow another)."""
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    configure(parser)
-    parser.set_defaults(_run=run)
+    if chosen:
+        configure, run = _load(spec)
+        configure(parser)
+        parser.set_defaults(_run=run)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
+    command = words[0] if words else None
+    benchmark = words[1] if len(words) > 1 and command == "bench" else None
     parser = argparse.ArgumentParser(
         prog="marquee", description="Marquee: personalized homepages on a Ray cluster."
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (spec, help_text) in COMMANDS.items():
-        _add(subparsers, name, spec, help_text)
+        _add(subparsers, name, spec, help_text, chosen=name == command)
     bench = subparsers.add_parser(
         "bench", help="benchmarks (one JSON object each, baseline in the same run)",
         description="Benchmarks: each prints one JSON object and runs its baseline in the same run.",
     )
     bench_sub = bench.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for name, (spec, help_text) in BENCHMARKS.items():
-        _add(bench_sub, name, spec, help_text)
+        _add(bench_sub, name, spec, help_text, chosen=name == benchmark)
     bench.set_defaults(_run=lambda args: bench.print_help() or 2)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if getattr(args, "_run", None) is None:
         parser.print_help()

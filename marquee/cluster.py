@@ -1,0 +1,142 @@
+"""A local Ray head started for one Marquee home, and stopped without touching anyone else's.
+
+`ray stop` kills every Ray process on the machine; on a shared machine that is never acceptable.
+So the head runs as `ray start --head --block` in its own process group with its own temp dir and
+free ports, its pid and addresses are recorded in HOME/cluster.json, and stopping means signalling
+that process group only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from marquee.ports import free_port
+
+
+class ClusterError(RuntimeError):
+    """The local head could not be started or reached."""
+
+
+@dataclass
+class LocalCluster:
+    pid: int
+    gcs_address: str
+    dashboard_url: str
+    temp_dir: str
+    home: str
+
+    @property
+    def state_file(self) -> Path:
+        return Path(self.home) / "cluster.json"
+
+    def alive(self) -> bool:
+        import psutil
+
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def save(self) -> None:
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, self.state_file)
+
+    @classmethod
+    def load(cls, home: Path) -> "LocalCluster | None":
+        path = Path(home) / "cluster.json"
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+
+def _temp_dir(home: Path) -> str:
+    # Unix socket paths are limited to ~107 bytes, so keep Ray's temp dir short.
+    digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:8]
+    return f"/tmp/marquee-{digest}"
+
+
+def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60.0) -> LocalCluster:
+    """Start a Ray head for `home` (or return the running one) and wait until it accepts clients."""
+    existing = LocalCluster.load(home)
+    if existing and existing.alive():
+        return existing
+    ray_bin = Path(sys.executable).with_name("ray")
+    gcs_port, dashboard_port = free_port(), free_port()
+    temp_dir = _temp_dir(home)
+    cmd = [
+        str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
+        f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
+        f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or os.cpu_count() or 2}",
+    ]
+    home.mkdir(parents=True, exist_ok=True)
+    log = open(home / "ray-head.log", "ab")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cluster = LocalCluster(
+        pid=proc.pid, gcs_address=f"127.0.0.1:{gcs_port}",
+        dashboard_url=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir, home=str(home),
+    )
+    cluster.save()
+    _wait_for_gcs(cluster, proc, timeout_s)
+    return cluster
+
+
+def _wait_for_gcs(cluster: LocalCluster, proc: subprocess.Popen, timeout_s: float) -> None:
+    import socket
+
+    host, port = cluster.gcs_address.split(":")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(
+                f"ray start exited with code {proc.returncode}; see {cluster.home}/ray-head.log")
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.3)
+    stop_head(Path(cluster.home))
+    raise ClusterError(f"Ray head did not accept connections within {timeout_s:.0f} s")
+
+
+def stop_head(home: Path, timeout_s: float = 8.0) -> bool:
+    """Stop the head started for `home` (its process group only). Returns False if none ran."""
+    cluster = LocalCluster.load(home)
+    if cluster is None:
+        return False
+    was_alive = cluster.alive()
+    if was_alive:
+        try:
+            os.killpg(cluster.pid, signal.SIGINT)  # `ray start --block` cleans up on Ctrl-C
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout_s
+        while cluster.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if cluster.alive():
+            os.killpg(cluster.pid, signal.SIGKILL)
+    _kill_leftovers(cluster.temp_dir)
+    cluster.state_file.unlink(missing_ok=True)
+    return was_alive
+
+
+def _kill_leftovers(temp_dir: str) -> None:
+    """Ray daemons that outlived `ray start --block` still name our temp dir on their command line."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if temp_dir in cmdline and proc.pid != os.getpid():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass

@@ -1,0 +1,160 @@
+"""`marquee up` / `marquee down`: bring the whole local system up from nothing, or stop it.
+
+Up is idempotent and cached: it starts a Ray head for this home (marquee.cluster), builds the
+default world (or imports MovieLens) only if it is missing, runs the feature job only if no
+feature version exists for that dataset, then starts the stateful actors (event log, member
+state, feature store) as detached named actors and prints where to look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from marquee.config import Paths
+
+NAMESPACE = "marquee"
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="world",
+                        help="'world' (the synthetic default) or 'movielens:PATH' (either layout)")
+    parser.add_argument("--home", type=Path, default=None,
+                        help="state directory (default MARQUEE_HOME or ./.marquee)")
+    parser.add_argument("--detach", action="store_true",
+                        help="return once everything is up; stop later with `marquee down`")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="regenerate the dataset and features even if cached")
+    parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic world")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    paths = Paths(args.home) if args.home else Paths()
+    started = time.monotonic()
+    system = bring_up(paths, data=args.data, rebuild=args.rebuild, seed=args.seed)
+    system["ready_s"] = round(time.monotonic() - started, 1)
+    _print_where_to_look(system)
+    if args.detach:
+        return 0
+    print("Marquee is running. Press Ctrl-C to stop.", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    except KeyboardInterrupt:
+        pass
+    print("Stopping Marquee...", flush=True)
+    _stop(paths)
+    return 0
+
+
+def down_configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, default=None, help="state directory of the system")
+
+
+def down_cli_main(args: argparse.Namespace) -> int:
+    paths = Paths(args.home) if args.home else Paths()
+    if _stop(paths):
+        print(f"Stopped the Marquee cluster of {paths.home}.")
+    else:
+        print(f"No Marquee cluster was running for {paths.home}.")
+    return 0
+
+
+def _stop(paths: Paths) -> bool:
+    from marquee.cluster import stop_head
+
+    return stop_head(paths.home)
+
+
+def dataset_dir(paths: Paths, data: str) -> Path:
+    if data == "world":
+        return paths.world
+    kind, _, location = data.partition(":")
+    if kind != "movielens" or not location:
+        raise SystemExit(f"--data: expected 'world' or 'movielens:PATH', got {data!r}")
+    return paths.home / "movielens" / Path(location).resolve().name
+
+
+def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path:
+    """The dataset directory for `data`, built only when missing (or asked to rebuild)."""
+    out = dataset_dir(paths, data)
+    if (out / "manifest.json").exists() and not rebuild:
+        return out
+    if data == "world":
+        from marquee.world import generate_world
+
+        print(f"Generating the synthetic world into {out} ...", flush=True)
+        generate_world(seed=seed, out=out, progress=True)
+    else:
+        from marquee.movielens import import_movielens
+
+        location = data.partition(":")[2]
+        print(f"Importing MovieLens from {location} into {out} ...", flush=True)
+        import_movielens(location, out)
+    return out
+
+
+def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7) -> dict:
+    """Start (or reuse) every part of the local system; returns what to print."""
+    import ray
+
+    from actors.events import start_event_log
+    from actors.features import FeatureStore
+    from actors.member_state import start_member_state
+    from marquee.cluster import start_head
+    from training.features import latest_version, run_feature_job
+
+    dataset = ensure_dataset(paths, data, rebuild=rebuild, seed=seed)
+    cluster = start_head(paths.home)
+    ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR",
+             log_to_driver=False)
+    features_dir = paths.features / dataset.name
+    version = None if rebuild else latest_version(features_dir)
+    if version is None:
+        print(f"Running the feature job (Ray Data) into {features_dir} ...", flush=True)
+        version = run_feature_job(dataset, features_dir, engine="ray").version
+    event_log = start_event_log(paths.event_log, lifetime="detached")
+    if ray.get(event_log.last_seq.remote()) < 0:
+        # The log is the memory of record: history enters it once, live events follow it.
+        print("Loading the dataset's history into the event log ...", flush=True)
+        ray.get(event_log.import_events_dir.remote(str(dataset / "events")))
+    store = FeatureStore.create(lifetime="detached")
+    store.publish(features_dir, version)
+    member_state = start_member_state(
+        paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
+        lifetime="detached")
+    applied = ray.get(member_state.sync.remote())
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return {
+        "home": str(paths.home),
+        "dataset": str(dataset),
+        "dataset_source": manifest.get("source"),
+        "events": manifest.get("events"),
+        "features_version": version,
+        "member_state_seq": applied,
+        "ray_address": cluster.gcs_address,
+        "dashboard": cluster.dashboard_url,
+    }
+
+
+def _print_where_to_look(system: dict) -> None:
+    lines = [
+        "",
+        f"Marquee is up ({system['ready_s']} s).",
+        f"  Ray dashboard     {system['dashboard']}",
+        f"  Ray address       {system['ray_address']}  (ray.init(address=..., namespace='marquee'))",
+        f"  Dataset           {system['dataset']}  ({system['dataset_source']}, {system['events']} events)",
+        f"  Features          version {system['features_version']}",
+        f"  State             {system['home']}",
+        "  Actors            marquee-event-log, marquee-member-state, marquee-features-*",
+        "  Stop              marquee down   (or Ctrl-C when not detached)",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(cli_main(argparse.Namespace()))
