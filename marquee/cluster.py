@@ -65,6 +65,25 @@ def _temp_dir(home: Path) -> str:
     return f"/tmp/marquee-{digest}"
 
 
+def auth_env(home: Path) -> dict[str, str]:
+    """Ray's token authentication for this home's cluster: our own token file, so the head and
+    every client of it (this process, `marquee down`, scripts) agree without touching ~/.ray."""
+    import secrets
+
+    token_file = Path(home) / "ray_auth_token"
+    if not token_file.exists():
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+
+
+def use_cluster_auth(home: Path) -> None:
+    """Set this process's environment so ray.init can authenticate to the home's head."""
+    os.environ.update(auth_env(home))
+
+
 def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60.0) -> LocalCluster:
     """Start a Ray head for `home` (or return the running one) and wait until it accepts clients."""
     existing = LocalCluster.load(home)
@@ -80,7 +99,8 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
     ]
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "ray-head.log", "ab")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    env = {**os.environ, **auth_env(home)}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     cluster = LocalCluster(
         pid=proc.pid, gcs_address=f"127.0.0.1:{gcs_port}",
         dashboard_url=f"http://127.0.0.1:{dashboard_port}", temp_dir=temp_dir, home=str(home),

@@ -41,12 +41,15 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.detach:
         return 0
     print("Marquee is running. Press Ctrl-C to stop.", flush=True)
-    try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    except KeyboardInterrupt:
-        pass
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    signal.sigwait(stop_signals)
     print("Stopping Marquee...", flush=True)
+    import ray
+
+    ray.shutdown()  # leave the cluster before its head goes, or the driver dies with it
     _stop(paths)
+    print("Stopped.", flush=True)
     return 0
 
 
@@ -99,20 +102,22 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
 
 def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7) -> dict:
     """Start (or reuse) every part of the local system; returns what to print."""
+    from marquee.cluster import start_head, use_cluster_auth
+
+    use_cluster_auth(paths.home)  # before ray is imported: Ray reads its auth mode once
     import ray
 
     from actors.events import start_event_log
     from actors.features import FeatureStore
     from actors.member_state import start_member_state
-    from marquee.cluster import start_head
-    from training.features import latest_version, run_feature_job
+    from training.features import run_feature_job
 
     dataset = ensure_dataset(paths, data, rebuild=rebuild, seed=seed)
     cluster = start_head(paths.home)
     ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR",
              log_to_driver=False)
     features_dir = paths.features / dataset.name
-    version = None if rebuild else latest_version(features_dir)
+    version = None if rebuild else _feature_version(features_dir)
     if version is None:
         print(f"Running the feature job (Ray Data) into {features_dir} ...", flush=True)
         version = run_feature_job(dataset, features_dir, engine="ray").version
@@ -121,7 +126,7 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
         # The log is the memory of record: history enters it once, live events follow it.
         print("Loading the dataset's history into the event log ...", flush=True)
         ray.get(event_log.import_events_dir.remote(str(dataset / "events")))
-    store = FeatureStore.create(lifetime="detached")
+    store = FeatureStore.create(detached=True)
     store.publish(features_dir, version)
     member_state = start_member_state(
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
@@ -138,6 +143,16 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
         "ray_address": cluster.gcs_address,
         "dashboard": cluster.dashboard_url,
     }
+
+
+def _feature_version(features_dir: Path) -> str | None:
+    """The complete feature version already in `features_dir`, if any (LATEST is written last)."""
+    from training.offline_store import FeatureStoreError, read_manifest
+
+    try:
+        return read_manifest(features_dir)["version"]
+    except (FeatureStoreError, FileNotFoundError):
+        return None
 
 
 def _print_where_to_look(system: dict) -> None:

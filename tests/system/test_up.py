@@ -1,0 +1,119 @@
+"""`marquee up` from nothing, as a user runs it: world, features, actors, then live events flow
+through the event log into member state; Ctrl-C stops everything; a restart reuses the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MARQUEE = [sys.executable, "-m", "marquee.cli"]
+
+PROBE = r"""
+import json, os, sys, time
+from pathlib import Path
+from marquee.cluster import LocalCluster, use_cluster_auth
+home = Path(os.environ["MARQUEE_HOME"])
+use_cluster_auth(home)
+import ray
+ray.init(address=LocalCluster.load(home).gcs_address, namespace="marquee", logging_level="ERROR")
+from actors.events import append_with_retry
+from actors.features import FeatureStore
+log = ray.get_actor("marquee-event-log")
+state = ray.get_actor("marquee-member-state")
+events_before = ray.get(log.stats.remote())["events"]
+result = append_with_retry(log, [
+    {"event_id": "probe-1", "member_id": 5, "title_id": 77, "type": "my_list_add",
+     "timestamp": "2026-02-01T20:00:00Z", "device": "tv", "country": "US"},
+    {"event_id": "probe-2", "member_id": 5, "type": "nonsense", "timestamp": 1},
+])
+deadline = time.time() + 20
+while time.time() < deadline and 77 not in ray.get(state.get.remote(5)).my_list:
+    time.sleep(0.2)
+features = FeatureStore.connect().get_many("member", [5, 10**12])
+print(json.dumps({
+    "events_before": events_before,
+    "accepted": result.accepted,
+    "rejected": [r.reason for r in result.rejected],
+    "my_list": ray.get(state.get.remote(5)).my_list,
+    "member_5_cold": features[0]["cold_start"],
+    "unknown_cold": features[1]["cold_start"],
+}))
+"""
+
+
+def _env(home: Path) -> dict:
+    return {**os.environ, "MARQUEE_HOME": str(home), "PYTHONPATH": str(ROOT)}
+
+
+def _probe(home: Path) -> dict:
+    out = subprocess.run([sys.executable, "-c", PROBE], env=_env(home), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _ray_processes(home: Path) -> list[psutil.Process]:
+    cluster = json.loads((home / "cluster.json").read_text()) if (home / "cluster.json").exists() else None
+    marker = cluster["temp_dir"] if cluster else None
+    if marker is None:
+        return []
+    return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.mark.timeout(400)
+def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
+    home = tmp_path / "home"
+    proc = subprocess.Popen(MARQUEE + ["up"], env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        output = "".join(lines)
+        assert "Marquee is up" in output and "Ray dashboard     http://127.0.0.1:" in output
+        cluster_file = json.loads((home / "cluster.json").read_text())
+        marker = cluster_file["temp_dir"]
+
+        probe = _probe(home)
+        manifest = json.loads((home / "world" / "manifest.json").read_text())
+        assert probe["events_before"] == manifest["events"] > 100_000  # history is in the log
+        assert probe["accepted"] == 1
+        assert probe["rejected"] and "type: expected one of" in probe["rejected"][0]
+        assert 77 in probe["my_list"]  # the live event reached member state
+        assert probe["member_5_cold"] is False and probe["unknown_cold"] is True
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest[-2000:]
+    assert "Stopping Marquee" in rest
+    time.sleep(1)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+
+    # A restart reuses the world, the features and the log: nothing is regenerated or lost.
+    up = subprocess.run(MARQUEE + ["up", "--detach"], env=_env(home), cwd=ROOT,
+                        capture_output=True, text=True, timeout=200)
+    try:
+        assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+        assert "Generating the synthetic world" not in up.stdout
+        assert "Running the feature job" not in up.stdout
+        again = _probe(home)
+        assert again["events_before"] == probe["events_before"] + 1  # the live event survived
+        assert again["accepted"] == 0  # replaying probe-1 is a duplicate, not a second event
+        assert 77 in again["my_list"]
+    finally:
+        down = subprocess.run(MARQUEE + ["down"], env=_env(home), cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    assert down.returncode == 0 and "Stopped" in down.stdout
+    assert not _ray_processes(home)
