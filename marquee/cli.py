@@ -13,12 +13,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("marquee.world", "generate the synthetic world (titles, members, events)"),
     "import-movielens": ("marquee.movielens", "import a MovieLens dataset into Marquee's layout"),
     "features": ("training.features", "run the Ray Data feature jobs into the offline store"),
+    "eval": ("training.evaluate", "offline evaluation: the pipeline and peers on the same split"),
+    "registry": ("actors.registry", "list, promote, roll back or reject model versions"),
     "up": ("marquee.up", "start the local system and print where to look"),
     "down": ("marquee.up:down", "stop a system started with `marquee up --detach`"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "events/s and ack p99 through the event log actor"),
     "features": ("bench.features", "feature job: Ray Data against single-process pyarrow"),
+    "train": ("bench.train", "XGBoost via Ray Train against plain xgboost.train, same rows"),
 }
 
 

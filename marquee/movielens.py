@@ -140,8 +140,8 @@ class MovieLensError(ValueError):
 
 @dataclass
 class MovieLens:
-    """One MovieLens folder, parsed. `ratings` is deduplicated and sorted by (timestamp, user,
-    item); `stats` counts what the loader tolerated (blank lines, repaired lines, duplicates)."""
+    """One MovieLens folder, parsed. `ratings` is deduplicated and sorted by (timestamp, file
+    line); `stats` counts what the loader tolerated (blank lines, repaired lines, duplicates)."""
 
     path: Path
     layout: str
@@ -332,7 +332,9 @@ def _check_ranges(file: Path, table: pa.Table) -> None:
 
 
 def _dedupe_and_sort(table: pa.Table) -> tuple[pa.Table, int]:
-    """Sort by (timestamp, user, item); of equal (user, item, timestamp) keep the first line."""
+    """Of equal (user, item, timestamp) keep the first line; then order by (timestamp, line).
+    File order breaks ties in time (MovieLens has many same-second ratings): it is what the
+    published protocol figures use, and it does not depend on how ids happen to be numbered."""
     order = pc.sort_indices(table, sort_keys=[("timestamp", "ascending"), ("user_id", "ascending"),
                                               ("item_id", "ascending"), ("line", "ascending")])
     table = table.take(order)
@@ -342,6 +344,7 @@ def _dedupe_and_sort(table: pa.Table) -> tuple[pa.Table, int]:
     dropped = int(duplicate.sum())
     if dropped:
         table = table.filter(pa.array(~duplicate))
+    table = table.take(pc.sort_indices(table, sort_keys=[("timestamp", "ascending"), ("line", "ascending")]))
     ratings = pa.table({
         "user_id": table.column("user_id"),
         "item_id": table.column("item_id"),
@@ -673,7 +676,7 @@ def members_table(ratings: pa.Table, users: pa.Table | None = None) -> pa.Table:
 
 def events_table(ratings: pa.Table, first_seq: int = 0) -> pa.Table:
     """STORED_EVENT_SCHEMA `play` events, one per rating (value = rating), seq counting up from
-    `first_seq` in the ratings' (timestamp, user, item) order; event_id
+    `first_seq` in the ratings' (timestamp, file line) order; event_id
     f"ml-{user}-{item}-{unix_seconds}"."""
     n = ratings.num_rows
     seconds = ratings.column("timestamp").cast(pa.int64())
@@ -770,7 +773,7 @@ def _is_dataset_dir(path: Path) -> bool:
 
 
 def interactions(source: Path | str | Dataset | MovieLens) -> pa.Table:
-    """(member_id, title_id, timestamp, value) of every play, in (timestamp, member, title)
+    """(member_id, title_id, timestamp, value) of every play, in (timestamp, file line)
     order, from a raw MovieLens folder, an imported dataset directory, or either loaded.
     Both routes give the same table for the same MovieLens data."""
     if isinstance(source, (str, Path)):
@@ -789,8 +792,7 @@ def interactions(source: Path | str | Dataset | MovieLens) -> pa.Table:
         events = source.events(
             columns=["member_id", "title_id", "timestamp", "value", "type", "seq"])
         plays = events.filter(pc.equal(events.column("type"), "play"))
-        plays = plays.sort_by([("timestamp", "ascending"), ("member_id", "ascending"),
-                               ("title_id", "ascending"), ("seq", "ascending")])
+        plays = plays.sort_by([("timestamp", "ascending"), ("seq", "ascending")])
         return pa.Table.from_arrays(
             [plays.column(name) for name in INTERACTIONS_SCHEMA.names], schema=INTERACTIONS_SCHEMA)
     raise TypeError(

@@ -1,6 +1,6 @@
 """The strongest simple peers, fitted on the same split: popularity, item-item cosine kNN,
-implicit's ALS and BPR, and EASE. One small interface (fit on a binary CSR matrix, score a batch
-of members against every title) so the evaluation treats every model, ours included, alike."""
+implicit's ALS and BPR, and EASE. One small interface (fit on TrainData, score a batch of members
+against every title) so the evaluation treats every model, ours included, alike."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from training.protocol import TrainData
+
 
 class Recommender(Protocol):
-    """fit(train: members x titles CSR) -> self; score(members) -> (len(members), n_titles)."""
+    """fit(data) -> self; score(members) -> (len(members), n_titles) scores, higher is better."""
 
-    def fit(self, train: sp.csr_matrix) -> "Recommender": ...
+    def fit(self, data: TrainData) -> "Recommender": ...
 
     def score(self, members: np.ndarray) -> np.ndarray: ...
 
@@ -21,8 +23,8 @@ class Recommender(Protocol):
 class Popularity:
     """Titles by how many members interacted with them: the floor every model must clear."""
 
-    def fit(self, train: sp.csr_matrix) -> "Popularity":
-        self.train_ = train
+    def fit(self, data: TrainData) -> "Popularity":
+        train = data.matrix
         self.counts_ = np.asarray(train.sum(axis=0), dtype=np.float64).ravel()
         return self
 
@@ -37,8 +39,8 @@ class ItemKNN:
         self.k = k
         self.shrink = shrink
 
-    def fit(self, train: sp.csr_matrix) -> "ItemKNN":
-        self.train_ = train.astype(np.float64)
+    def fit(self, data: TrainData) -> "ItemKNN":
+        self.train_ = data.matrix.astype(np.float64)
         co = (self.train_.T @ self.train_).toarray()
         norms = np.sqrt(np.diag(co))
         sim = co / (np.outer(norms, norms) + self.shrink + 1e-12)
@@ -59,8 +61,8 @@ class EASE:
     def __init__(self, l2: float = 500.0):
         self.l2 = l2
 
-    def fit(self, train: sp.csr_matrix) -> "EASE":
-        self.train_ = train.astype(np.float64)
+    def fit(self, data: TrainData) -> "EASE":
+        self.train_ = data.matrix.astype(np.float64)
         gram = (self.train_.T @ self.train_).toarray()
         gram[np.diag_indices_from(gram)] += self.l2
         precision = np.linalg.inv(gram)
@@ -79,12 +81,12 @@ class _ImplicitModel:
     def _build(self):  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def fit(self, train: sp.csr_matrix) -> "_ImplicitModel":
+    def fit(self, data: TrainData) -> "_ImplicitModel":
         import os
 
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         self.model_ = self._build()
-        self.model_.fit(train.astype(np.float32).tocsr(), show_progress=False)
+        self.model_.fit(data.matrix.astype(np.float32).tocsr(), show_progress=False)
         self.user_factors_ = np.asarray(self.model_.user_factors)
         self.item_factors_ = np.asarray(self.model_.item_factors)
         return self
@@ -122,11 +124,11 @@ class BPR(_ImplicitModel):
             random_state=self.random_state, num_threads=1)
 
 
-def default_peers() -> dict[str, Recommender]:
+def default_peers(seed: int = 7) -> dict[str, Recommender]:
     return {
         "popularity": Popularity(),
         "itemknn": ItemKNN(k=100),
-        "als": ALS(),
-        "bpr": BPR(),
+        "als": ALS(random_state=seed),
+        "bpr": BPR(random_state=seed),
         "ease": EASE(l2=500.0),
     }

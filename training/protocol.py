@@ -18,6 +18,42 @@ import scipy.sparse as sp
 
 
 @dataclass
+class TrainData:
+    """What every model fits on: the binary matrix plus the timed rows behind it (sequence- and
+    time-aware models need the order; the rest use the matrix), and the time "now" per member."""
+
+    matrix: sp.csr_matrix  # members x titles, 1.0 where interacted
+    members: np.ndarray  # member index of each row, rows sorted by member then time
+    titles: np.ndarray  # title index of each row
+    timestamps: np.ndarray  # seconds
+    last_ts: np.ndarray  # per member, time of their last row (the point in time we rank at)
+    strong: np.ndarray | None = None  # per row: a strong interaction (completed, rated 4+), if known
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.matrix.shape
+
+    @classmethod
+    def from_rows(cls, members, titles, timestamps, shape: tuple[int, int],
+                  strong: np.ndarray | None = None) -> "TrainData":
+        members, titles, timestamps = (np.asarray(x, dtype=np.int64) for x in (members, titles, timestamps))
+        order = np.lexsort((np.arange(len(members)), timestamps, members))
+        members, titles, timestamps = members[order], titles[order], timestamps[order]
+        strong = None if strong is None else np.asarray(strong, dtype=bool)[order]
+        matrix = sp.csr_matrix((np.ones(len(members), dtype=np.float32), (members, titles)), shape=shape)
+        matrix.data[:] = 1.0  # repeats count once
+        last = np.full(shape[0], np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, members, timestamps)
+        return cls(matrix, members, titles, timestamps, last, strong)
+
+    def position_from_end(self) -> np.ndarray:
+        """Per row, how many of the member's rows come after it (0 = most recent)."""
+        counts = np.bincount(self.members, minlength=self.shape[0])
+        ends = np.cumsum(counts)
+        return ends[self.members] - 1 - np.arange(len(self.members))
+
+
+@dataclass
 class Split:
     """Interactions indexed 0..n-1 for members and titles; train as a CSR matrix (binary)."""
 
@@ -33,6 +69,15 @@ class Split:
     def n_members(self) -> int:
         return len(self.member_ids)
 
+    def train_data(self) -> TrainData:
+        ev = self.train_events
+        strong = ev.column("strong").to_numpy() if "strong" in ev.column_names else None
+        return TrainData.from_rows(ev.column("member").to_numpy(), ev.column("title").to_numpy(),
+                                   ev.column("timestamp").to_numpy(), self.train.shape, strong)
+
+    def test_sets(self) -> dict[int, set[int]]:
+        return {int(m): set(map(int, items)) for m, items in zip(self.test_members, self.test_items)}
+
     @property
     def n_titles(self) -> int:
         return len(self.title_ids)
@@ -42,7 +87,8 @@ def temporal_split(
     interactions: pa.Table, *, holdout: int = 10, min_interactions: int = 20
 ) -> Split:
     """Per-member leave-last-`holdout` split. `interactions` has member_id, title_id, timestamp
-    (any integer or timestamp type). Repeated (member, title) pairs keep their first occurrence;
+    (any integer or timestamp type), and optionally `strong` (bool: a completion / high rating,
+    kept for the ranker's second objective). Repeated (member, title) pairs keep their first occurrence;
     ties in time keep the input order (a stable sort), so the split is deterministic."""
     for name in ("member_id", "title_id", "timestamp"):
         if name not in interactions.column_names:
@@ -50,15 +96,19 @@ def temporal_split(
     members = interactions.column("member_id").to_numpy()
     titles = interactions.column("title_id").to_numpy()
     ts = _seconds(interactions.column("timestamp"))
+    strong = (interactions.column("strong").to_numpy(zero_copy_only=False).astype(bool)
+              if "strong" in interactions.column_names else None)
     member_ids, m_idx = np.unique(members, return_inverse=True)
     title_ids, t_idx = np.unique(titles, return_inverse=True)
     order = np.lexsort((np.arange(len(ts)), ts, m_idx))  # by member, then time, then input order
     m_idx, t_idx, ts = m_idx[order], t_idx[order], ts[order]
+    strong = strong[order] if strong is not None else None
     pair = m_idx.astype(np.int64) * len(title_ids) + t_idx
     _, first = np.unique(pair, return_index=True)
     keep = np.zeros(len(pair), dtype=bool)
     keep[first] = True
     m_idx, t_idx, ts = m_idx[keep], t_idx[keep], ts[keep]
+    strong = strong[keep] if strong is not None else None
     counts = np.bincount(m_idx, minlength=len(member_ids))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank_in_member = np.arange(len(m_idx)) - starts[m_idx]
@@ -76,6 +126,8 @@ def temporal_split(
     bounds = np.searchsorted(test_m, test_members, side="left"), np.searchsorted(test_m, test_members, side="right")
     test_items = [test_t[a:b] for a, b in zip(*bounds)]
     events = pa.table({"member": m_idx[train_rows], "title": t_idx[train_rows], "timestamp": ts[train_rows]})
+    if strong is not None:
+        events = events.append_column("strong", pa.array(strong[train_rows]))
     return Split(member_ids, title_ids, train, last_ts, events, test_members, test_items)
 
 

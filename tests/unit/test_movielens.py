@@ -116,8 +116,9 @@ def test_100k_layout_loads_with_its_quirks(ml100k):
     assert ml.layout == "100k"
     assert ml.ratings.to_pylist() == [
         {"user_id": 1, "item_id": 10, "rating": 4.0, "timestamp": ts(881250949)},
-        {"user_id": 2, "item_id": 10, "rating": 1.0, "timestamp": ts(881250950)},
+        # equal timestamps keep file order (line 2 before line 6), as the protocol figures do
         {"user_id": 2, "item_id": 20, "rating": 3.0, "timestamp": ts(881250950)},
+        {"user_id": 2, "item_id": 10, "rating": 1.0, "timestamp": ts(881250950)},
         {"user_id": 1, "item_id": 20, "rating": 2.0, "timestamp": ts(881337351)},
         {"user_id": 0, "item_id": 10, "rating": 5.0, "timestamp": ts(883603013)},
     ]
@@ -209,10 +210,10 @@ def test_import_100k_writes_exact_tables(ml100k, tmp_path):
     ds = load_dataset(out)
     events = ds.events().sort_by("seq")
     assert events.column("event_id").to_pylist() == [
-        "ml-1-10-881250949", "ml-2-10-881250950", "ml-2-20-881250950", "ml-1-20-881337351",
+        "ml-1-10-881250949", "ml-2-20-881250950", "ml-2-10-881250950", "ml-1-20-881337351",
         "ml-0-10-883603013"]
     assert events.column("seq").to_pylist() == [0, 1, 2, 3, 4]
-    assert events.column("value").to_pylist() == [4.0, 1.0, 3.0, 2.0, 5.0]
+    assert events.column("value").to_pylist() == [4.0, 3.0, 1.0, 2.0, 5.0]
     assert set(events.column("type").to_pylist()) == {"play"}
     assert set(events.column("country").to_pylist()) == {"US"}
     assert events.column("device").null_count == 5
@@ -277,7 +278,7 @@ def test_interactions_agree_between_raw_folder_and_imported_dataset(ml100k, tmp_
     assert raw.schema.names == ["member_id", "title_id", "timestamp", "value"]
     assert raw.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
     assert list(zip(raw.column("member_id").to_pylist(), raw.column("title_id").to_pylist())) == [
-        (1, 10), (2, 10), (2, 20), (1, 20), (0, 10)]
+        (1, 10), (2, 20), (2, 10), (1, 20), (0, 10)]
     assert interactions(load_dataset(out)).equals(raw)
 
 

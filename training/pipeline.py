@@ -1,0 +1,160 @@
+"""The recommendation pipeline: candidate sources -> multi-objective XGBoost ranker.
+
+Fitting is two-stage, as in production: the ranker learns from what the sources proposed on an
+inner split (each member's last `holdout` training interactions are the labels, the sources fit
+on the rest), then the sources refit on everything and the ranker orders their candidates. Labels:
+play (the title was in the held-out interactions) and completion (a strong interaction: completed
+on the world, rated 4+ on MovieLens); the final score is a weighted sum of both likelihoods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from training.protocol import TrainData
+from training.ranker_features import Candidates, FeatureBuilder
+from training.retrieval import (
+    ContentBased,
+    Embeddings,
+    RecencyEASE,
+    RecentPopularity,
+    SequentialCooccurrence,
+    TitleContent,
+)
+
+DEFAULT_PARAMS = {
+    "objective": "binary:logistic",
+    "eta": 0.05,
+    "max_depth": 6,
+    "min_child_weight": 5,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "tree_method": "hist",
+    "eval_metric": "logloss",
+}
+
+
+@dataclass
+class PipelineConfig:
+    """Which sources propose how many candidates, and how the ranker is trained and blended."""
+
+    depth: dict[str, int] = field(default_factory=lambda: {
+        "sequence": 100, "recency_ease": 100, "embedding": 50, "trending": 20, "content": 20})
+    holdout: int = 10
+    min_interactions: int = 20
+    rounds: int = 300
+    params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+    play_weight: float = 1.0
+    completion_weight: float = 0.5
+    engine: str = "local"  # "local": xgboost.train in process; "ray": Ray Train XGBoostTrainer
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"engine: expected 'local' or 'ray', got {self.engine!r}")
+        if self.holdout < 1 or self.min_interactions < self.holdout:
+            raise ValueError("holdout must be >= 1 and min_interactions >= holdout")
+        if not self.depth or min(self.depth.values()) < 0:
+            raise ValueError("depth: give each source a non-negative candidate count")
+
+
+def build_sources(content: TitleContent | None, seed: int) -> dict:
+    sources = {
+        "sequence": SequentialCooccurrence(),
+        "recency_ease": RecencyEASE(),
+        "embedding": Embeddings(seed=seed),
+        "trending": RecentPopularity(days=7),
+    }
+    if content is not None:
+        sources["content"] = ContentBased(content)
+    return sources
+
+
+def holdout_last(data: TrainData, holdout: int, min_rows: int) -> tuple[TrainData, dict[int, set[int]], dict[int, set[int]]]:
+    """Inner split of training data: (data without each active member's last `holdout` rows,
+    held-out titles per member, held-out strong titles per member)."""
+    counts = np.bincount(data.members, minlength=data.shape[0])
+    from_end = data.position_from_end()
+    held = (counts[data.members] > min_rows) & (from_end < holdout)
+    kept = TrainData.from_rows(data.members[~held], data.titles[~held], data.timestamps[~held], data.shape,
+                               None if data.strong is None else data.strong[~held])
+    labels: dict[int, set[int]] = {}
+    strong: dict[int, set[int]] = {}
+    strong_rows = data.strong
+    for i in np.flatnonzero(held):
+        member, title = int(data.members[i]), int(data.titles[i])
+        labels.setdefault(member, set()).add(title)
+        if strong_rows is not None and strong_rows[i]:
+            strong.setdefault(member, set()).add(title)
+    return kept, labels, strong
+
+
+def _label(candidates: Candidates, sets: dict[int, set[int]]) -> np.ndarray:
+    return np.fromiter((t in sets.get(m, ()) for m, t in zip(candidates.members.tolist(), candidates.titles.tolist())),
+                       dtype=np.float32, count=len(candidates.members))
+
+
+def _table(candidates: Candidates, **labels: np.ndarray) -> pa.Table:
+    columns = {name: candidates.features[:, i] for i, name in enumerate(candidates.names)}
+    columns["member"] = candidates.members
+    columns.update(labels)
+    return pa.table(columns)
+
+
+class Pipeline:
+    """fit(data) -> self; score(members) ranks every title (candidates first, ranker order)."""
+
+    def __init__(self, config: PipelineConfig | None = None, content: TitleContent | None = None):
+        self.config = config or PipelineConfig()
+        self.content = content
+
+    def _builder(self, data: TrainData) -> FeatureBuilder:
+        sources = build_sources(self.content, self.config.seed)
+        for source in sources.values():
+            source.fit(data)
+        depth = {name: d for name, d in self.config.depth.items() if name in sources}
+        return FeatureBuilder(data, sources, depth, strong=data.strong)
+
+    def fit(self, data: TrainData) -> "Pipeline":
+        from training.xgb_train import TrainSpec, train_local, train_ray
+
+        cfg = self.config
+        inner, labels, strong_labels = holdout_last(data, cfg.holdout, cfg.min_interactions)
+        builder = self._builder(inner)
+        candidates = builder.build(np.array(sorted(labels)))
+        self.feature_names_ = candidates.names
+        play = _label(candidates, labels)
+        table = _table(candidates, play=play, completion=_label(candidates, strong_labels) if strong_labels else play)
+        train = train_ray if cfg.engine == "ray" else train_local
+        self.boosters_ = {}
+        self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "seconds": {}}
+        for objective in ("play", "completion"):
+            spec = TrainSpec(features=self.feature_names_, label=objective, params={**cfg.params, "seed": cfg.seed},
+                             num_boost_round=cfg.rounds, seed=cfg.seed)
+            result = train(table, spec)
+            self.boosters_[objective] = result.booster
+            self.training_["seconds"][objective] = round(result.seconds, 3)
+        self.serving_ = self._builder(data)
+        return self
+
+    def rank(self, members: np.ndarray) -> tuple[Candidates, np.ndarray]:
+        """Candidates for `members` and their blended ranker scores."""
+        import xgboost
+
+        candidates = self.serving_.build(members)
+        matrix = xgboost.DMatrix(candidates.features, feature_names=self.feature_names_)
+        play = self.boosters_["play"].predict(matrix)
+        completion = self.boosters_["completion"].predict(matrix)
+        return candidates, self.config.play_weight * play + self.config.completion_weight * completion
+
+    def score(self, members: np.ndarray) -> np.ndarray:
+        members = np.asarray(members)
+        candidates, blended = self.rank(members)
+        out = np.full((len(members), self.serving_.data.shape[1]), -1e9)
+        position = {int(m): i for i, m in enumerate(members)}
+        rows = np.fromiter((position[int(m)] for m in candidates.members), dtype=np.int64, count=len(candidates.members))
+        out[rows, candidates.titles] = blended
+        return out

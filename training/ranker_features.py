@@ -1,0 +1,107 @@
+"""Features for the ranker, per (member, title) candidate, all point in time: nothing later than
+the member's now (their last training interaction) is read. Candidate sources contribute their
+score and rank; the rest describe the title's popularity and trend before now, its age in the
+catalog, the member's activity, and content match."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.protocol import TrainData
+from training.retrieval import DAY_S
+
+WINDOWS_DAYS = (1, 7, 30, 365)
+
+
+@dataclass
+class Candidates:
+    """Candidate pairs, grouped by member (rows of one member contiguous), with their features."""
+
+    members: np.ndarray
+    titles: np.ndarray
+    features: np.ndarray  # float32, len(members) x len(names)
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        if not (len(self.members) == len(self.titles) == len(self.features)):
+            raise ValueError("candidates: members, titles and features must have the same length")
+        if self.features.shape[1] != len(self.names):
+            raise ValueError(f"candidates: {self.features.shape[1]} feature columns for {len(self.names)} names")
+
+    def group_sizes(self) -> np.ndarray:
+        _, sizes = np.unique(self.members, return_counts=True)
+        return sizes
+
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """0-based rank of every column within its row (0 = best)."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(len(scores), 0), axis=1)
+    return ranks
+
+
+class FeatureBuilder:
+    """Turns fitted candidate sources into ranker rows for a batch of members."""
+
+    def __init__(self, data: TrainData, sources: dict, depth: dict[str, int],
+                 title_genres=None, strong: np.ndarray | None = None):
+        self.data, self.sources, self.depth = data, sources, depth
+        order = np.lexsort((data.timestamps, data.titles))
+        self._title_time_key = data.titles[order].astype(np.int64) * (1 << 40) + data.timestamps[order]
+        first = np.full(data.shape[1], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, data.titles, data.timestamps)
+        self._first_seen = first
+        self._member_rows = np.bincount(data.members, minlength=data.shape[0])
+        first_member = np.full(data.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first_member, data.members, data.timestamps)
+        self._member_first = first_member
+        self._strong_key = None  # per title, times of strong rows (completed / liked)
+        if strong is not None:
+            keep = np.asarray(strong, dtype=bool)[order]
+            self._strong_key = self._title_time_key[keep]
+
+    @staticmethod
+    def _window_counts(key: np.ndarray, titles: np.ndarray, now: np.ndarray, days: float) -> np.ndarray:
+        base = titles.astype(np.int64) * (1 << 40)
+        hi = np.searchsorted(key, base + now, side="right")
+        lo = np.searchsorted(key, base + now - int(days * DAY_S), side="right")
+        return (hi - lo).astype(np.float32)
+
+    def build(self, members: np.ndarray) -> Candidates:
+        members = np.asarray(members)
+        seen = self.data.matrix[members].toarray() > 0
+        scores, ranks = {}, {}
+        chosen = np.zeros(seen.shape, dtype=bool)
+        for name, source in self.sources.items():
+            s = np.where(seen, -np.inf, source.score(members))
+            scores[name], ranks[name] = s, ranks_of(s)
+            chosen |= ranks[name] < self.depth.get(name, 0)
+        chosen &= ~seen
+        rows, titles = np.nonzero(chosen)  # row-major: grouped by member
+        who = members[rows]
+        now = self.data.last_ts[who]
+        names, columns = [], []
+        for name in self.sources:
+            value = scores[name][rows, titles]
+            names += [f"{name}_score", f"{name}_rank"]
+            columns += [np.where(np.isfinite(value), value, 0.0), ranks[name][rows, titles]]
+        for days in WINDOWS_DAYS:
+            names.append(f"plays_{days}d")
+            columns.append(self._window_counts(self._title_time_key, titles, now, days))
+        names += ["plays_7d_over_30d", "title_age_days", "member_rows", "member_tenure_days"]
+        columns += [
+            (columns[names.index("plays_7d")] + 1) / (columns[names.index("plays_30d")] + 4),
+            np.clip((now - self._first_seen[titles]) / DAY_S, -1, 1e5),
+            self._member_rows[who],
+            (now - self._member_first[who]) / DAY_S,
+        ]
+        if self._strong_key is not None:
+            ever = self._window_counts(self._title_time_key, titles, now, 1e5)
+            strong = self._window_counts(self._strong_key, titles, now, 1e5)
+            names.append("title_strong_rate")
+            columns.append((strong + 1) / (ever + 2))
+        features = np.column_stack(columns).astype(np.float32) if columns else np.zeros((0, 0), np.float32)
+        return Candidates(who, titles, features, names)
