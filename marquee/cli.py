@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-movielens": ("marquee.movielens", "import a MovieLens dataset into Marquee's layout"),
     "features": ("training.features", "run the Ray Data feature jobs into the offline store"),
     "eval": ("training.evaluate", "offline evaluation: the pipeline and peers on the same split"),
+    "retrain": ("training.retrain", "features -> train -> evaluate -> gate -> register -> promote"),
     "registry": ("actors.registry", "list, promote, roll back or reject model versions"),
     "up": ("marquee.up", "start the local system and print where to look"),
     "down": ("marquee.up:down", "stop a system started with `marquee up --detach`"),

@@ -130,7 +130,7 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
         model = candidates[name].fit(train)
         fit_s = time.perf_counter() - started
         metrics = evaluate(split, model.score, title_genres=content.genres)
-        report["models"][name] = {**metrics.as_dict(), "fit_s": round(fit_s, 2),
+        report["models"][name] = {**_json_numbers(metrics.as_dict()), "fit_s": round(fit_s, 2),
                                   "eval_s": round(time.perf_counter() - started - fit_s, 2)}
         say(f"eval: {name} ndcg@10={metrics.ndcg_at_10:.4f} recall@20={metrics.recall_at_20:.4f}")
     peers = {k: v for k, v in report["models"].items() if k != "pipeline"}
@@ -140,6 +140,12 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
         report["pipeline_vs_best_peer_ndcg"] = round(
             report["models"]["pipeline"]["ndcg@10"] / max(peers[best]["ndcg@10"], 1e-12), 4)
     return report
+
+
+def _json_numbers(metrics: dict) -> dict:
+    """NaN is not JSON (strict parsers reject `NaN`): an undefined metric, such as diversity with
+    no genres or no evaluated members, is reported as null."""
+    return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in metrics.items()}
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +158,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    models = args.models.split(",") if args.models else None
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:
         report = run_eval(args.dataset, models=models, engine=args.engine, seed=args.seed,
                           progress=lambda m: print(m, file=sys.stderr, flush=True))
@@ -160,7 +166,7 @@ def cli_main(args: argparse.Namespace) -> int:
         print(f"marquee eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report, sort_keys=True))
+        print(json.dumps(report, sort_keys=True, allow_nan=False))
     else:
         for name, metrics in report["models"].items():
             print(f"{name:12s} ndcg@10 {metrics['ndcg@10']:.4f}  recall@20 {metrics['recall@20']:.4f}  "

@@ -82,11 +82,14 @@ class _ImplicitModel:
         raise NotImplementedError
 
     def fit(self, data: TrainData) -> "_ImplicitModel":
-        import os
+        import implicit.cpu.als  # noqa: F401  (load implicit's BLAS before limiting it)
+        import implicit.cpu.bpr  # noqa: F401
+        from threadpoolctl import threadpool_limits
 
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-        self.model_ = self._build()
-        self.model_.fit(data.matrix.astype(np.float32).tocsr(), show_progress=False)
+        # implicit parallelises itself; a second BLAS thread pool under it only contends.
+        with threadpool_limits(1, "blas"):
+            self.model_ = self._build()
+            self.model_.fit(data.matrix.astype(np.float32).tocsr(), show_progress=False)
         self.user_factors_ = np.asarray(self.model_.user_factors)
         self.item_factors_ = np.asarray(self.model_.item_factors)
         return self
@@ -110,8 +113,9 @@ class ALS(_ImplicitModel):
 
 
 class BPR(_ImplicitModel):
-    def __init__(self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01,
-                 iterations: int = 200, random_state: int = 7):
+    # implicit's own defaults: the strongest of the settings tried here (0.123 NDCG@10 on ml-100k).
+    def __init__(self, factors: int = 100, learning_rate: float = 0.01, regularization: float = 0.01,
+                 iterations: int = 100, random_state: int = 7):
         self.factors, self.learning_rate, self.regularization = factors, learning_rate, regularization
         self.iterations, self.random_state = iterations, random_state
 
@@ -127,7 +131,8 @@ class BPR(_ImplicitModel):
 def default_peers(seed: int = 7) -> dict[str, Recommender]:
     return {
         "popularity": Popularity(),
-        "itemknn": ItemKNN(k=100),
+        # 400 neighbours: the strongest kNN of 50/100/200/400 here (peers get their best shot).
+        "itemknn": ItemKNN(k=400),
         "als": ALS(random_state=seed),
         "bpr": BPR(random_state=seed),
         "ease": EASE(l2=500.0),

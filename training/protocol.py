@@ -42,8 +42,11 @@ class TrainData:
         strong = None if strong is None else np.asarray(strong, dtype=bool)[order]
         matrix = sp.csr_matrix((np.ones(len(members), dtype=np.float32), (members, titles)), shape=shape)
         matrix.data[:] = 1.0  # repeats count once
-        last = np.full(shape[0], np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(last, members, timestamps)
+        last = np.zeros(shape[0], dtype=np.int64)  # a member with no rows: "now" before any play
+        if len(members):
+            last[:] = np.iinfo(np.int64).min
+            np.maximum.at(last, members, timestamps)
+            last[last == np.iinfo(np.int64).min] = 0
         return cls(matrix, members, titles, timestamps, last, strong)
 
     def position_from_end(self) -> np.ndarray:
@@ -133,7 +136,8 @@ def temporal_split(
 
 def _seconds(column: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_timestamp(column.type):
-        return column.cast(pa.timestamp("s", tz=column.type.tz)).cast(pa.int64()).to_numpy()
+        per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[column.type.unit]
+        return column.cast(pa.int64()).to_numpy() // per_second
     return column.cast(pa.int64()).to_numpy()
 
 

@@ -70,6 +70,12 @@ class FeatureBuilder:
         lo = np.searchsorted(key, base + now - int(days * DAY_S), side="right")
         return (hi - lo).astype(np.float32)
 
+    def _title_age_days(self, titles: np.ndarray, now: np.ndarray) -> np.ndarray:
+        """Days since the title's first play, or -1 when it had none by `now`. (A clipped
+        `now - first_seen` leaked: a first play less than a day after now gave -0.x.)"""
+        first = self._first_seen[titles]
+        return np.where(first <= now, np.minimum((now - first) / DAY_S, 1e5), -1.0)
+
     def build(self, members: np.ndarray) -> Candidates:
         members = np.asarray(members)
         seen = self.data.matrix[members].toarray() > 0
@@ -94,7 +100,7 @@ class FeatureBuilder:
         names += ["plays_7d_over_30d", "title_age_days", "member_rows", "member_tenure_days"]
         columns += [
             (columns[names.index("plays_7d")] + 1) / (columns[names.index("plays_30d")] + 4),
-            np.clip((now - self._first_seen[titles]) / DAY_S, -1, 1e5),
+            self._title_age_days(titles, now),
             self._member_rows[who],
             (now - self._member_first[who]) / DAY_S,
         ]

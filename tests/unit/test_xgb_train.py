@@ -1,0 +1,264 @@
+"""The training engine without Ray: train_local learns, specs and tables are validated with
+errors naming the column, ranking uses whole contiguous groups, splits and shard cuts keep
+groups whole, and everything is deterministic under a seed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import xgboost
+
+from bench.train import auc, make_table
+from training.xgb_train import (
+    TrainResult,
+    TrainSpec,
+    build_dmatrix,
+    group_runs,
+    predict,
+    shard_bounds,
+    split_eval,
+    train_local,
+    validate_schema,
+)
+
+FEATURES = ["f0", "f1", "f2", "f3"]
+BINARY = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "eta": 0.3}
+
+
+def separable_table(rows: int = 2_000, seed: int = 1) -> pa.Table:
+    """label = f0 + f1 > 0 (plus noise features): a tree model must get AUC near 1."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, len(FEATURES))).astype(np.float32)
+    columns = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    columns["label"] = (x[:, 0] + x[:, 1] > 0).astype(np.int8)
+    columns["group_id"] = np.arange(rows) // 20
+    return pa.table(columns)
+
+
+def spec(**overrides) -> TrainSpec:
+    values = dict(features=FEATURES, label="label", params=dict(BINARY), num_boost_round=20)
+    values.update(overrides)
+    return TrainSpec(**values)
+
+
+# ------------------------------------------------------------------------------ learning
+
+
+def test_train_local_learns_a_separable_signal():
+    train, test = separable_table(seed=1), separable_table(rows=1_000, seed=2)
+    result = train_local(train, spec())
+    assert isinstance(result, TrainResult)
+    assert isinstance(result.booster, xgboost.Booster)
+    assert result.engine == "local"
+    assert auc(test.column("label").to_numpy(), predict(result.booster, test, FEATURES)) > 0.9
+    assert {"validate", "dmatrix", "train"} <= set(result.stages)
+    assert result.seconds >= result.stages["train"]
+
+
+def test_same_seed_gives_the_same_model():
+    table = separable_table()
+    params = dict(BINARY, subsample=0.7, colsample_bytree=0.7)
+    first = train_local(table, spec(params=params, eval_fraction=0.2, seed=3))
+    second = train_local(table, spec(params=params, eval_fraction=0.2, seed=3))
+    np.testing.assert_array_equal(predict(first.booster, table, FEATURES), predict(second.booster, table, FEATURES))
+
+
+def test_eval_fraction_records_the_eval_metric_per_round():
+    result = train_local(separable_table(), spec(params=dict(BINARY, eval_metric="auc"), eval_fraction=0.25))
+    assert len(result.evals["eval"]["auc"]) == 20
+    assert result.evals["eval"]["auc"][-1] > 0.9
+
+
+def test_early_stopping_keeps_the_best_iteration():
+    params = dict(BINARY, eval_metric="logloss", eta=1.0, max_depth=6)
+    result = train_local(separable_table(), spec(params=params, num_boost_round=200, eval_fraction=0.3,
+                                                 early_stopping_rounds=3))
+    assert result.booster.attr("best_iteration") is not None
+    assert len(result.evals["eval"]["logloss"]) < 200
+
+
+def test_non_hist_tree_method_uses_a_plain_dmatrix():
+    table = separable_table()
+    matrix = build_dmatrix(table, spec(params=dict(BINARY, tree_method="approx")))
+    assert not isinstance(matrix, xgboost.QuantileDMatrix)
+    assert isinstance(build_dmatrix(table, spec()), xgboost.QuantileDMatrix)
+    result = train_local(table, spec(params=dict(BINARY, tree_method="approx")))
+    assert auc(table.column("label").to_numpy(), predict(result.booster, table, FEATURES)) > 0.9
+
+
+def test_weights_shift_the_model():
+    table = separable_table()
+    heavy_positives = pa.array(np.where(table.column("label").to_numpy() == 1, 10.0, 1.0))
+    weighted = table.append_column("w", heavy_positives)
+    plain = predict(train_local(weighted, spec()).booster, table, FEATURES).mean()
+    tilted = predict(train_local(weighted, spec(weight="w")).booster, table, FEATURES).mean()
+    assert tilted > plain
+
+
+# ------------------------------------------------------------------------------ ranking
+
+
+def ranking_table(groups: int = 60, per_group: int = 10, seed: int = 5) -> pa.Table:
+    """In each group exactly one row is relevant: the one with the largest f0."""
+    rng = np.random.default_rng(seed)
+    rows = groups * per_group
+    x = rng.standard_normal((rows, len(FEATURES))).astype(np.float32)
+    f0 = x[:, 0].reshape(groups, per_group)
+    relevance = (f0 == f0.max(axis=1, keepdims=True)).astype(np.int8).reshape(-1)
+    columns = {name: x[:, i] for i, name in enumerate(FEATURES)}
+    columns["label"] = relevance
+    columns["group_id"] = np.repeat(np.arange(groups) * 7 % 101, per_group)  # ids not sorted, rows contiguous
+    return pa.table(columns)
+
+
+@pytest.mark.parametrize("objective", ["rank:ndcg", "rank:pairwise"])
+def test_ranking_objective_with_groups_puts_the_relevant_row_first(objective):
+    table = ranking_table()
+    params = {"objective": objective, "tree_method": "hist", "eval_metric": "ndcg@3", "max_depth": 3}
+    result = train_local(table, spec(params=params, group="group_id", eval_fraction=0.2))
+    assert result.evals["eval"]["ndcg@3"][-1] > 0.8
+    scores = predict(result.booster, table, FEATURES).reshape(60, 10)
+    relevant = table.column("label").to_numpy().reshape(60, 10).argmax(axis=1)
+    assert (scores.argmax(axis=1) == relevant).mean() > 0.8
+
+
+def test_ranking_objective_requires_a_group_column():
+    with pytest.raises(ValueError, match="ranking objective.*group"):
+        spec(params={"objective": "rank:ndcg"})
+
+
+def test_rows_of_a_group_must_be_contiguous():
+    table = ranking_table()
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    with pytest.raises(ValueError, match="'group_id' id are not contiguous"):
+        train_local(shuffled, spec(params={"objective": "rank:ndcg"}, group="group_id"))
+
+
+def test_ranking_weights_must_be_constant_within_a_group():
+    table = ranking_table()
+    constant = table.append_column("w", pa.array(np.repeat(np.arange(1, 61, dtype=np.float32), 10)))
+    train_local(constant, spec(params={"objective": "rank:ndcg"}, group="group_id", weight="w"))
+    varying = table.append_column("w", pa.array(np.arange(table.num_rows, dtype=np.float32)))
+    with pytest.raises(ValueError, match="'w' varies within a group"):
+        train_local(varying, spec(params={"objective": "rank:ndcg"}, group="group_id", weight="w"))
+
+
+# ------------------------------------------------------------------------------ splits and shards
+
+
+def test_eval_split_keeps_groups_whole_and_is_seeded():
+    table = ranking_table()
+    s = spec(params={"objective": "rank:ndcg"}, group="group_id", eval_fraction=0.25)
+    train, held_out = split_eval(table, s)
+    assert train.num_rows + held_out.num_rows == table.num_rows
+    assert held_out.num_rows == 15 * 10  # 25% of 60 whole groups
+    assert not set(train.column("group_id").to_pylist()) & set(held_out.column("group_id").to_pylist())
+    group_runs(train.column("group_id"))  # still contiguous on both sides
+    group_runs(held_out.column("group_id"))
+    again, _ = split_eval(table, s)
+    assert again.equals(train)
+    other, _ = split_eval(table, spec(params={"objective": "rank:ndcg"}, group="group_id", eval_fraction=0.25, seed=8))
+    assert not other.equals(train)
+
+
+def test_eval_split_by_rows_without_groups():
+    table = separable_table(rows=1_000)
+    train, held_out = split_eval(table, spec(eval_fraction=0.1))
+    assert (train.num_rows, held_out.num_rows) == (900, 100)
+    assert split_eval(table, spec())[1] is None
+
+
+def test_group_runs_gives_run_boundaries():
+    bounds = group_runs(pa.chunked_array([[5, 5, 1], [1, 1, 9]]))
+    assert bounds.tolist() == [0, 2, 5, 6]
+    assert group_runs(pa.array(["a", "a", "b"])).tolist() == [0, 2, 3]
+
+
+def test_shard_bounds_cut_on_group_boundaries():
+    assert shard_bounds(10, 3) == [0, 3, 7, 10]
+    groups = np.array([0, 7, 9, 20, 21, 30, 40])  # 6 groups of uneven size
+    cuts = shard_bounds(40, 2, groups)
+    assert cuts[0] == 0 and cuts[-1] == 40 and cuts[1] in groups
+    assert abs(cuts[1] - 20) <= 1
+    cuts = shard_bounds(40, 6, groups)
+    assert cuts == groups.tolist()  # one group each: every shard non-empty
+    with pytest.raises(ValueError, match="6 group"):
+        shard_bounds(40, 7, groups)
+    with pytest.raises(ValueError, match="2 row"):
+        shard_bounds(2, 3)
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def test_missing_columns_are_named():
+    table = separable_table().drop_columns(["f2", "label"])
+    with pytest.raises(KeyError, match=r"'f2' \(feature\).*'label' \(label\)"):
+        train_local(table, spec())
+    with pytest.raises(KeyError, match=r"'qid' \(group\)"):
+        train_local(separable_table(), spec(group="qid"))
+
+
+def test_non_numeric_feature_is_rejected():
+    table = separable_table().append_column("country", pa.array(["US"] * 2_000))
+    with pytest.raises(TypeError, match="feature column 'country' has type string"):
+        train_local(table, spec(features=FEATURES + ["country"]))
+    with pytest.raises(TypeError, match="label column 'country'"):
+        validate_schema(table.schema, spec(label="country"))
+
+
+def test_null_labels_and_empty_tables_are_rejected():
+    table = separable_table()
+    nulls = table.set_column(table.schema.get_field_index("label"), "label", pa.array([None] * 2_000, pa.int8()))
+    with pytest.raises(ValueError, match="label column 'label' has 2000 null"):
+        train_local(nulls, spec())
+    with pytest.raises(ValueError, match="no rows"):
+        train_local(table.slice(0, 0), spec())
+    with pytest.raises(TypeError, match="pyarrow.Table"):
+        train_local(table.to_pandas(), spec())
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"features": []}, "features is empty"),
+        ({"features": "f0"}, "list of column names"),
+        ({"features": ["f0", "f0"]}, "twice"),
+        ({"label": "f0"}, "label column 'f0' is also listed as a feature"),
+        ({"num_boost_round": 0}, "num_boost_round"),
+        ({"eval_fraction": 1.0}, "eval_fraction"),
+        ({"early_stopping_rounds": 5}, "needs eval_fraction > 0"),
+        ({"params": None}, "params must be a dict"),
+    ],
+)
+def test_bad_specs_say_what_is_wrong(overrides, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        spec(**overrides)
+
+
+# ------------------------------------------------------------------------------ module hygiene
+
+
+def test_importing_the_engine_does_not_import_ray():
+    code = "import sys, training.xgb_train; print('ray' in sys.modules)"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_bench_table_is_seeded_with_contiguous_groups_and_a_learnable_label():
+    a, b = make_table(500, 6, seed=4), make_table(500, 6, seed=4)
+    assert a.equals(b)
+    assert np.diff(group_runs(a.column("group_id"))).tolist() == [50] * 10
+    assert 0.2 < a.column("label").to_numpy().mean() < 0.8
+
+
+def test_auc_matches_known_values():
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    assert auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5

@@ -1,0 +1,243 @@
+"""`marquee retrain`: features -> train -> evaluate -> gate -> register -> promote -> signal.
+
+Every step runs on the same Ray cluster (Ray Data for features, Ray Train for the ranker). The
+gate compares the candidate with the serving version *on the same evaluation split*: the serving
+version's recorded config is refit on this split, so a candidate is never judged against numbers
+from other data. Promotion is the last step and a single atomic pointer write in the registry, so
+a failure anywhere before it leaves the serving version untouched; serving replicas watch the
+registry's pointer (Registry.watch) and hot-swap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import pickle
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from marquee.config import Paths
+
+STEPS = ("features", "train", "evaluate", "gate", "register", "promote")
+
+
+class RetrainError(RuntimeError):
+    """A retraining step failed; the serving version was left as it was."""
+
+
+@dataclass
+class RetrainReport:
+    dataset: str
+    candidate: str | None = None
+    serving_before: str | None = None
+    serving_after: str | None = None
+    promoted: bool = False
+    gate: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    features_version: str | None = None
+    seconds: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _dataset_dir(spec: str, paths: Paths) -> Path | None:
+    """The Marquee dataset directory behind `spec` (importing raw MovieLens once), for features."""
+    kind, _, location = spec.partition(":")
+    if kind == "world":
+        return Path(location)
+    from marquee.dataset import load_dataset
+    from marquee.movielens import import_movielens
+
+    target = paths.home / "movielens" / Path(location).resolve().name
+    try:
+        load_dataset(target)
+    except Exception:
+        import_movielens(location, target)
+    return target
+
+
+def feature_schema_hash(names: list[str]) -> str:
+    return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
+
+
+def retrain(
+    dataset: str,
+    *,
+    paths: Paths | None = None,
+    engine: str = "ray",
+    tolerance: float = 0.005,
+    promote: bool = True,
+    config_overrides: dict | None = None,
+    run_features: bool = True,
+    progress: bool = True,
+) -> RetrainReport:
+    """Run every step; raises RetrainError (naming the step) after leaving serving untouched."""
+    from tqdm import tqdm
+
+    from actors.registry import Registry
+    from training.evaluate import load_eval_data, title_content
+    from training.pipeline import Pipeline, PipelineConfig
+    from training.protocol import evaluate, temporal_split
+
+    paths = paths or Paths()
+    registry = Registry(paths.registry)
+    report = RetrainReport(dataset=dataset)
+    serving = registry.promoted()
+    report.serving_before = serving.version if serving else None
+    bar = tqdm(total=len(STEPS), desc="retrain", unit="step", file=sys.stderr, disable=not progress)
+    state: dict = {}
+
+    def step(name: str, work) -> None:
+        bar.set_postfix_str(name)
+        started = time.perf_counter()
+        try:
+            state[name] = work()
+        except RetrainError:
+            raise
+        except Exception as exc:
+            raise RetrainError(f"retrain step '{name}' failed: {exc}; serving version "
+                               f"{report.serving_before or '(none)'} left untouched") from exc
+        finally:
+            report.seconds[name] = round(time.perf_counter() - started, 2)
+        bar.update(1)
+
+    def features():
+        if not run_features:
+            return None
+        from training.features import run_feature_job
+
+        source = _dataset_dir(dataset, paths)
+        result = run_feature_job(source, paths.features / source.name, engine="ray" if engine == "ray" else "arrow")
+        report.features_version = result.version
+        return result.version
+
+    def load_split():
+        data = load_eval_data(dataset)
+        split = temporal_split(data.interactions)
+        return data, split, split.train_data(), title_content(data.titles, split.title_ids)
+
+    def train():
+        data, split, train_data, content = load_split()
+        config = PipelineConfig(**{**(config_overrides or {}), "engine": engine})
+        model = Pipeline(config, content).fit(train_data)
+        return {"data": data, "split": split, "train": train_data, "content": content,
+                "model": model, "config": config}
+
+    def assess():
+        t = state["train"]
+        metrics = evaluate(t["split"], t["model"].score, title_genres=t["content"].genres).as_dict()
+        report.metrics = metrics
+        return metrics
+
+    def gate():
+        t = state["train"]
+        candidate = state["evaluate"]["ndcg@10"]
+        if serving is None:
+            return {"passed": True, "reason": "no serving version yet", "candidate_ndcg@10": candidate}
+        serving_config = PipelineConfig(**{**serving.metrics.get("config", {}), "engine": engine})
+        baseline = Pipeline(serving_config, t["content"]).fit(t["train"])
+        serving_ndcg = evaluate(t["split"], baseline.score).ndcg_at_10
+        passed = candidate >= serving_ndcg - tolerance
+        return {"passed": passed, "candidate_ndcg@10": round(candidate, 5),
+                "serving_ndcg@10": round(serving_ndcg, 5), "tolerance": tolerance,
+                "reason": "not worse than serving" if passed else
+                f"candidate ndcg@10 {candidate:.4f} < serving {serving_ndcg:.4f} - tolerance {tolerance}"}
+
+    def register():
+        t = state["train"]
+        model = t["model"]
+        buffer = io.BytesIO()
+        pickle.dump(model, buffer, protocol=pickle.HIGHEST_PROTOCOL)
+        files = {
+            "pipeline.pkl": buffer.getvalue(),
+            "ranker_play.json": bytes(model.boosters_["play"].save_raw("json")),
+            "ranker_completion.json": bytes(model.boosters_["completion"].save_raw("json")),
+            "title_ids.json": json.dumps([int(x) for x in t["split"].title_ids]).encode(),
+            "member_ids.json": json.dumps([int(x) for x in t["split"].member_ids]).encode(),
+        }
+        config = dataclasses.asdict(t["config"])
+        config.pop("engine", None)
+        version = registry.register(
+            files,
+            metrics={**state["evaluate"], "config": config, "gate": state["gate"],
+                     "training": model.training_},
+            data_window={"dataset": dataset, "features_version": state.get("features"),
+                         "train_interactions": int(t["split"].train.nnz)},
+            feature_schema_hash=feature_schema_hash(model.feature_names_),
+            parent=report.serving_before,
+        )
+        report.candidate = version.version
+        return version.version
+
+    def promote_step():
+        version = state["register"]
+        if not state["gate"]["passed"]:
+            registry.reject(version, state["gate"]["reason"])
+            return None
+        if promote:
+            registry.promote(version, reason=f"retrain on {dataset}: {state['gate']['reason']}")
+            return version
+        return None
+
+    try:
+        step("features", features)
+        step("train", train)
+        step("evaluate", assess)
+        step("gate", gate)
+        report.gate = state["gate"]
+        step("register", register)
+        step("promote", promote_step)
+    finally:
+        bar.close()
+    promoted = registry.promoted()
+    report.serving_after = promoted.version if promoted else None
+    report.promoted = bool(state.get("promote"))
+    return report
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default=None,
+                        help="movielens:PATH or world:DIR (default: the world under MARQUEE_HOME)")
+    parser.add_argument("--home", type=Path, default=None, help="state directory (default MARQUEE_HOME)")
+    parser.add_argument("--engine", choices=("ray", "local"), default="ray",
+                        help="train the ranker with Ray Train (default) or plain xgboost")
+    parser.add_argument("--tolerance", type=float, default=0.005,
+                        help="how much worse than serving (ndcg@10) a candidate may be and still pass")
+    parser.add_argument("--no-promote", action="store_true", help="register but do not promote")
+    parser.add_argument("--skip-features", action="store_true", help="do not rerun the feature job")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override a PipelineConfig field, e.g. --set rounds=50 (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    paths = Paths(args.home) if args.home else Paths()
+    dataset = args.dataset or f"world:{paths.world}"
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            print(f"marquee retrain: --set {item!r}: the value must be JSON", file=sys.stderr)
+            return 2
+    try:
+        report = retrain(dataset, paths=paths, engine=args.engine, tolerance=args.tolerance,
+                         promote=not args.no_promote, config_overrides=overrides,
+                         run_features=not args.skip_features)
+    except (RetrainError, ValueError, TypeError) as exc:
+        print(f"marquee retrain: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True, default=str))
+    else:
+        verdict = "promoted" if report.promoted else f"not promoted ({report.gate.get('reason')})"
+        print(f"candidate {report.candidate}: ndcg@10 {report.metrics.get('ndcg@10')} -> {verdict}; "
+              f"serving {report.serving_before} -> {report.serving_after}")
+    return 0 if report.promoted or args.no_promote else 3

@@ -1,0 +1,511 @@
+"""One XGBoost training engine, two ways to run it: plain `xgboost.train` in this process
+(`train_local`) or Ray Train's XGBoostTrainer (`train_ray`), on the same rows with the same
+params, so the ranker can move to a cluster without changing its numbers.
+
+Both engines share `_fit_booster` (eval split, DMatrix, xgboost.train), so a 1-worker Ray run and
+a local run see identical rows, split and parameters.
+
+Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md section 4):
+  * no per-iteration RayTrainReportCallback: each report is a round trip and made xgb.train 25x
+    slower; the worker reports ONCE at the end, with a checkpoint holding the model;
+  * the data reaches the worker as Arrow blocks (no pandas): the driver hands Ray Train one
+    materialized dataset per worker, the worker reads whole blocks and feeds the Arrow table
+    straight into a QuantileDMatrix (xgboost reads Arrow columns without a copy);
+  * xgboost's nthread is set to the worker's CPUs;
+  * checkpoints go to a temporary storage_path that is removed once the booster is loaded back.
+
+Sharding and ranking: with a ranking objective (rank:ndcg, rank:pairwise, rank:map) every group
+(query) must live whole on one worker, or its pairs are lost and NDCG is computed on fragments.
+Ray Train's default split cuts rows evenly wherever a block boundary falls, so train_ray does
+not use it: it cuts the data itself into `num_workers` contiguous shards at group boundaries and
+gives each worker its own dataset (`train_0`, `train_1`, ...). With one worker this is moot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import xgboost
+
+if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
+    import ray.data
+
+MODEL_FILENAME = "model.ubj"  # same name RayTrainReportCallback uses, so its get_model() works too
+RANKING_OBJECTIVE_PREFIX = "rank:"
+_DATASET_PREFIX = "train_"
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # ray.train.v2 constants
+_POLL_INTERVAL_S = 0.2
+
+
+@dataclass
+class TrainSpec:
+    """What to train: which columns are features, label, group (query id) and weight, plus
+    xgboost params. Rows of one group must be contiguous (ranking objectives need a group)."""
+
+    features: list[str]
+    label: str
+    params: dict
+    num_boost_round: int = 100
+    group: str | None = None  # query/group id column for ranking objectives; rows of one group contiguous
+    weight: str | None = None  # per row; with a ranking objective it must be constant within a group
+    eval_fraction: float = 0.0  # held-out fraction for the eval metric (whole groups when group is set)
+    seed: int = 7
+    early_stopping_rounds: int | None = None  # needs eval_fraction > 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, str) or not isinstance(self.features, (list, tuple)):
+            raise TypeError(f"TrainSpec.features must be a list of column names, got {self.features!r}")
+        self.features = list(self.features)
+        if not self.features:
+            raise ValueError("TrainSpec.features is empty: name at least one feature column")
+        if not all(isinstance(f, str) and f for f in self.features):
+            raise TypeError(f"TrainSpec.features must hold non-empty strings, got {self.features!r}")
+        duplicates = sorted({f for f in self.features if self.features.count(f) > 1})
+        if duplicates:
+            raise ValueError(f"TrainSpec.features names these columns twice: {duplicates}")
+        if not isinstance(self.label, str) or not self.label:
+            raise TypeError(f"TrainSpec.label must be a column name, got {self.label!r}")
+        for role in ("label", "group", "weight"):
+            column = getattr(self, role)
+            if column is not None and column in self.features:
+                raise ValueError(f"TrainSpec.{role} column {column!r} is also listed as a feature")
+        if not isinstance(self.params, dict):
+            raise TypeError(f"TrainSpec.params must be a dict of xgboost params, got {type(self.params).__name__}")
+        if not isinstance(self.num_boost_round, int) or self.num_boost_round < 1:
+            raise ValueError(f"TrainSpec.num_boost_round must be an int >= 1, got {self.num_boost_round!r}")
+        if not 0.0 <= float(self.eval_fraction) < 1.0:
+            raise ValueError(f"TrainSpec.eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        if self.early_stopping_rounds is not None:
+            if not isinstance(self.early_stopping_rounds, int) or self.early_stopping_rounds < 1:
+                raise ValueError(
+                    f"TrainSpec.early_stopping_rounds must be an int >= 1, got {self.early_stopping_rounds!r}"
+                )
+            if self.eval_fraction <= 0:
+                raise ValueError("TrainSpec.early_stopping_rounds needs eval_fraction > 0 (a held-out set to watch)")
+        if self.is_ranking and self.group is None:
+            raise ValueError(
+                f"objective {self.objective!r} is a ranking objective: set TrainSpec.group to the query id column"
+            )
+
+    @property
+    def objective(self) -> str:
+        return str(self.params.get("objective", "reg:squarederror"))
+
+    @property
+    def is_ranking(self) -> bool:
+        return self.objective.startswith(RANKING_OBJECTIVE_PREFIX)
+
+    @property
+    def columns(self) -> list[str]:
+        """Every column training reads, features first."""
+        extra = [c for c in (self.label, self.group, self.weight) if c is not None]
+        return self.features + extra
+
+
+@dataclass
+class TrainResult:
+    """A trained booster plus where the time went. `stages` are seconds per stage; `evals` is
+    xgboost's evals_result ({"eval": {metric: [per round]}}) when eval_fraction > 0."""
+
+    booster: xgboost.Booster
+    seconds: float
+    stages: dict[str, float]
+    engine: str
+    evals: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def validate_schema(schema: pa.Schema, spec: TrainSpec) -> None:
+    """Fail before any work with an error naming the missing or non-numeric column."""
+    names = set(schema.names)
+    missing = [c for c in spec.columns if c not in names]
+    if missing:
+        roles = {spec.label: "label", spec.group: "group", spec.weight: "weight"}
+        described = ", ".join(f"{c!r} ({roles.get(c, 'feature')})" for c in missing)
+        raise KeyError(f"training data lacks column(s) {described}; it has {sorted(names)}")
+    for column in spec.features:
+        t = schema.field(column).type
+        if not _is_numeric(t):
+            raise TypeError(f"feature column {column!r} has type {t}; features must be numeric (int, float, bool)")
+    for role in ("label", "weight"):
+        column = getattr(spec, role)
+        if column is not None and not _is_numeric(schema.field(column).type):
+            raise TypeError(f"{role} column {column!r} has type {schema.field(column).type}; it must be numeric")
+
+
+def _check_rows(table: pa.Table, spec: TrainSpec) -> None:
+    if table.num_rows == 0:
+        raise ValueError("training data has no rows")
+    if table.column(spec.label).null_count:
+        raise ValueError(f"label column {spec.label!r} has {table.column(spec.label).null_count} null(s)")
+    if spec.group is not None and table.column(spec.group).null_count:
+        raise ValueError(f"group column {spec.group!r} has null(s): every row needs a group id")
+
+
+def group_runs(column: pa.ChunkedArray | pa.Array, name: str = "group") -> np.ndarray:
+    """Start offsets of each contiguous run of equal group ids (plus the end offset).
+    Raises if a group id appears in two separate runs (its rows are not contiguous)."""
+    n = len(column)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    changed = pc.not_equal(column.slice(1), column.slice(0, n - 1))
+    starts = np.flatnonzero(changed.to_numpy(zero_copy_only=False)) + 1
+    bounds = np.concatenate([[0], starts, [n]]).astype(np.int64)
+    run_ids = column.take(pa.array(bounds[:-1]))
+    if len(pc.unique(run_ids)) != len(run_ids):
+        raise ValueError(
+            f"rows of one {name!r} id are not contiguous: sort or cluster the table by {name!r} before training"
+        )
+    return bounds
+
+
+# --------------------------------------------------------------------------- the shared core
+
+
+def split_eval(table: pa.Table, spec: TrainSpec) -> tuple[pa.Table, pa.Table | None]:
+    """Seeded held-out split; whole groups go to eval when a group column is set, and rows keep
+    their order so groups stay contiguous on both sides."""
+    if spec.eval_fraction <= 0:
+        return table, None
+    rng = np.random.default_rng(spec.seed)
+    if spec.group is not None:
+        bounds = group_runs(table.column(spec.group), spec.group)
+        n_units = len(bounds) - 1
+    else:
+        n_units = table.num_rows
+    n_eval = min(max(1, round(spec.eval_fraction * n_units)), n_units - 1)
+    if n_eval < 1:
+        raise ValueError(
+            f"eval_fraction={spec.eval_fraction} needs at least 2 {'groups' if spec.group else 'rows'}, got {n_units}"
+        )
+    chosen = np.zeros(n_units, dtype=bool)
+    chosen[rng.choice(n_units, size=n_eval, replace=False)] = True
+    if spec.group is not None:
+        chosen = np.repeat(chosen, np.diff(bounds))
+    mask = pa.array(chosen)
+    return table.filter(pc.invert(mask)), table.filter(mask)
+
+
+def _uses_quantile_dmatrix(params: dict) -> bool:
+    # QuantileDMatrix sketches once and skips the raw copy; it serves hist (the default method).
+    return params.get("tree_method", "hist") == "hist"
+
+
+def build_dmatrix(
+    table: pa.Table, spec: TrainSpec, *, nthread: int | None = None, ref: xgboost.DMatrix | None = None
+) -> xgboost.DMatrix:
+    """DMatrix straight from Arrow columns (xgboost reads them without a copy)."""
+    features = table.select(spec.features)
+    label = table.column(spec.label).to_numpy().astype(np.float32, copy=False)
+    kwargs: dict[str, Any] = {"label": label, "nthread": nthread if nthread is not None else -1}
+    weight = None if spec.weight is None else table.column(spec.weight).to_numpy().astype(np.float32, copy=False)
+    if spec.group is not None:
+        bounds = group_runs(table.column(spec.group), spec.group)
+        kwargs["group"] = np.diff(bounds)
+        if weight is not None and spec.is_ranking:
+            per_group = weight[bounds[:-1]]
+            if not np.array_equal(np.repeat(per_group, np.diff(bounds)), weight):
+                raise ValueError(
+                    f"weight column {spec.weight!r} varies within a group; ranking objectives take one weight per group"
+                )
+            weight = per_group
+    if weight is not None:
+        kwargs["weight"] = weight
+    if _uses_quantile_dmatrix(spec.params):
+        return xgboost.QuantileDMatrix(features, ref=ref, max_bin=spec.params.get("max_bin", 256), **kwargs)
+    return xgboost.DMatrix(features, **kwargs)
+
+
+def _fit_booster(
+    table: pa.Table, spec: TrainSpec, *, nthread: int | None
+) -> tuple[xgboost.Booster, dict, dict[str, float]]:
+    """Split, build matrices, train. Used unchanged by both engines (and by each Ray worker)."""
+    stages: dict[str, float] = {}
+    t = time.perf_counter()
+    train_table, eval_table = split_eval(table, spec)
+    stages["split"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    dtrain = build_dmatrix(train_table, spec, nthread=nthread)
+    deval = None if eval_table is None else build_dmatrix(eval_table, spec, nthread=nthread, ref=dtrain)
+    stages["dmatrix"] = time.perf_counter() - t
+
+    params = {"seed": spec.seed, **spec.params}
+    if nthread is not None:
+        params["nthread"] = nthread
+    evals_result: dict = {}
+    t = time.perf_counter()
+    booster = xgboost.train(
+        params,
+        dtrain,
+        num_boost_round=spec.num_boost_round,
+        evals=[] if deval is None else [(deval, "eval")],
+        evals_result=evals_result,
+        early_stopping_rounds=spec.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    stages["train"] = time.perf_counter() - t
+    return booster, evals_result, stages
+
+
+# --------------------------------------------------------------------------- local engine
+
+
+def train_local(table: pa.Table, spec: TrainSpec) -> TrainResult:
+    """Plain xgboost.train in this process: the baseline and the no-cluster path."""
+    start = time.perf_counter()
+    if not isinstance(table, pa.Table):
+        raise TypeError(f"train_local takes a pyarrow.Table, got {type(table).__name__}")
+    t = time.perf_counter()
+    validate_schema(table.schema, spec)
+    _check_rows(table, spec)
+    stages = {"validate": time.perf_counter() - t}
+    booster, evals, fit_stages = _fit_booster(table, spec, nthread=spec.params.get("nthread"))
+    stages.update(fit_stages)
+    return TrainResult(booster, time.perf_counter() - start, stages, "local", evals)
+
+
+# --------------------------------------------------------------------------- Ray Train engine
+
+
+def shard_bounds(num_rows: int, num_shards: int, group_bounds: np.ndarray | None = None) -> list[int]:
+    """Row offsets cutting [0, num_rows) into `num_shards` near-equal contiguous pieces; with
+    group_bounds (run starts + end) every cut falls on a group boundary."""
+    if num_shards < 1:
+        raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+    if num_rows < num_shards:
+        raise ValueError(f"{num_rows} row(s) cannot be spread over {num_shards} workers")
+    ideal = [round(i * num_rows / num_shards) for i in range(num_shards + 1)]
+    if group_bounds is None:
+        return ideal
+    if len(group_bounds) - 1 < num_shards:
+        raise ValueError(f"{len(group_bounds) - 1} group(s) cannot be spread over {num_shards} workers")
+    cuts, previous = [0], 0
+    last = len(group_bounds) - 1
+    for i in range(1, num_shards):
+        j = int(np.argmin(np.abs(group_bounds - ideal[i])))  # the group boundary nearest the ideal cut
+        j = min(max(j, previous + 1), last - (num_shards - i))  # at least one group per shard
+        cuts.append(int(group_bounds[j]))
+        previous = j
+    cuts.append(num_rows)
+    return cuts
+
+
+def _dataset_schema(ds: "ray.data.Dataset") -> pa.Schema:
+    schema = ds.schema()
+    if schema is None:
+        raise ValueError("the training Dataset is empty (it has no schema)")
+    fields = [
+        pa.field(name, t if isinstance(t, pa.DataType) else pa.string())  # non-Arrow type: not numeric
+        for name, t in zip(schema.names, schema.types)
+    ]
+    return pa.schema(fields)
+
+
+def _shard_table(table: pa.Table, spec: TrainSpec, num_workers: int) -> dict[str, "ray.data.Dataset"]:
+    table = table.select(spec.columns)  # only the columns training reads travel to the workers
+    groups = None if spec.group is None else group_runs(table.column(spec.group), spec.group)
+    cuts = shard_bounds(table.num_rows, num_workers, groups)
+    return {
+        f"{_DATASET_PREFIX}{rank}": _materialized(table.slice(cuts[rank], cuts[rank + 1] - cuts[rank]))
+        for rank in range(num_workers)
+    }
+
+
+def _materialized(table: pa.Table) -> "ray.data.Dataset":
+    """One-block materialized Dataset. from_blocks computes block metadata here; from_arrow
+    runs a remote task for it (0.5-1.3 s here when it has to wait for a worker process)."""
+    import ray.data
+
+    if hasattr(ray.data, "from_blocks"):
+        return ray.data.from_blocks([table])
+    return ray.data.from_arrow(table)
+
+
+def _shard_dataset(ds: "ray.data.Dataset", spec: TrainSpec, num_workers: int) -> dict[str, "ray.data.Dataset"]:
+    from ray.data.dataset import MaterializedDataset
+
+    if not isinstance(ds, MaterializedDataset):
+        # Run the pipeline here, while the CPUs are free: inside a Train worker that holds every
+        # CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever.
+        ds = ds.select_columns(spec.columns).materialize()
+    if num_workers == 1:
+        return {f"{_DATASET_PREFIX}0": ds}
+    groups = None
+    if spec.group is not None:
+        import ray
+
+        ids = pa.concat_tables(ray.get(ds.select_columns([spec.group]).to_arrow_refs())).column(spec.group)
+        groups = group_runs(ids, spec.group)
+    cuts = shard_bounds(ds.count(), num_workers, groups)
+    pieces = ds.split_at_indices(cuts[1:-1])
+    return {f"{_DATASET_PREFIX}{rank}": piece for rank, piece in enumerate(pieces)}
+
+
+@contextmanager
+def _controller_poll_interval(seconds: float):
+    """Ray Train's controller polls its workers every 2 s by default, so a finished run waited
+    about 1-2 s to be noticed (measured here: report-to-result 3.1 s, 0.4 s at 0.2 s). The
+    controller reads the interval from this env var when fit() starts; a value the user set wins."""
+    if HEALTH_CHECK_INTERVAL_ENV in os.environ:
+        yield
+        return
+    os.environ[HEALTH_CHECK_INTERVAL_ENV] = str(seconds)
+    try:
+        yield
+    finally:
+        os.environ.pop(HEALTH_CHECK_INTERVAL_ENV, None)
+
+
+def _train_loop_per_worker(config: dict) -> None:
+    """Runs inside each Ray Train worker: read this worker's shard as Arrow, fit with the shared
+    core, report once with the model as a checkpoint (rank 0) and the stage timings."""
+    import ray
+    import ray.train
+
+    started_at = time.time()
+    spec: TrainSpec = config["spec"]
+    nthread: int = config["nthread"]
+    rank = ray.train.get_context().get_world_rank()
+
+    t = time.perf_counter()
+    shard = ray.train.get_dataset_shard(f"{_DATASET_PREFIX}{rank}")
+    # Block refs, then one ray.get: Arrow tables read zero-copy from the local object store
+    # (measured in a fresh worker, 1 M x 30: 0.15 s; iter_batches 0.1-0.4 s; to_pandas 3.2 s).
+    blocks = ray.get(shard.materialize().to_arrow_refs())
+    if not blocks:
+        raise ValueError(f"Ray Train worker {rank} received no rows")
+    table = pa.concat_tables(blocks).select(spec.columns)
+    _check_rows(table, spec)
+    stages = {"ingest": time.perf_counter() - t}
+
+    booster, evals, fit_stages = _fit_booster(table, spec, nthread=nthread)
+    stages.update(fit_stages)
+
+    t = time.perf_counter()
+    checkpoint = None
+    with tempfile.TemporaryDirectory(prefix="marquee-xgb-ckpt-") as tmp:
+        if rank == 0:
+            booster.save_model(str(Path(tmp) / MODEL_FILENAME))
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        stages["checkpoint_save"] = time.perf_counter() - t
+        metrics = {
+            "stages": stages,
+            "evals": evals,
+            "rows": table.num_rows,
+            "started_at": started_at,
+            "reporting_at": time.time(),
+        }
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_ray(
+    data: "pa.Table | ray.data.Dataset",
+    spec: TrainSpec,
+    *,
+    num_workers: int = 1,
+    cpus_per_worker: int = 2,
+) -> TrainResult:
+    """Train with Ray Train's XGBoostTrainer on `num_workers` workers of `cpus_per_worker` CPUs.
+    A pyarrow Table is projected to the training columns and cut into one contiguous shard per
+    worker (groups whole); a lazy Dataset is materialized on the driver first, then cut the same
+    way. Call ray.init first (or Ray starts a local cluster on its own)."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.xgboost import XGBoostTrainer
+
+    start = time.perf_counter()
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+    if not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
+        raise ValueError(f"cpus_per_worker must be an int >= 1, got {cpus_per_worker!r}")
+
+    t = time.perf_counter()
+    if isinstance(data, pa.Table):
+        validate_schema(data.schema, spec)
+        _check_rows(data, spec)
+        stages = {"validate": time.perf_counter() - t}
+        t = time.perf_counter()
+        datasets = _shard_table(data, spec, num_workers)
+    elif isinstance(data, ray.data.Dataset):
+        validate_schema(_dataset_schema(data), spec)
+        stages = {"validate": time.perf_counter() - t}
+        t = time.perf_counter()
+        datasets = _shard_dataset(data, spec, num_workers)
+    else:
+        raise TypeError(f"train_ray takes a pyarrow.Table or a ray.data.Dataset, got {type(data).__name__}")
+    stages["prepare_data"] = time.perf_counter() - t
+
+    with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage:
+        trainer = XGBoostTrainer(
+            _train_loop_per_worker,
+            train_loop_config={"spec": spec, "nthread": cpus_per_worker},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}
+            ),
+            run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
+            datasets=datasets,
+            # Each worker reads only its own pre-cut dataset: no streaming split across workers.
+            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        )
+        fit_started_at = time.time()
+        with _controller_poll_interval(_POLL_INTERVAL_S):
+            result = trainer.fit()
+        fit_ended_at = time.time()
+
+        t = time.perf_counter()
+        if result.checkpoint is None:
+            raise RuntimeError("Ray Train finished without a checkpoint: the worker did not report its model")
+        with result.checkpoint.as_directory() as path:
+            booster = xgboost.Booster()
+            booster.load_model(str(Path(path) / MODEL_FILENAME))
+        load_seconds = time.perf_counter() - t
+
+    metrics = result.metrics
+    # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
+    stages["startup"] = max(0.0, metrics["started_at"] - fit_started_at)
+    stages.update({name: float(seconds) for name, seconds in metrics["stages"].items()})
+    stages["report_and_teardown"] = max(0.0, fit_ended_at - metrics["reporting_at"])
+    stages["fit"] = fit_ended_at - fit_started_at
+    stages["load_model"] = load_seconds
+    return TrainResult(booster, time.perf_counter() - start, stages, "ray_train", metrics["evals"])
+
+
+def predict(booster: xgboost.Booster, table: pa.Table, features: list[str]) -> np.ndarray:
+    """Scores for `table` rows (Arrow in, no pandas), honouring early stopping's best iteration."""
+    matrix = xgboost.DMatrix(table.select(features))
+    best = booster.attr("best_iteration")
+    iteration_range = (0, int(best) + 1) if best is not None else (0, 0)
+    return booster.predict(matrix, iteration_range=iteration_range)
+
+
+__all__ = [
+    "TrainSpec",
+    "TrainResult",
+    "train_local",
+    "train_ray",
+    "predict",
+    "validate_schema",
+    "split_eval",
+    "build_dmatrix",
+    "group_runs",
+    "shard_bounds",
+]
