@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from training.protocol import Split, evaluate, temporal_split
+from training.ranker_features import StoreLink
 from training.retrieval import TitleContent
 
 
@@ -99,7 +100,7 @@ def title_content(titles: pa.Table, title_ids: np.ndarray) -> TitleContent:
 
 
 def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local", seed: int = 7,
-             progress=None) -> dict:
+             features: str | Path | None = None, progress=None) -> dict:
     """Fit every model on the same split and evaluate; returns the JSON-ready report."""
     from training.peers import default_peers
     from training.pipeline import Pipeline, PipelineConfig
@@ -110,7 +111,9 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
     split = temporal_split(data.interactions)
     train = split.train_data()
     content = title_content(data.titles, split.title_ids)
-    candidates = {**default_peers(seed), "pipeline": Pipeline(PipelineConfig(engine=engine, seed=seed), content)}
+    store = StoreLink(str(features), split.member_ids, split.title_ids) if features else None
+    pipeline = Pipeline(PipelineConfig(engine=engine, seed=seed), content, store)
+    candidates = {**default_peers(seed), "pipeline": pipeline}
     chosen = models or list(candidates)
     unknown = [m for m in chosen if m not in candidates]
     if unknown:
@@ -154,6 +157,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=("local", "ray"), default="local",
                         help="train the pipeline's ranker with plain xgboost or Ray Train")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--features", default=None,
+                        help="offline feature store of this dataset (marquee features --out DIR): "
+                             "the ranker also reads its member/title features, point in time")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -161,6 +167,7 @@ def cli_main(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:
         report = run_eval(args.dataset, models=models, engine=args.engine, seed=args.seed,
+                          features=args.features,
                           progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as exc:
         print(f"marquee eval: {exc}", file=sys.stderr)

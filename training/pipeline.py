@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from training.protocol import TrainData
-from training.ranker_features import Candidates, FeatureBuilder
+from training.ranker_features import Candidates, FeatureBuilder, StoreLink
 from training.retrieval import (
     ContentBased,
     Embeddings,
@@ -110,16 +110,18 @@ def _table(candidates: Candidates, **labels: np.ndarray) -> pa.Table:
 class Pipeline:
     """fit(data) -> self; score(members) ranks every title (candidates first, ranker order)."""
 
-    def __init__(self, config: PipelineConfig | None = None, content: TitleContent | None = None):
+    def __init__(self, config: PipelineConfig | None = None, content: TitleContent | None = None,
+                 store: StoreLink | None = None):
         self.config = config or PipelineConfig()
         self.content = content
+        self.store = store  # offline feature store: its member/title features join the ranker's
 
     def _builder(self, data: TrainData) -> FeatureBuilder:
         sources = build_sources(self.content, self.config.seed)
         for source in sources.values():
             source.fit(data)
         depth = {name: d for name, d in self.config.depth.items() if name in sources}
-        return FeatureBuilder(data, sources, depth, strong=data.strong)
+        return FeatureBuilder(data, sources, depth, strong=data.strong, store=self.store)
 
     def fit(self, data: TrainData) -> "Pipeline":
         from training.xgb_train import TrainSpec, train_local, train_ray

@@ -8,11 +8,46 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from training.offline_store import join_point_in_time
 from training.protocol import TrainData
 from training.retrieval import DAY_S
 
 WINDOWS_DAYS = (1, 7, 30, 365)
+
+
+@dataclass
+class StoreLink:
+    """Where the offline feature store is, and how this data's indices map to its ids: the ranker
+    then also reads the store's member and title features as of each member's now."""
+
+    store_dir: str
+    member_ids: np.ndarray  # member index -> external member_id
+    title_ids: np.ndarray  # title index -> external title_id
+    version: str | None = None
+
+
+def store_features(link: StoreLink, members: np.ndarray, titles: np.ndarray, now_s: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+    """Numeric member/title features from the offline store's snapshot for the UTC day of each
+    member's now: computed only from events strictly before that day (no leakage)."""
+    examples = pa.table({
+        "member_id": pa.array(link.member_ids[members], pa.int64()),
+        "title_id": pa.array(link.title_ids[titles], pa.int64()),
+        "timestamp": pa.array(np.asarray(now_s, dtype=np.int64) * 1000, pa.timestamp("ms", tz="UTC")),
+    })
+    joined = join_point_in_time(examples, link.store_dir, link.version)
+    names, columns = [], []
+    for name in joined.column_names[3:]:
+        column = joined.column(name)
+        kind = column.type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            continue
+        values = pc.fill_null(column.cast(pa.float64()), float("nan")).to_numpy()
+        names.append(f"store_{name}")
+        columns.append(values)
+    return names, columns
 
 
 @dataclass
@@ -47,8 +82,8 @@ class FeatureBuilder:
     """Turns fitted candidate sources into ranker rows for a batch of members."""
 
     def __init__(self, data: TrainData, sources: dict, depth: dict[str, int],
-                 title_genres=None, strong: np.ndarray | None = None):
-        self.data, self.sources, self.depth = data, sources, depth
+                 title_genres=None, strong: np.ndarray | None = None, store: StoreLink | None = None):
+        self.data, self.sources, self.depth, self.store = data, sources, depth, store
         order = np.lexsort((data.timestamps, data.titles))
         self._title_time_key = data.titles[order].astype(np.int64) * (1 << 40) + data.timestamps[order]
         first = np.full(data.shape[1], np.iinfo(np.int64).max, dtype=np.int64)
@@ -109,5 +144,9 @@ class FeatureBuilder:
             strong = self._window_counts(self._strong_key, titles, now, 1e5)
             names.append("title_strong_rate")
             columns.append((strong + 1) / (ever + 2))
+        if self.store is not None:
+            store_names, store_columns = store_features(self.store, who, titles, now)
+            names += store_names
+            columns += store_columns
         features = np.column_stack(columns).astype(np.float32) if columns else np.zeros((0, 0), np.float32)
         return Candidates(who, titles, features, names)

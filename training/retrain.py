@@ -84,6 +84,7 @@ def retrain(
     from training.evaluate import load_eval_data, title_content
     from training.pipeline import Pipeline, PipelineConfig
     from training.protocol import evaluate, temporal_split
+    from training.ranker_features import StoreLink
 
     paths = paths or Paths()
     registry = Registry(paths.registry)
@@ -113,9 +114,10 @@ def retrain(
         from training.features import run_feature_job
 
         source = _dataset_dir(dataset, paths)
-        result = run_feature_job(source, paths.features / source.name, engine="ray" if engine == "ray" else "arrow")
+        store_dir = paths.features / source.name
+        result = run_feature_job(source, store_dir, engine="ray" if engine == "ray" else "arrow")
         report.features_version = result.version
-        return result.version
+        return {"version": result.version, "store_dir": str(store_dir)}
 
     def load_split():
         data = load_eval_data(dataset)
@@ -124,10 +126,13 @@ def retrain(
 
     def train():
         data, split, train_data, content = load_split()
+        features = state.get("features")
+        store = (StoreLink(features["store_dir"], split.member_ids, split.title_ids, features["version"])
+                 if features else None)
         config = PipelineConfig(**{**(config_overrides or {}), "engine": engine})
-        model = Pipeline(config, content).fit(train_data)
+        model = Pipeline(config, content, store).fit(train_data)
         return {"data": data, "split": split, "train": train_data, "content": content,
-                "model": model, "config": config}
+                "model": model, "config": config, "store": store}
 
     def assess():
         t = state["train"]
@@ -141,7 +146,7 @@ def retrain(
         if serving is None:
             return {"passed": True, "reason": "no serving version yet", "candidate_ndcg@10": candidate}
         serving_config = PipelineConfig(**{**serving.metrics.get("config", {}), "engine": engine})
-        baseline = Pipeline(serving_config, t["content"]).fit(t["train"])
+        baseline = Pipeline(serving_config, t["content"], t["store"]).fit(t["train"])
         serving_ndcg = evaluate(t["split"], baseline.score).ndcg_at_10
         passed = candidate >= serving_ndcg - tolerance
         return {"passed": passed, "candidate_ndcg@10": round(candidate, 5),
@@ -167,7 +172,7 @@ def retrain(
             files,
             metrics={**state["evaluate"], "config": config, "gate": state["gate"],
                      "training": model.training_},
-            data_window={"dataset": dataset, "features_version": state.get("features"),
+            data_window={"dataset": dataset, "features_version": report.features_version,
                          "train_interactions": int(t["split"].train.nnz)},
             feature_schema_hash=feature_schema_hash(model.feature_names_),
             parent=report.serving_before,

@@ -49,3 +49,19 @@ def test_a_failed_step_leaves_serving_untouched(world, tmp_path):
     registry = Registry(paths.registry)
     assert registry.promoted_version() == first.candidate
     assert [v.version for v in registry.list()] == [first.candidate]  # nothing half-registered
+
+
+def test_the_ranker_reads_the_offline_feature_store(world, tmp_path):
+    """With the feature step on, the ranker's features include the store's member and title
+    features (joined as of each member's now), and the version records which store it read."""
+    import pickle
+
+    paths = Paths(tmp_path / "home")
+    report = retrain(world, paths=paths, engine="local", run_features=True, progress=False,
+                     config_overrides={"rounds": 20})
+    assert report.features_version
+    registry = Registry(paths.registry)
+    model = pickle.loads(registry.read_artifact(report.candidate, "pipeline.pkl"))
+    store_columns = [n for n in model.feature_names_ if n.startswith("store_")]
+    assert "store_genre_match" in store_columns and "store_member_cold_start" in store_columns
+    assert registry.get(report.candidate).data_window["features_version"] == report.features_version
