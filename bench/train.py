@@ -21,6 +21,7 @@ import numpy as np
 
 TARGET_OVERHEAD_RATIO = 1.5
 GROUP_SIZE = 50
+CLUSTER_CPUS = 2  # ray.init(num_cpus=2): the machine this project is measured on
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,10 @@ def cli_main(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             print(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}", file=sys.stderr)
             return 2
+    if args.workers * args.cpus_per_worker > CLUSTER_CPUS:
+        print(f"--workers x --cpus-per-worker must fit the benchmark's {CLUSTER_CPUS}-CPU cluster, "
+              f"got {args.workers} x {args.cpus_per_worker}", file=sys.stderr)
+        return 2
     if args.rows < 2 * GROUP_SIZE:
         print(f"--rows must be >= {2 * GROUP_SIZE}, got {args.rows}", file=sys.stderr)
         return 2
@@ -137,9 +142,9 @@ def run(
         seed=seed,
     )
 
-    _progress("ray.init(num_cpus=2)")
+    _progress(f"ray.init(num_cpus={CLUSTER_CPUS})")
     t = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=CLUSTER_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init_s = time.perf_counter() - t
     try:
         # Untimed warm-up on a small slice: a fresh cluster spends its first seconds starting

@@ -92,10 +92,16 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
     ray_bin = Path(sys.executable).with_name("ray")
     gcs_port, dashboard_port = free_port(), free_port()
     temp_dir = _temp_dir(home)
+    # Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the
+    # client server...) is picked free: another cluster on this machine may hold the defaults.
+    extra_ports = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                   "metrics-export-port", "ray-client-server-port", "node-manager-port",
+                   "object-manager-port"]
     cmd = [
         str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
         f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or os.cpu_count() or 2}",
+        *(f"--{name}={free_port()}" for name in extra_ports),
     ]
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "ray-head.log", "ab")
