@@ -76,6 +76,22 @@ def build_sources(content: TitleContent | None, seed: int) -> dict:
     return sources
 
 
+def _ray_trainer():
+    """train_ray sized to what the cluster can give now: a worker asking for more CPUs than are
+    free (serving actors hold fractions) would wait forever for its placement group."""
+    import math
+
+    import ray
+
+    from training.xgb_train import train_ray
+
+    if not ray.is_initialized():
+        ray.init()
+    free = ray.available_resources().get("CPU", 1.0)
+    cpus = max(1, min(int(math.floor(free + 1e-9)), int(ray.cluster_resources().get("CPU", 1))))
+    return lambda table, spec: train_ray(table, spec, num_workers=1, cpus_per_worker=cpus)
+
+
 def holdout_last(data: TrainData, holdout: int, min_rows: int) -> tuple[TrainData, dict[int, set[int]], dict[int, set[int]]]:
     """Inner split of training data: (data without each active member's last `holdout` rows,
     held-out titles per member, held-out strong titles per member)."""
@@ -133,7 +149,7 @@ class Pipeline:
         self.feature_names_ = candidates.names
         play = _label(candidates, labels)
         table = _table(candidates, play=play, completion=_label(candidates, strong_labels) if strong_labels else play)
-        train = train_ray if cfg.engine == "ray" else train_local
+        train = _ray_trainer() if cfg.engine == "ray" else train_local
         self.boosters_ = {}
         self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "seconds": {}}
         for objective in ("play", "completion"):

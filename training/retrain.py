@@ -219,10 +219,49 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override a PipelineConfig field, e.g. --set rounds=50 (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--submit", action="store_true",
+                        help="run as a Ray job on the cluster of `marquee up` and follow its logs")
+
+
+def submit_as_job(paths: Paths, argv: list[str], timeout_s: float = 1800.0) -> int:
+    """Run this same command as a Ray job on the home's running cluster; stream its logs."""
+    from marquee.cluster import LocalCluster, auth_env, use_cluster_auth
+    from marquee.config import PROJECT_ROOT
+
+    cluster = LocalCluster.load(paths.home)
+    if cluster is None or not cluster.alive():
+        print(f"marquee retrain --submit: no cluster running for {paths.home}; start one with "
+              "`marquee up --detach`", file=sys.stderr)
+        return 2
+    use_cluster_auth(paths.home)
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(cluster.dashboard_url)
+    entrypoint = " ".join([sys.executable, "-m", "marquee.cli", "retrain", *argv])
+    env = {"MARQUEE_HOME": str(paths.home), "PYTHONPATH": str(PROJECT_ROOT), **auth_env(paths.home)}
+    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
+    print(f"submitted Ray job {job} to {cluster.dashboard_url}", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + timeout_s
+    while not client.get_job_status(job).is_terminal():
+        if time.monotonic() > deadline:
+            client.stop_job(job)
+            print(f"marquee retrain --submit: job {job} exceeded {timeout_s:.0f} s; stopped", file=sys.stderr)
+            return 1
+        time.sleep(1.0)
+    status = client.get_job_status(job)
+    logs = client.get_job_logs(job)
+    print(logs, end="" if logs.endswith("\n") else "\n")
+    print(f"Ray job {job}: {status.value}", file=sys.stderr)
+    return 0 if status.value == "SUCCEEDED" else 1
 
 
 def cli_main(args: argparse.Namespace) -> int:
     paths = Paths(args.home) if args.home else Paths()
+    if args.submit:
+        import shlex
+
+        argv = [a for a in sys.argv[2:] if a != "--submit"] if len(sys.argv) > 2 else []
+        return submit_as_job(paths, [shlex.quote(a) for a in argv])
     dataset = args.dataset or f"world:{paths.world}"
     overrides = {}
     for item in args.set:

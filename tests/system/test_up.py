@@ -112,6 +112,16 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert again["events_before"] == probe["events_before"] + 1  # the live event survived
         assert again["accepted"] == 0  # replaying probe-1 is a duplicate, not a second event
         assert 77 in again["my_list"]
+
+        # Retraining as a Ray job on this cluster: the serving actors hold CPU fractions, and the
+        # job must still schedule its Ray Train worker, evaluate, and promote a version.
+        job = subprocess.run(MARQUEE + ["retrain", "--submit", "--skip-features", "--set", "rounds=20"],
+                             env=_env(home), cwd=ROOT, capture_output=True, text=True, timeout=400)
+        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
+        assert "SUCCEEDED" in job.stderr
+        from actors.registry import Registry
+
+        assert Registry(home / "registry", read_only=True).promoted_version() == "v0001"
     finally:
         down = subprocess.run(MARQUEE + ["down"], env=_env(home), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
