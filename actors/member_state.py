@@ -606,6 +606,7 @@ class MemberStateService:
             "members": self._state.member_count,
             "snapshot_path": str(self.snapshot_path),
             "last_error": self.last_error,
+            "pid": os.getpid(),  # chaos tests tell a restarted process from the old one
         }
 
     def stop(self) -> None:

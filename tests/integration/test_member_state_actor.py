@@ -65,6 +65,15 @@ def wait_for_seq(ray, actor, seq: int) -> None:
     raise AssertionError(f"member state never reached seq {seq}")
 
 
+def wait_for_restart(ray, actor, old_pid: int) -> None:
+    """ray.kill lands asynchronously: wait until calls reach the restarted process."""
+    for _ in range(600):
+        if ray.get(actor.info.remote())["pid"] != old_pid:
+            return
+        time.sleep(0.1)
+    raise AssertionError("member state actor was not restarted in a new process")
+
+
 def test_actor_catches_up_polls_and_rebuilds_after_kill(ray_cluster, fake_log_class, tmp_path):
     ray = ray_cluster
     log = fake_log_class.remote(make_events(1, 0))
@@ -82,8 +91,10 @@ def test_actor_catches_up_polls_and_rebuilds_after_kill(ray_cluster, fake_log_cl
     assert [s.known for s in before] == [True] * 5 + [False]
     assert any(s.continue_watching for s in before) and any(s.my_list for s in before)
 
+    old_pid = ray.get(actor.info.remote())["pid"]
     ray.kill(actor, no_restart=False)
-    ray.get(actor.sync.remote())  # waits for the restart (max_task_retries) then catches up
+    wait_for_restart(ray, actor, old_pid)
+    ray.get(actor.sync.remote())  # the new process: snapshot loaded, now catch up from the log
     info = ray.get(actor.info.remote())
     assert info["loaded_seq"] == 40 and info["applied_seq"] == 50  # snapshot, then the log
     assert ray.get(actor.get_many.remote(members)) == before
@@ -98,7 +109,9 @@ def test_actor_without_a_log_serves_its_snapshot_and_direct_applies(ray_cluster,
     expected = ray.get(actor.get.remote(3))
     assert expected.known and ray.get(actor.get.remote(99)).known is False
 
+    old_pid = ray.get(actor.info.remote())["pid"]
     ray.kill(actor, no_restart=False)
+    wait_for_restart(ray, actor, old_pid)
     assert ray.get(actor.get.remote(3)) == expected
     ray.kill(actor, no_restart=True)
 
