@@ -66,6 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from marquee.dataset import conform, day_column, events_dataset
+from marquee.durable import fsync_path
 from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError
 
 log = logging.getLogger(__name__)
@@ -114,23 +115,6 @@ class AppendResult:
 # ---------------------------------------------------------------------------------------------
 # Small filesystem helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's entries (new, renamed, deleted files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, buffers: list) -> None:
@@ -207,7 +191,7 @@ def _create_segment_file(wal_dir: Path, segment_id: int) -> Path:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(wal_dir)
+    fsync_path(wal_dir)
     return path
 
 
@@ -599,12 +583,12 @@ class EventLog:
             final = day_dir / _parquet_name(segment.segment_id)
             tmp = day_dir / f".{final.name}.tmp"
             pq.write_table(table.filter(pc.equal(days, day)), tmp)
-            _fsync_file(tmp)
+            fsync_path(tmp)
             moves.append((tmp, final))
             touched_dirs.add(day_dir)
             self._step("parquet_written")
         for d in touched_dirs:
-            _fsync_dir(d)
+            fsync_path(d)
         commit = self._compaction_dir / f"{_segment_name(segment.segment_id)}.json"
         record = {
             "segment": segment.segment_id,
@@ -619,19 +603,19 @@ class EventLog:
             f.flush()
             os.fsync(f.fileno())
         os.replace(commit_tmp, commit)
-        _fsync_dir(self._compaction_dir)
+        fsync_path(self._compaction_dir)
         self._step("committed")
         for tmp, final in moves:
             os.replace(tmp, final)
             self._step("renamed")
         for d in touched_dirs:
-            _fsync_dir(d)
+            fsync_path(d)
         # missing_ok: a compaction that failed (without the process dying) is simply redone.
         segment.path.unlink(missing_ok=True)
-        _fsync_dir(self._wal_dir)
+        fsync_path(self._wal_dir)
         self._step("wal_deleted")
         commit.unlink(missing_ok=True)
-        _fsync_dir(self._compaction_dir)
+        fsync_path(self._compaction_dir)
         self._step("commit_deleted")
         # In memory: the segment moves from the exact tier to the hashed tier.
         ids = segment.event_ids()
@@ -645,7 +629,7 @@ class EventLog:
 
     def _drop_empty_segment(self, segment: _WalSegment) -> None:
         segment.path.unlink()
-        _fsync_dir(self._wal_dir)
+        fsync_path(self._wal_dir)
         self._wal_segments.remove(segment)
 
     def _add_compacted_hashes(self, hashes: np.ndarray) -> None:
@@ -739,13 +723,13 @@ class EventLog:
                     raise LogCorruption(f"{commit}: committed compaction file {final_rel} is missing")
                 dirs.add(final.parent)
             for d in dirs:
-                _fsync_dir(d)
+                fsync_path(d)
             wal = self._wal_dir / f"{_segment_name(record['segment'])}.wal"
             if wal.exists():
                 wal.unlink()
-                _fsync_dir(self._wal_dir)
+                fsync_path(self._wal_dir)
             commit.unlink()
-            _fsync_dir(self._compaction_dir)
+            fsync_path(self._compaction_dir)
         return len(records)
 
     def _index_compacted(self) -> list[_CompactedSegment]:
@@ -781,7 +765,7 @@ class EventLog:
         if sum(b.num_rows for b in batches) != parquet.count:
             raise LogCorruption(f"{path}: WAL segment and its compacted Parquet disagree on the event count")
         path.unlink()
-        _fsync_dir(self._wal_dir)
+        fsync_path(self._wal_dir)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+
 
 ENTITIES = ("member", "title", "cowatch")
 KEY_COLUMN = {"member": "member_id", "title": "title_id", "cowatch": "title_id"}

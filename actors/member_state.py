@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import threading
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -31,6 +29,8 @@ from typing import Any, Callable, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from marquee.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -406,21 +406,7 @@ def write_snapshot(table: pa.Table, path: str | Path) -> None:
     """tmp file in the same directory + fsync + rename + fsync of the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda fh: pq.write_table(table, fh))
 
 
 def _title_info(titles: pa.Table) -> dict[int, _TitleInfo]:

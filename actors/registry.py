@@ -46,6 +46,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
+from marquee.durable import fsync_path, write_atomic
+
 log = logging.getLogger(__name__)
 
 ACTOR_NAME = "marquee-registry"
@@ -113,29 +115,6 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------
 # Small durable-file helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """tmp file beside `path` + fsync + os.replace + fsync of the directory."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -363,7 +342,7 @@ class Registry:
         with self._staging() as stage:
             written = {name: _write_artifact(stage / name, source) for name, source in sources.items()}
             for directory in sorted({(stage / name).parent for name in sources}, key=lambda p: -len(p.parts)):
-                _fsync_dir(directory)
+                fsync_path(directory)
             with self._locked():
                 number = self._next_number()
                 version = version_name(number)
@@ -380,10 +359,10 @@ class Registry:
                     "files": written,
                     "rejection": None,
                 }
-                _write_atomic(stage / MANIFEST, _json_bytes(manifest))
+                write_atomic(stage / MANIFEST, _json_bytes(manifest))
                 os.rename(stage, self.versions_dir / version)
-                _fsync_dir(self.versions_dir)
-                _write_atomic(self.counter_path, f"{number}\n".encode())
+                fsync_path(self.versions_dir)
+                write_atomic(self.counter_path, f"{number}\n".encode())
                 self._append_history("register", None, version, notes, parent=parent)
         log.info("registry %s: registered %s", self.root, version)
         return self.get(version)
@@ -452,7 +431,7 @@ class Registry:
             if manifest["status"] != "rejected":
                 manifest["status"] = "rejected"
                 manifest["rejection"] = {"time": _now(), "reason": reason}
-                _write_atomic(self.versions_dir / version / MANIFEST, _json_bytes(manifest))
+                write_atomic(self.versions_dir / version / MANIFEST, _json_bytes(manifest))
                 self._append_history("reject", None, version, reason)
         return self.get(version)
 
@@ -473,7 +452,7 @@ class Registry:
                 os.rename(self.versions_dir / version, trash)
                 shutil.rmtree(trash, ignore_errors=True)
             if doomed:
-                _fsync_dir(self.versions_dir)
+                fsync_path(self.versions_dir)
                 self._append_history("gc", None, None, f"keep={keep}", removed=doomed)
         return doomed
 
@@ -568,7 +547,7 @@ class Registry:
 
     def _write_pointer(self, version: str, chain: list[str]) -> None:
         pointer = {"version": version, "since": _now(), "chain": chain[-CHAIN_LIMIT:]}
-        _write_atomic(self.pointer_path, _json_bytes(pointer))
+        write_atomic(self.pointer_path, _json_bytes(pointer))
 
     def _rollback_target(self, pointer: dict) -> str | None:
         for version in reversed(pointer.get("chain", [])):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import random
 import shutil
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.report import emit, progress
 
 TARGET_EVENTS_PER_S = 20_000
 
@@ -48,12 +49,10 @@ def cli_main(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed=args.seed,
     )
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
+    return emit(result, args.json)
 
 
-def _progress(message: str) -> None:
-    print(f"[bench ingest] {message}", file=sys.stderr, flush=True)
+_progress = progress("ingest")
 
 
 def make_events(n: int, seed: int) -> list[dict]:

@@ -12,12 +12,13 @@ both models agree (AUC of each on a held-out slice).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import numpy as np
+
+from bench.report import emit, progress
 
 TARGET_OVERHEAD_RATIO = 1.5
 GROUP_SIZE = 50
@@ -61,12 +62,10 @@ def cli_main(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker,
         seed=args.seed,
     )
-    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
-    return 0
+    return emit(result, args.json)
 
 
-def _progress(message: str) -> None:
-    print(f"[bench train] {message}", file=sys.stderr, flush=True)
+_progress = progress("train")
 
 
 def make_table(rows: int, features: int, seed: int):

@@ -875,7 +875,6 @@ class _Simulator:
                     & (cat.maturity[None, :] <= mem.maturity[m][:, None]))
         recency = np.exp(-np.maximum(age, 0) / np.float32(b.recency_days))
         pop = cat.pop_z[mem.country[m]]
-        base = dict(member=m, device=dev)
 
         # Some sessions start by tidying the list.
         tidy = np.flatnonzero(listed.any(axis=1) & (rng.random(S) < b.list_remove_per_session))

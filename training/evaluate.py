@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from training.protocol import Split, evaluate, temporal_split
+from training.protocol import evaluate, temporal_split
 from training.ranker_features import StoreLink
 from training.retrieval import TitleContent
 

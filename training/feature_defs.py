@@ -16,7 +16,7 @@ Days are integers (days since 1970-01-01, UTC) everywhere inside; dates appear o
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Iterable
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-import scipy.sparse as sp
 
 from training.protocol import TrainData
 

@@ -140,7 +140,7 @@ class Pipeline:
         return FeatureBuilder(data, sources, depth, strong=data.strong, store=self.store)
 
     def fit(self, data: TrainData) -> "Pipeline":
-        from training.xgb_train import TrainSpec, train_local, train_ray
+        from training.xgb_train import TrainSpec, train_local
 
         cfg = self.config
         inner, labels, strong_labels = holdout_last(data, cfg.holdout, cfg.min_interactions)
