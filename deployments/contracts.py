@@ -1,0 +1,229 @@
+"""Typed data passed between the homepage stages.
+
+Every stage (candidate source, ranker, rule, row builder) takes and returns these frozen records,
+so a stage can run fused in the orchestrator or behind a DeploymentHandle without changing shape,
+and a mismatch between stages fails where it is built rather than deep inside a request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from marquee.schema import DEVICES, MATURITY_LABELS, MAX_MATURITY
+
+DAY_MS = 86_400_000
+_EPOCH_ORDINAL_MS = 719_163 * DAY_MS  # date(1970, 1, 1).toordinal() days, in ms
+
+
+def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+
+
+def _check_score(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def _int_tuple(name: str, values: Iterable[Any]) -> tuple[int, ...]:
+    out = tuple(values)
+    for v in out:
+        _check_int(f"{name} item", v)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class HomepageContext:
+    """Everything the stages may know about one homepage request.
+
+    History tuples are ordered most recent first (the row builder picks "because you watched"
+    seeds from the front of `recently_watched`). Lists passed in are frozen into tuples/sets.
+    """
+
+    member_id: int
+    country: str
+    device: str
+    maturity: int  # highest level the profile may see: index into MATURITY_LABELS
+    now_ms: int
+    rows_limit: int = 10
+    titles_per_row: int = 10
+    request_id: str = ""
+    watched: frozenset[int] = frozenset()
+    continue_watching: tuple[int, ...] = ()
+    my_list: tuple[int, ...] = ()
+    recently_watched: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int("member_id", self.member_id)
+        if not isinstance(self.country, str) or not self.country:
+            raise ValueError(f"country must be a non-empty string, got {self.country!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        _check_int("maturity", self.maturity, minimum=0, maximum=MAX_MATURITY)
+        _check_int("now_ms", self.now_ms)
+        _check_int("rows_limit", self.rows_limit, minimum=1)
+        _check_int("titles_per_row", self.titles_per_row, minimum=1)
+        if not isinstance(self.request_id, str):
+            raise ValueError(f"request_id must be a string, got {type(self.request_id).__name__}")
+        object.__setattr__(self, "watched", frozenset(_int_tuple("watched", self.watched)))
+        for name in ("continue_watching", "my_list", "recently_watched"):
+            object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
+
+    @property
+    def maturity_label(self) -> str:
+        return MATURITY_LABELS[self.maturity]
+
+    @property
+    def has_history(self) -> bool:
+        return bool(self.watched or self.continue_watching or self.my_list or self.recently_watched)
+
+
+@dataclass(frozen=True, slots=True)
+class TitleInfo:
+    """The catalog facts the rules and rows need about one title."""
+
+    title_id: int
+    name: str
+    genres: tuple[str, ...] = ()
+    maturity: int = 0
+    countries: frozenset[str] = frozenset()  # where it may be shown; empty means nowhere
+    series_id: int | None = None  # seasons of one show share it
+    release_date_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("title_id", self.title_id)
+        if not isinstance(self.name, str):
+            raise ValueError(f"TitleInfo {self.title_id}: name must be a string")
+        _check_int(f"TitleInfo {self.title_id}: maturity", self.maturity, minimum=0, maximum=MAX_MATURITY)
+        if isinstance(self.genres, str):
+            raise ValueError(f"TitleInfo {self.title_id}: genres must be a sequence of strings, not a string")
+        object.__setattr__(self, "genres", tuple(self.genres))
+        if isinstance(self.countries, str):
+            raise ValueError(f"TitleInfo {self.title_id}: countries must be a set of strings, not a string")
+        object.__setattr__(self, "countries", frozenset(self.countries))
+        if self.series_id is not None:
+            _check_int(f"TitleInfo {self.title_id}: series_id", self.series_id)
+        if self.release_date_ms is not None:
+            _check_int(f"TitleInfo {self.title_id}: release_date_ms", self.release_date_ms)
+
+    def available_in(self, country: str) -> bool:
+        return country in self.countries
+
+
+def catalog_from_rows(rows: Iterable[dict[str, Any]]) -> dict[int, TitleInfo]:
+    """Build the catalog from TITLE_SCHEMA records (e.g. `titles_table.to_pylist()`).
+
+    `release_date` may be a datetime.date (Arrow date32) or None.
+    """
+    catalog: dict[int, TitleInfo] = {}
+    for row in rows:
+        released = row.get("release_date")
+        release_ms = None if released is None else released.toordinal() * DAY_MS - _EPOCH_ORDINAL_MS
+        info = TitleInfo(
+            title_id=int(row["title_id"]),
+            name=row["name"],
+            genres=tuple(row.get("genres") or ()),
+            maturity=int(row["maturity"]),
+            countries=frozenset(row.get("countries") or ()),
+            series_id=None if row.get("series_id") is None else int(row["series_id"]),
+            release_date_ms=release_ms,
+        )
+        if info.title_id in catalog:
+            raise ValueError(f"duplicate title_id {info.title_id} in catalog")
+        catalog[info.title_id] = info
+    return catalog
+
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One title proposed by one source, with that source's score and a human reason."""
+
+    title_id: int
+    source: str
+    score: float
+    reason: str = ""  # e.g. "because you watched Heat"
+
+    def __post_init__(self) -> None:
+        _check_int("Candidate.title_id", self.title_id)
+        if not isinstance(self.source, str) or not self.source:
+            raise ValueError(f"Candidate {self.title_id}: source must be a non-empty string")
+        _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    """A title after merging: every source that proposed it (kept for the explanation)."""
+
+    title_id: int
+    score: float
+    sources: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_int("ScoredItem.title_id", self.title_id)
+        _check_score(f"ScoredItem {self.title_id}: score", self.score)
+        object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+
+    def with_score(self, score: float) -> "ScoredItem":
+        """The same item re-scored (what the ranker returns)."""
+        return replace(self, score=score)
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    """A title a rule took off the page, and why (so drops are visible and countable)."""
+
+    title_id: int
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One row of the homepage: an id the events log (`row`), a display title, ranked items."""
+
+    row_id: str
+    title: str
+    items: tuple[ScoredItem, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "items", tuple(self.items))
+
+    @property
+    def title_ids(self) -> tuple[int, ...]:
+        return tuple(item.title_id for item in self.items)
+
+
+def merge_candidates(candidates: Iterable[Candidate]) -> list[ScoredItem]:
+    """Dedupe by title keeping every source and reason; score = the best source score.
+
+    Sources and reasons keep the order they first appeared in (no repeats). The result is ordered
+    by score descending, ties by title_id, so the same input always gives the same list.
+    """
+    best: dict[int, float] = {}
+    sources: dict[int, list[str]] = {}
+    reasons: dict[int, list[str]] = {}
+    for cand in candidates:
+        if not isinstance(cand, Candidate):
+            raise TypeError(f"merge_candidates expects Candidate, got {type(cand).__name__}")
+        tid = cand.title_id
+        if tid not in best:
+            best[tid], sources[tid], reasons[tid] = cand.score, [], []
+        else:
+            best[tid] = max(best[tid], cand.score)
+        if cand.source not in sources[tid]:
+            sources[tid].append(cand.source)
+        if cand.reason and cand.reason not in reasons[tid]:
+            reasons[tid].append(cand.reason)
+    items = [ScoredItem(tid, float(best[tid]), tuple(sources[tid]), tuple(reasons[tid])) for tid in best]
+    items.sort(key=lambda item: (-item.score, item.title_id))
+    return items
