@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PORT ?=
 
 .PHONY: install up down test test-fast bench clean
 
@@ -16,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 up: $(STAMP)
-	$(BIN)/marquee up $(if $(PORT),--port $(PORT))
+	$(BIN)/marquee up
 
 down: $(STAMP)
 	$(BIN)/marquee down
@@ -32,6 +31,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/marquee bench ingest --json
 	$(BIN)/marquee bench features --json
+	$(BIN)/marquee bench train --json
 
 clean:
 	rm -rf $(VENV) .marquee .pytest_cache
