@@ -66,6 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from marquee.dataset import conform, day_column, events_dataset
+from actors.named import lazy_remote, start_bound_actor
 from marquee.durable import fsync_path
 from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError
 
@@ -806,17 +807,13 @@ class _EventLogActorImpl:
         return os.getpid()
 
 
-_actor_class = None
+def _build_remote_class():
+    import ray
+
+    return ray.remote(_EventLogActorImpl)
 
 
-def _remote_class():
-    """The @ray.remote class, built on first use so importing this module never imports ray."""
-    global _actor_class
-    if _actor_class is None:
-        import ray
-
-        _actor_class = ray.remote(_EventLogActorImpl)
-    return _actor_class
+_remote_class = lazy_remote(_build_remote_class)
 
 
 def __getattr__(name: str):
@@ -839,22 +836,9 @@ def start_event_log(
     """Get or create the named event-log actor. It restarts forever after a crash and rebuilds
     from disk; in-flight calls are retried by Ray (safe: appends are idempotent). `lifetime` is
     None (dies with the driver) or "detached". num_cpus=0 so it schedules on a busy machine."""
-    import ray
-
-    root = str(Path(root).resolve())
-    handle = _remote_class().options(
-        name=name,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime=lifetime,
-        max_restarts=-1,
-        max_task_retries=-1,
-        num_cpus=num_cpus,
-    ).remote(root, fsync=fsync, segment_max_events=segment_max_events, auto_compact=auto_compact)
-    existing = ray.get(handle.root.remote())
-    if existing != root:
-        raise ValueError(f"actor {namespace}/{name} already serves {existing}, not {root}")
-    return handle
+    return start_bound_actor(
+        _remote_class(), root, fsync, segment_max_events, auto_compact,
+        name=name, namespace=namespace, lifetime=lifetime, max_task_retries=-1, num_cpus=num_cpus)
 
 
 def append_with_retry(

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from actors.named import lazy_remote
 from marquee.durable import write_atomic
 
 log = logging.getLogger(__name__)
@@ -668,18 +669,19 @@ class _MemberStateActorImpl(MemberStateService):
         return True
 
 
-_actor_class = None
+def _build_remote_class():
+    import ray
+
+    return ray.remote(_MemberStateActorImpl)
+
+
+_remote_class = lazy_remote(_build_remote_class)
 
 
 def __getattr__(name: str):
     """`MemberStateActor` is built on first use so importing this module never imports Ray."""
     if name == "MemberStateActor":
-        global _actor_class
-        if _actor_class is None:
-            import ray
-
-            _actor_class = ray.remote(_MemberStateActorImpl)
-        return _actor_class
+        return _remote_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

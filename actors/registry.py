@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Mapping
 
+from actors.named import lazy_remote, start_bound_actor
 from marquee.durable import fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -758,19 +759,15 @@ _RETRY_SAFE = (
 )
 
 
-_actor_class = None
+def _build_remote_class():
+    import ray
+
+    for method in _RETRY_SAFE:  # ray.method only tags the function; it stays callable as is
+        ray.method(max_task_retries=-1)(getattr(_RegistryActorImpl, method))
+    return ray.remote(num_cpus=0, max_concurrency=16)(_RegistryActorImpl)
 
 
-def _remote_class():
-    """The @ray.remote class, built on first use so importing this module never imports ray."""
-    global _actor_class
-    if _actor_class is None:
-        import ray
-
-        for method in _RETRY_SAFE:  # ray.method only tags the function; it stays callable as is
-            ray.method(max_task_retries=-1)(getattr(_RegistryActorImpl, method))
-        _actor_class = ray.remote(num_cpus=0, max_concurrency=16)(_RegistryActorImpl)
-    return _actor_class
+_remote_class = lazy_remote(_build_remote_class)
 
 
 def __getattr__(name: str):
@@ -791,24 +788,12 @@ def start_registry(
     name already serves another root. Reads, promote and reject are retried across a restart;
     register, rollback and gc are not (not idempotent): a caller that gets RayActorError from
     one should re-read list() / promoted_version() before trying again."""
-    import ray
-
     if root is None:
         from marquee.config import Paths
 
         root = Paths().registry
-    root = str(Path(root).resolve())
-    handle = _remote_class().options(
-        name=name,
-        namespace=namespace,
-        get_if_exists=True,
-        lifetime=lifetime,
-        max_restarts=-1,
-    ).remote(root)
-    existing = ray.get(handle.root.remote())
-    if existing != root:
-        raise RegistryError(f"actor {namespace}/{name} already serves {existing}, not {root}")
-    return handle
+    return start_bound_actor(_remote_class(), root, name=name, namespace=namespace,
+                             lifetime=lifetime, error=RegistryError)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ reader that follows LATEST never sees a half-written version.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import os
 import re
@@ -191,6 +193,13 @@ def _matrix(column: pa.ChunkedArray, width: int) -> np.ndarray:
     return values.reshape(-1, width) if width else np.zeros((len(column), 0))
 
 
+@functools.lru_cache(maxsize=512)
+def _read_snapshot(path: str) -> pa.Table:
+    """A committed version's snapshot never changes, so repeated joins (one per scoring batch)
+    read each file once."""
+    return pq.read_table(path)
+
+
 def join_point_in_time(examples: pa.Table, store_dir: Path | str, version: str | None = None) -> pa.Table:
     """Attach to each example (member_id, title_id, timestamp, ...) the member and title features
     of the snapshot with as_of = UTC day of its timestamp, i.e. computed only from events strictly
@@ -213,7 +222,7 @@ def join_point_in_time(examples: pa.Table, store_dir: Path | str, version: str |
     def stacked(entity: str) -> pa.Table:
         tables = []
         for d in sorted(set(snap_of.values())):
-            t = pq.read_table(snapshot_path(version_dir, entity, day_date(d)))
+            t = _read_snapshot(str(snapshot_path(version_dir, entity, day_date(d))))
             tables.append(t.append_column("_as_of", pa.array(np.full(t.num_rows, d, dtype=np.int64))))
         return pa.concat_tables(tables)
 

@@ -81,8 +81,10 @@ class _ImplicitModel:
         raise NotImplementedError
 
     def fit(self, data: TrainData) -> "_ImplicitModel":
-        import implicit.cpu.als  # noqa: F401  (load implicit's BLAS before limiting it)
-        import implicit.cpu.bpr  # noqa: F401
+        import importlib
+
+        for module in ("implicit.cpu.als", "implicit.cpu.bpr"):
+            importlib.import_module(module)  # load implicit's BLAS before limiting it
         from threadpoolctl import threadpool_limits
 
         # implicit parallelises itself; a second BLAS thread pool under it only contends.

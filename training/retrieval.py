@@ -119,31 +119,26 @@ class Embeddings:
         return self.index_.scores(self.member_vectors_[members])
 
 
-def _counts_in_window(data: TrainData, members: np.ndarray, days: float) -> np.ndarray:
-    """Per member, plays of every title in the `days` before that member's now (point in time:
-    nothing after it)."""
-    order = np.argsort(data.timestamps, kind="stable")
-    times, titles = data.timestamps[order], data.titles[order]
-    out = np.zeros((len(members), data.shape[1]))
-    for row, member in enumerate(members):
-        now = data.last_ts[member]
-        lo, hi = np.searchsorted(times, [now - days * DAY_S, now], side="right")
-        out[row] = np.bincount(titles[lo:hi], minlength=data.shape[1])
-    return out
-
-
 class RecentPopularity:
-    """Trending: what was played most in the days before the member's now."""
+    """Trending: what was played most in the days before the member's now (point in time:
+    nothing after it)."""
 
     def __init__(self, days: float = 7.0):
         self.days = days
 
     def fit(self, data: TrainData) -> "RecentPopularity":
-        self.data_ = data
+        order = np.argsort(data.timestamps, kind="stable")  # once, not per scoring call
+        self.times_, self.titles_ = data.timestamps[order], data.titles[order]
+        self.now_, self.n_titles_ = data.last_ts, data.shape[1]
         return self
 
     def score(self, members: np.ndarray) -> np.ndarray:
-        return _counts_in_window(self.data_, members, self.days)
+        out = np.zeros((len(members), self.n_titles_))
+        for row, member in enumerate(members):
+            now = self.now_[member]
+            lo, hi = np.searchsorted(self.times_, [now - self.days * DAY_S, now], side="right")
+            out[row] = np.bincount(self.titles_[lo:hi], minlength=self.n_titles_)
+        return out
 
 
 class PopularityByCountry:
