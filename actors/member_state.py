@@ -1,9 +1,10 @@
 """Member state: what the homepage needs instantly about a member, kept current from the event log.
 
-Continue watching, my list, thumbs and recently watched are derived from events. Each piece is a
-last-writer-wins register stamped with (timestamp, seq), so applying a batch twice, or receiving
-events out of timestamp order, converges to the same state. `apply` is idempotent by `seq`: the
-state remembers the highest sequence number it has applied and skips anything at or below it.
+Continue watching, my list, thumbs, recently watched and onboarding preferences are derived from
+events. Each piece is a last-writer-wins register stamped with (timestamp, seq), so applying a batch
+twice, or receiving events out of timestamp order, converges to the same state. `apply` is
+idempotent by `seq`: the state remembers the highest sequence number it has applied and skips
+anything at or below it.
 
 The state depends only on the event log's reader contract, `read(since_seq, limit) -> pa.Table`
 (rows with seq > since_seq, ascending), never on the log's internals.
@@ -38,10 +39,11 @@ log = logging.getLogger(__name__)
 ACTOR_NAME = "marquee-member-state"
 NAMESPACE = "marquee"
 SNAPSHOT_FILE = "member_state.parquet"
-SNAPSHOT_FORMAT = "1"
+SNAPSHOT_FORMAT = "2"  # "1" (no first-event time, played counter, preferences) still loads
 
 PLAYBACK_TYPES = ("play", "progress", "completion")
 STATE_TYPES = (*PLAYBACK_TYPES, "thumb", "my_list_add", "my_list_remove")
+TITLELESS_STATE_TYPES = ("preference",)  # change state without naming a title
 COMPLETE_AT = 0.95  # progress at or above this counts as finished (credits are rarely watched)
 REQUIRED_COLUMNS = ("member_id", "title_id", "type", "timestamp", "value", "payload", "seq")
 
@@ -77,7 +79,11 @@ class ContinueWatching:
 
 @dataclass(frozen=True)
 class MemberSnapshot:
-    """Everything the homepage needs about one member, already ordered most recent first."""
+    """Everything the homepage needs about one member, already ordered most recent first.
+
+    `titles_played` (distinct titles ever played) is exact until the member has played more than
+    2 x recent_limit titles; after that a title played again after being trimmed out of the
+    recent window counts again, so it is an upper bound (good enough to tell cold from warm)."""
 
     member_id: int
     continue_watching: list[ContinueWatching]
@@ -85,6 +91,10 @@ class MemberSnapshot:
     thumbs: dict[int, int]
     recently_watched: list[int]
     known: bool  # False: no event for this member has been applied yet
+    recent_ms: list[int] = field(default_factory=list)  # when each recently_watched title was last played
+    first_event_ms: int | None = None  # earliest event of any type (None: unknown member)
+    titles_played: int = 0
+    preferred_genres: list[str] = field(default_factory=list)  # newest preference event wins
 
     @classmethod
     def empty(cls, member_id: int) -> "MemberSnapshot":
@@ -126,6 +136,9 @@ class _Member:
     thumbs: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # title -> (ts, seq, -1/0/+1)
     my_list: dict[int, tuple[int, int, bool]] = field(default_factory=dict)  # title -> (ts, seq, in list)
     recent: dict[int, tuple[int, int]] = field(default_factory=dict)  # title -> (ts, seq) of last play
+    first_ms: int | None = None  # earliest event timestamp of any type
+    played: int = 0  # titles that entered `recent` (distinct while nothing was trimmed)
+    preference: tuple[int, int, tuple[str, ...]] | None = None  # (ts, seq, genres)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +153,7 @@ class _TitleInfo:
 
 
 class MemberState:
-    """Continue watching, my list, thumbs and recently watched for every member.
+    """Continue watching, my list, thumbs, recently watched and preferences for every member.
 
     `titles` (TITLE_SCHEMA or any table with title_id, series_id, episodes) lets seasons of a show
     share one continue-watching entry and tells when an episode was the season's last.
@@ -177,6 +190,7 @@ class MemberState:
             ((ts, seq, title) for title, (ts, seq, inside) in member.my_list.items() if inside), reverse=True
         )
         recent = sorted(((ts, seq, title) for title, (ts, seq) in member.recent.items()), reverse=True)
+        recent = recent[: self.recent_limit]
         return MemberSnapshot(
             member_id=member_id,
             continue_watching=[
@@ -184,8 +198,12 @@ class MemberState:
             ],
             my_list=[title for _, _, title in listed],
             thumbs={title: v for title, (_, _, v) in sorted(member.thumbs.items()) if v != 0},
-            recently_watched=[title for _, _, title in recent[: self.recent_limit]],
+            recently_watched=[title for _, _, title in recent],
             known=True,
+            recent_ms=[ts for ts, _, _ in recent],
+            first_event_ms=member.first_ms,
+            titles_played=member.played,
+            preferred_genres=list(member.preference[2]) if member.preference else [],
         )
 
     def get_many(self, member_ids: list[int]) -> list[MemberSnapshot]:
@@ -198,7 +216,8 @@ class MemberState:
 
         Rows with seq <= applied_seq are skipped, so re-applying is harmless. Returns the number
         of new rows consumed (every type counts; impressions and searches only mark the member
-        known). Within the batch rows are applied per member in (timestamp, seq) order.
+        known and may move its first-event time). Within the batch rows are applied per member in
+        (timestamp, seq) order.
         """
         missing = [name for name in REQUIRED_COLUMNS if name not in events.column_names]
         if missing:
@@ -214,33 +233,58 @@ class MemberState:
         members = events.column("member_id")
         if members.null_count:
             raise MemberStateError(f"events.member_id: {members.null_count} null value(s)")
-        for member_id in pc.unique(members.cast(pa.int64())).to_pylist():
-            if member_id not in self._members:
-                self._members[member_id] = _Member()
+        events = _with_ms_timestamps(events)
+        self._note_first_events(events)
 
-        relevant = events.filter(pc.is_in(events.column("type"), pa.array(STATE_TYPES)))
-        relevant = relevant.filter(pc.is_valid(relevant.column("title_id")))
+        types = events.column("type")
+        relevant = events.filter(
+            pc.or_kleene(
+                pc.and_kleene(pc.is_in(types, pa.array(STATE_TYPES)), pc.is_valid(events.column("title_id"))),
+                pc.is_in(types, pa.array(TITLELESS_STATE_TYPES)),
+            )
+        )
         if relevant.num_rows:
             self._apply_sorted(_sorted_columns(relevant))
         self._applied_seq = max(self._applied_seq, pc.max(events.column("seq")).as_py())
         return events.num_rows
 
+    def _note_first_events(self, events: pa.Table) -> None:
+        """Create unseen members and keep each member's earliest event time (any type, any order)."""
+        earliest = (
+            pa.table({"member_id": events.column("member_id").cast(pa.int64()), "ts": events.column("timestamp")})
+            .group_by("member_id")
+            .aggregate([("ts", "min")])
+        )
+        for member_id, ts in zip(earliest.column("member_id").to_pylist(), earliest.column("ts_min").to_pylist()):
+            member = self._members.get(member_id)
+            if member is None:
+                member = self._members[member_id] = _Member()
+            if member.first_ms is None or ts < member.first_ms:
+                member.first_ms = ts
+
     def _apply_sorted(self, cols: dict[str, list]) -> None:
         touched: set[int] = set()
         current_id, member = None, None
         playback = set(PLAYBACK_TYPES)
-        for member_id, title, etype, ts, seq, value, episode in zip(
+        for member_id, title, etype, ts, seq, value, episode, genres in zip(
             cols["member_id"], cols["title_id"], cols["type"], cols["timestamp"],
-            cols["seq"], cols["value"], cols["episode"],
+            cols["seq"], cols["value"], cols["episode"], cols["genres"],
         ):
             if member_id != current_id:
                 current_id, member = member_id, self._members[member_id]
             if etype in playback:
                 self._apply_playback(member, etype, title, ts, seq, value, episode)
                 old = member.recent.get(title)
+                if old is None:
+                    member.played += 1
                 if old is None or (ts, seq) > old:
                     member.recent[title] = (ts, seq)
                     touched.add(member_id)
+            elif etype == "preference":
+                if genres is None:
+                    continue  # malformed payload (bulk-loaded, never validated): nothing to learn
+                if member.preference is None or (ts, seq) > member.preference[:2]:
+                    member.preference = (ts, seq, genres)
             elif etype == "thumb":
                 if value is None:
                     continue
@@ -292,7 +336,8 @@ class MemberState:
 
     def _trim_recent(self, member: _Member) -> None:
         """Keep memory bounded. Safe: a title outside the newest N can never re-enter them,
-        because a title's stamp only grows and so does the N-th newest stamp."""
+        because a title's stamp only grows and so does the N-th newest stamp. The played counter
+        is not touched, which is why it may overcount a title played again after eviction."""
         if len(member.recent) > 2 * self.recent_limit:
             newest = sorted(member.recent.items(), key=lambda item: item[1], reverse=True)
             member.recent = dict(newest[: self.recent_limit])
@@ -320,12 +365,17 @@ class MemberState:
         """The whole state as one long table (one row per register), with applied_seq in metadata."""
         rows: dict[str, list] = {name: [] for name in _SNAPSHOT_SCHEMA.names}
 
-        def add(member_id, kind, title=None, series=None, episode=None, value=None, done=None, ts=None, seq=None):
-            for name, item in zip(_SNAPSHOT_SCHEMA.names, (member_id, kind, title, series, episode, value, done, ts, seq)):
+        def add(member_id, kind, title=None, series=None, episode=None, value=None, done=None, ts=None,
+                seq=None, genres=None, played=None):
+            items = (member_id, kind, title, series, episode, value, done, ts, seq, genres, played)
+            for name, item in zip(_SNAPSHOT_SCHEMA.names, items):
                 rows[name].append(item)
 
         for member_id, member in self._members.items():
-            add(member_id, "known")
+            add(member_id, "known", ts=member.first_ms, played=member.played)
+            if member.preference is not None:
+                ts, seq, genres = member.preference
+                add(member_id, "preference", ts=ts, seq=seq, genres=json.dumps(list(genres)))
             for w in member.watch.values():
                 add(member_id, "watch", w.title_id, w.series_id, w.episode, w.progress, w.done, w.ts, w.seq)
             for title, (ts, seq, v) in member.thumbs.items():
@@ -343,22 +393,40 @@ class MemberState:
 
     @classmethod
     def from_table(cls, table: pa.Table, **kw) -> "MemberState":
+        """Load a snapshot of the current format or of format "1" (written before first-event
+        times, played counters and preferences existed: those load as unknown / counted from the
+        recent rows / none)."""
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
         version = meta.get("marquee.member_state.format")
-        if version != SNAPSHOT_FORMAT:
-            raise MemberStateError(f"snapshot: format {version!r} is not {SNAPSHOT_FORMAT!r} (not a member-state snapshot?)")
-        missing = [name for name in _SNAPSHOT_SCHEMA.names if name not in table.column_names]
+        if version not in _SNAPSHOT_COLUMNS:
+            raise MemberStateError(
+                f"snapshot: format {version!r} is not one of {', '.join(map(repr, _SNAPSHOT_COLUMNS))} "
+                "(not a member-state snapshot?)"
+            )
+        missing = [name for name in _SNAPSHOT_COLUMNS[version] if name not in table.column_names]
         if missing:
             raise MemberStateError(f"snapshot: missing column(s) {', '.join(missing)}")
         kw.setdefault("recent_limit", int(meta.get("recent_limit", 50)))
         state = cls(**kw)
         members = state._members
-        cols = [table.column(name).to_pylist() for name in _SNAPSHOT_SCHEMA.names]
-        for member_id, kind, title, series, episode, value, done, ts, seq in zip(*cols):
+        none = [None] * table.num_rows
+        cols = [
+            table.column(name).to_pylist() if name in table.column_names else none
+            for name in _SNAPSHOT_SCHEMA.names
+        ]
+        counted: set[int] = set()
+        for member_id, kind, title, series, episode, value, done, ts, seq, genres, played in zip(*cols):
             member = members.get(member_id)
             if member is None:
                 member = members[member_id] = _Member()
-            if kind == "watch":
+            if kind == "known":
+                member.first_ms = ts
+                if played is not None:
+                    member.played = played
+                    counted.add(member_id)
+            elif kind == "preference":
+                member.preference = (ts, seq, tuple(_snapshot_genres(genres)))
+            elif kind == "watch":
                 w = _Watch(title, series, episode, value, ts, seq, bool(done))
                 member.watch[w.key] = w
             elif kind == "thumb":
@@ -367,8 +435,11 @@ class MemberState:
                 member.my_list[title] = (ts, seq, bool(done))
             elif kind == "recent":
                 member.recent[title] = (ts, seq)
-            elif kind != "known":
+            else:
                 raise MemberStateError(f"snapshot: unknown row kind {kind!r}")
+        for member_id, member in members.items():
+            if member_id not in counted:  # format "1": the best we know is what is still recent
+                member.played = len(member.recent)
         state._applied_seq = int(meta["applied_seq"])
         return state
 
@@ -391,16 +462,29 @@ class MemberState:
 _SNAPSHOT_SCHEMA = pa.schema(
     [
         pa.field("member_id", pa.int64(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # known | watch | thumb | list | recent
+        pa.field("kind", pa.string(), nullable=False),  # known | preference | watch | thumb | list | recent
         pa.field("title_id", pa.int64()),
         pa.field("series_id", pa.int64()),
         pa.field("episode", pa.int64()),
         pa.field("value", pa.float64()),  # progress, or thumb value
         pa.field("done", pa.bool_()),  # watch: finished; list: in the list
-        pa.field("ts", pa.int64()),
+        pa.field("ts", pa.int64()),  # known: first event time
         pa.field("seq", pa.int64()),
+        pa.field("genres", pa.string()),  # preference: JSON list of genre names (format 2)
+        pa.field("titles_played", pa.int64()),  # known: the played counter (format 2)
     ]
 )
+_SNAPSHOT_COLUMNS = {"1": _SNAPSHOT_SCHEMA.names[:9], SNAPSHOT_FORMAT: _SNAPSHOT_SCHEMA.names}
+
+
+def _snapshot_genres(text: str | None) -> list[str]:
+    try:
+        genres = json.loads(text) if text is not None else None
+    except json.JSONDecodeError:
+        genres = None
+    if not isinstance(genres, list) or not all(isinstance(g, str) for g in genres):
+        raise MemberStateError(f"snapshot: a preference row holds {text!r}, not a JSON list of genres")
+    return genres
 
 
 def write_snapshot(table: pa.Table, path: str | Path) -> None:
@@ -425,15 +509,20 @@ def _title_info(titles: pa.Table) -> dict[int, _TitleInfo]:
     }
 
 
-def _sorted_columns(events: pa.Table) -> dict[str, list]:
-    """Sort by member then time (then seq) in Arrow and hand back plain Python columns."""
+def _with_ms_timestamps(events: pa.Table) -> pa.Table:
+    """The timestamp column as plain int64 epoch milliseconds (any timestamp unit, or int64 ms)."""
     timestamp = events.column("timestamp")
     if pa.types.is_timestamp(timestamp.type):
         timestamp = pc.cast(timestamp, pa.timestamp("ms", tz=timestamp.type.tz), safe=False)  # us/ns -> ms
     timestamp = timestamp.cast(pa.int64())
     if timestamp.null_count:
         raise MemberStateError(f"events.timestamp: {timestamp.null_count} null value(s)")
-    events = events.set_column(events.schema.get_field_index("timestamp"), "timestamp", timestamp)
+    return events.set_column(events.schema.get_field_index("timestamp"), "timestamp", timestamp)
+
+
+def _sorted_columns(events: pa.Table) -> dict[str, list]:
+    """Sort by member then time (then seq) in Arrow and hand back plain Python columns
+    (timestamps already int64 ms, see _with_ms_timestamps)."""
     events = events.sort_by([("member_id", "ascending"), ("timestamp", "ascending"), ("seq", "ascending")])
     value = events.column("value").cast(pa.float64())
     value = pc.if_else(pc.is_nan(value), pa.scalar(None, pa.float64()), value)
@@ -445,6 +534,7 @@ def _sorted_columns(events: pa.Table) -> dict[str, list]:
         "seq": events.column("seq").cast(pa.int64()).to_pylist(),
         "value": value.to_pylist(),
         "episode": _episodes(events),
+        "genres": _preferred_genres(events),
     }
 
 
@@ -467,6 +557,24 @@ def _episodes(events: pa.Table) -> list[int | None]:
         if isinstance(episode, int) and not isinstance(episode, bool) and episode >= 1:
             episodes[i] = episode
     return episodes
+
+
+def _preferred_genres(events: pa.Table) -> list[tuple[str, ...] | None]:
+    """payload {"genres": [...]} of each preference row, de-duplicated in order (None elsewhere
+    and for payloads that are not that shape: bulk-loaded events never went through Event.parse)."""
+    genres: list[tuple[str, ...] | None] = [None] * events.num_rows
+    is_preference = pc.fill_null(pc.equal(events.column("type"), "preference"), False)
+    indices = pc.indices_nonzero(is_preference).to_pylist()
+    if not indices:
+        return genres
+    for i, text in zip(indices, events.column("payload").take(indices).to_pylist()):
+        try:
+            names = json.loads(text).get("genres") if text is not None else None
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(names, list) and all(isinstance(name, str) and name.strip() for name in names):
+            genres[i] = tuple(dict.fromkeys(names))
+    return genres
 
 
 # ---------------------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class HomepageContext:
     continue_watching: tuple[int, ...] = ()
     my_list: tuple[int, ...] = ()
     recently_watched: tuple[int, ...] = ()
+    recent_ms: tuple[int, ...] = ()  # when each recently watched title was last played
+    titles_played: int = 0
+    first_event_ms: int | None = None
+    preferred_genres: tuple[str, ...] = ()  # onboarding tastes (cold start)
+    liked: tuple[int, ...] = ()  # thumbs up, including titles picked at onboarding
 
     def __post_init__(self) -> None:
         _check_int("member_id", self.member_id)
@@ -73,8 +78,16 @@ class HomepageContext:
         if not isinstance(self.request_id, str):
             raise ValueError(f"request_id must be a string, got {type(self.request_id).__name__}")
         object.__setattr__(self, "watched", frozenset(_int_tuple("watched", self.watched)))
-        for name in ("continue_watching", "my_list", "recently_watched"):
+        for name in ("continue_watching", "my_list", "recently_watched", "recent_ms", "liked"):
             object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
+        if self.recent_ms and len(self.recent_ms) != len(self.recently_watched):
+            raise ValueError("recent_ms must be parallel to recently_watched")
+        _check_int("titles_played", self.titles_played, minimum=0)
+        if self.first_event_ms is not None:
+            _check_int("first_event_ms", self.first_event_ms)
+        if isinstance(self.preferred_genres, str):
+            raise ValueError("preferred_genres must be a sequence of strings, not a string")
+        object.__setattr__(self, "preferred_genres", tuple(self.preferred_genres))
 
     @property
     def maturity_label(self) -> str:
@@ -83,6 +96,9 @@ class HomepageContext:
     @property
     def has_history(self) -> bool:
         return bool(self.watched or self.continue_watching or self.my_list or self.recently_watched)
+
+    def with_limits(self, rows_limit: int, titles_per_row: int) -> "HomepageContext":
+        return replace(self, rows_limit=rows_limit, titles_per_row=titles_per_row)
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,12 +324,15 @@ def _series(catalog: Mapping[int, TitleInfo], title_id: int) -> int | None:
 
 
 def _top_genres(ctx: HomepageContext, pool: Sequence[ScoredItem], catalog: Mapping[int, TitleInfo]) -> list[str]:
-    """The member's genres by how often they appear in their history; without history, the genres
+    """The member's genres by how often they appear in their history and onboarding tastes;
+    without either, the genres
     carrying the most score in the pool (so a new member still gets genre rows). Ties by name."""
     history = dict.fromkeys((*ctx.recently_watched, *ctx.continue_watching, *ctx.my_list, *sorted(ctx.watched)))
     weight: Counter[str] = Counter()
     for tid in history:
         weight.update(_genres(catalog, tid))
+    for genre in ctx.preferred_genres:  # onboarding tastes count like one title each
+        weight[genre] += 1
     if not weight:
         for item in pool:
             for genre in _genres(catalog, item.title_id):

@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "events/s and ack p99 through the event log actor"),
     "features": ("bench.features", "feature job: Ray Data against single-process pyarrow"),
     "train": ("bench.train", "XGBoost via Ray Train against plain xgboost.train, same rows"),
+    "serve": ("bench.serve", "homepage over Serve HTTP against the same code under plain uvicorn"),
 }
 
 

@@ -27,8 +27,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "my_list_add",
     "my_list_remove",
     "search",  # title_id may be null; payload {"query": "..."}
+    "preference",  # onboarding tastes; title_id may be null; payload {"genres": ["...", ...]}
 )
-TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search"}
+TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search", "preference"}
+# A preference event replaces the member's preferred genres (an empty list clears them).
+MAX_PREFERRED_GENRES = 20
+MAX_GENRE_NAME = 64
 
 # Maturity levels, ordered: a profile with level L may see titles with level <= L.
 MATURITY_LABELS: tuple[str, ...] = ("kids", "family", "teen", "mature")
@@ -166,6 +170,9 @@ class Event:
             raise EventError(f"value: a {etype} fraction must lie in [0, 1], got {value}")
         if etype == "thumb" and value not in (-1.0, 0.0, 1.0):
             raise EventError(f"value: a thumb must be +1, -1 or 0, got {raw.get('value')!r}")
+        payload = _json_object_field(raw, "payload")
+        if etype == "preference":
+            _check_preference(payload)
         return cls(
             event_id=event_id,
             member_id=member_id,
@@ -180,7 +187,7 @@ class Event:
             propensity=propensity,
             value=value,
             experiments=_json_object_field(raw, "experiments"),
-            payload=_json_object_field(raw, "payload"),
+            payload=payload,
         )
 
     def to_row(self) -> dict[str, Any]:
@@ -236,6 +243,29 @@ def _json_object_field(raw: dict, name: str) -> str | None:
     if not isinstance(value, dict):
         raise EventError(f"{name}: expected a JSON object")
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _check_preference(payload: str | None) -> None:
+    """A preference payload is exactly {"genres": [names]}, so readers of the log can rely on it."""
+    if payload is None:
+        raise EventError('payload.genres: required (a preference event carries {"genres": [...]})')
+    body = json.loads(payload)
+    extra = sorted(set(body) - {"genres"})
+    if extra:
+        raise EventError(f"payload: a preference event carries only genres, got {', '.join(extra)}")
+    if "genres" not in body:
+        raise EventError("payload.genres: required")
+    genres = body["genres"]
+    if not isinstance(genres, list):
+        raise EventError(f"payload.genres: expected a list of genre names, got {type(genres).__name__}")
+    if len(genres) > MAX_PREFERRED_GENRES:
+        raise EventError(f"payload.genres: at most {MAX_PREFERRED_GENRES} genres, got {len(genres)}")
+    for i, genre in enumerate(genres):
+        if not isinstance(genre, str) or not genre.strip() or len(genre) > MAX_GENRE_NAME:
+            raise EventError(
+                f"payload.genres[{i}]: expected a non-empty string of at most {MAX_GENRE_NAME} "
+                f"characters, got {genre!r}"
+            )
 
 
 # Timestamps between 1990-01-01 and 2100-01-01 are accepted (MovieLens starts in 1995); anything

@@ -2,8 +2,9 @@
 
 Up is idempotent and cached: it starts a Ray head for this home (marquee.cluster), builds the
 default world (or imports MovieLens) only if it is missing, runs the feature job only if no
-feature version exists for that dataset, then starts the stateful actors (event log, member
-state, feature store) as detached named actors and prints where to look.
+feature version exists for that dataset, starts the stateful actors (event log, member state,
+feature store) as detached named actors, trains and promotes a model only if none is promoted,
+deploys the Serve app on `--port`, and prints where to look.
 """
 
 from __future__ import annotations
@@ -30,12 +31,17 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rebuild", action="store_true",
                         help="regenerate the dataset and features even if cached")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic world")
+    parser.add_argument("--port", type=int, default=None,
+                        help="HTTP port of the homepage API (default: 8000 if free, else a free one)")
+    parser.add_argument("--profile", choices=["single", "cluster"], default="single",
+                        help="Serve profile: 'single' (one machine, stages fused) or 'cluster'")
 
 
 def cli_main(args: argparse.Namespace) -> int:
     paths = Paths(args.home) if args.home else Paths()
     started = time.monotonic()
-    system = bring_up(paths, data=args.data, rebuild=args.rebuild, seed=args.seed)
+    system = bring_up(paths, data=args.data, rebuild=args.rebuild, seed=args.seed, port=args.port,
+                      profile=args.profile)
     system["ready_s"] = round(time.monotonic() - started, 1)
     _print_where_to_look(system)
     if args.detach:
@@ -100,22 +106,44 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
     return out
 
 
-def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7) -> dict:
+def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7,
+             port: int | None = None, profile: str = "single", serve_app: bool = True) -> dict:
     """Start (or reuse) every part of the local system; returns what to print."""
     from marquee.cluster import start_head, use_cluster_auth
 
     use_cluster_auth(paths.home)  # before ray is imported: Ray reads its auth mode once
     import ray
 
-    from actors.events import start_event_log
-    from actors.features import FeatureStore
-    from actors.member_state import start_member_state
-    from training.features import run_feature_job
-
     dataset = ensure_dataset(paths, data, rebuild=rebuild, seed=seed)
     cluster = start_head(paths.home)
     ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR",
              log_to_driver=False)
+    system = prepare_system(paths, dataset, rebuild=rebuild)
+    system.update({"ray_address": cluster.gcs_address, "dashboard": cluster.dashboard_url})
+    if serve_app:
+        from deployments.app import deploy
+        from marquee.ports import free_port
+
+        port = port or (8000 if _port_free(8000) else free_port())
+        print(f"Deploying the homepage app (profile {profile}) on port {port} ...", flush=True)
+        system["url"] = deploy({"home": str(paths.home), "dataset": str(dataset), "profile": profile}, port)
+        system["profile"] = profile
+    return system
+
+
+def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_overrides: dict | None = None) -> dict:
+    """Everything but the cluster and the app, on the connected Ray cluster: features, actors,
+    a promoted model, the admin token and HOME/serving.json."""
+    import ray
+
+    from actors.events import start_event_log
+    from actors.features import FeatureStore
+    from actors.member_state import start_member_state
+    from actors.registry import Registry
+    from deployments.service import SERVING_FILE, admin_token
+    from marquee.durable import write_atomic
+    from training.features import run_feature_job
+
     features_dir = paths.features / dataset.name
     version = None if rebuild else _feature_version(features_dir)
     if version is None:
@@ -132,6 +160,17 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
         lifetime="detached")
     applied = ray.get(member_state.sync.remote())
+    registry = Registry(paths.registry)
+    if registry.promoted_version() is None:
+        from training.retrain import retrain
+
+        print("Training the first model (Ray Train) ...", flush=True)
+        report = retrain(f"world:{dataset}", paths=paths, engine="ray", run_features=False,
+                         config_overrides=train_overrides, progress=False)
+        if not report.promoted:
+            raise SystemExit(f"marquee up: the first model was not promoted: {report.gate}")
+    token = admin_token(paths.home, create=True)
+    write_atomic(paths.home / SERVING_FILE, json.dumps({"dataset": str(dataset)}).encode())
     manifest = json.loads((dataset / "manifest.json").read_text())
     return {
         "home": str(paths.home),
@@ -140,9 +179,21 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
         "events": manifest.get("events"),
         "features_version": version,
         "member_state_seq": applied,
-        "ray_address": cluster.gcs_address,
-        "dashboard": cluster.dashboard_url,
+        "model_version": registry.promoted_version(),
+        "admin_token_file": str(paths.home / "admin_token"),
+        "admin_token_set": token is not None,
     }
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _feature_version(features_dir: Path) -> str | None:
@@ -156,15 +207,22 @@ def _feature_version(features_dir: Path) -> str | None:
 
 
 def _print_where_to_look(system: dict) -> None:
-    lines = [
-        "",
-        f"Marquee is up ({system['ready_s']} s).",
+    url = system.get("url")
+    lines = ["", f"Marquee is up ({system['ready_s']} s)."]
+    if url:
+        lines += [
+            f"  Homepage API      {url}/v1/homepage?member_id=1",
+            f"  API docs          {url}/docs",
+            f"  Health            {url}/healthz",
+        ]
+    lines += [
         f"  Ray dashboard     {system['dashboard']}",
         f"  Ray address       {system['ray_address']}  (ray.init(address=..., namespace='marquee'))",
         f"  Dataset           {system['dataset']}  ({system['dataset_source']}, {system['events']} events)",
         f"  Features          version {system['features_version']}",
+        f"  Model             {system.get('model_version')}",
+        f"  Admin token       {system['admin_token_file']}  (Authorization: Bearer <token>)",
         f"  State             {system['home']}",
-        "  Actors            marquee-event-log, marquee-member-state, marquee-features-*",
         "  Stop              marquee down   (or Ctrl-C when not detached)",
         "",
     ]

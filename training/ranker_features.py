@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from training.histories import Histories
 from training.offline_store import join_point_in_time
 from training.protocol import TrainData
 from training.retrieval import DAY_S
@@ -29,11 +30,12 @@ class StoreLink:
     version: str | None = None
 
 
-def store_features(link: StoreLink, members: np.ndarray, titles: np.ndarray, now_s: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+def store_features(link: StoreLink, member_ids: np.ndarray, titles: np.ndarray, now_s: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
     """Numeric member/title features from the offline store's snapshot for the UTC day of each
-    member's now: computed only from events strictly before that day (no leakage)."""
+    member's now: computed only from events strictly before that day (no leakage). Members are
+    external ids (a live member may be newer than the fit); titles are indices."""
     examples = pa.table({
-        "member_id": pa.array(link.member_ids[members], pa.int64()),
+        "member_id": pa.array(np.asarray(member_ids), pa.int64()),
         "title_id": pa.array(link.title_ids[titles], pa.int64()),
         "timestamp": pa.array(np.asarray(now_s, dtype=np.int64) * 1000, pa.timestamp("ms", tz="UTC")),
     })
@@ -78,6 +80,28 @@ def ranks_of(scores: np.ndarray) -> np.ndarray:
     return ranks
 
 
+@dataclass
+class MemberBatch:
+    """The members one build covers: their histories (with now), how long and how much they have
+    watched, and their keys. `keys` identify rows in the output (member indices offline, request
+    rows online); `ids` are external member ids for the feature store."""
+
+    histories: Histories
+    keys: np.ndarray
+    ids: np.ndarray
+    rows: np.ndarray  # interactions so far
+    first: np.ndarray  # time (s) of the first interaction; int64 max when none
+
+    @classmethod
+    def from_data(cls, data: TrainData, members: np.ndarray, member_ids: np.ndarray | None = None) -> "MemberBatch":
+        members = np.asarray(members, dtype=np.int64)
+        counts = np.bincount(data.members, minlength=data.shape[0])
+        first = np.full(data.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, data.members, data.timestamps)
+        ids = members if member_ids is None else np.asarray(member_ids)[members]
+        return cls(Histories.from_data(data, members), members, ids, counts[members], first[members])
+
+
 class FeatureBuilder:
     """Turns fitted candidate sources into ranker rows for a batch of members."""
 
@@ -89,10 +113,6 @@ class FeatureBuilder:
         first = np.full(data.shape[1], np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, data.titles, data.timestamps)
         self._first_seen = first
-        self._member_rows = np.bincount(data.members, minlength=data.shape[0])
-        first_member = np.full(data.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first_member, data.members, data.timestamps)
-        self._member_first = first_member
         self._strong_key = None  # per title, times of strong rows (completed / liked)
         if strong is not None:
             keep = np.asarray(strong, dtype=bool)[order]
@@ -112,22 +132,45 @@ class FeatureBuilder:
         return np.where(first <= now, np.minimum((now - first) / DAY_S, 1e5), -1.0)
 
     def build(self, members: np.ndarray) -> Candidates:
-        members = np.asarray(members)
-        seen = self.data.matrix[members].toarray() > 0
-        scores, ranks = {}, {}
+        """Offline: candidates and features for member indices of the fitted data."""
+        ids = None if self.store is None else self.store.member_ids
+        return self.build_batch(MemberBatch.from_data(self.data, members, ids))
+
+    def source_scores(self, histories: Histories) -> dict[str, np.ndarray]:
+        return {name: source.score_histories(histories) for name, source in self.sources.items()}
+
+    def build_batch(self, batch: MemberBatch, scores: dict[str, np.ndarray | None] | None = None,
+                    include: np.ndarray | None = None) -> Candidates:
+        """Candidates (each source's top `depth` unseen titles, plus unseen titles in `include`,
+        a rows x titles mask: features for given pairs) with every feature of the ranker.
+
+        `scores` may bring precomputed source scores (serving runs sources under timeouts); a
+        source given as None failed: it proposes nothing and its features are missing (NaN),
+        which the booster handles as it does any missing value."""
+        histories = batch.histories
+        scores = self.source_scores(histories) if scores is None else dict(scores)
+        seen = histories.seen()
+        ranks = {}
         chosen = np.zeros(seen.shape, dtype=bool)
-        for name, source in self.sources.items():
-            s = np.where(seen, -np.inf, source.score(members))
+        for name in self.sources:
+            if scores.get(name) is None:
+                continue
+            s = np.where(seen, -np.inf, scores[name])
             scores[name], ranks[name] = s, ranks_of(s)
             chosen |= ranks[name] < self.depth.get(name, 0)
+        if include is not None:
+            chosen |= include
         chosen &= ~seen
         rows, titles = np.nonzero(chosen)  # row-major: grouped by member
-        who = members[rows]
-        now = self.data.last_ts[who]
+        who = batch.keys[rows]
+        now = histories.now[rows]
         names, columns = [], []
         for name in self.sources:
-            value = scores[name][rows, titles]
             names += [f"{name}_score", f"{name}_rank"]
+            if name not in ranks:
+                columns += [np.full(len(rows), np.nan), np.full(len(rows), np.nan)]
+                continue
+            value = scores[name][rows, titles]
             columns += [np.where(np.isfinite(value), value, 0.0), ranks[name][rows, titles]]
         for days in WINDOWS_DAYS:
             names.append(f"plays_{days}d")
@@ -136,8 +179,8 @@ class FeatureBuilder:
         columns += [
             (columns[names.index("plays_7d")] + 1) / (columns[names.index("plays_30d")] + 4),
             self._title_age_days(titles, now),
-            self._member_rows[who],
-            (now - self._member_first[who]) / DAY_S,
+            batch.rows[rows],
+            (now - batch.first[rows]) / DAY_S,
         ]
         if self._strong_key is not None:
             ever = self._window_counts(self._title_time_key, titles, now, 1e5)
@@ -145,7 +188,7 @@ class FeatureBuilder:
             names.append("title_strong_rate")
             columns.append((strong + 1) / (ever + 2))
         if self.store is not None:
-            store_names, store_columns = store_features(self.store, who, titles, now)
+            store_names, store_columns = store_features(self.store, batch.ids[rows], titles, now)
             names += store_names
             columns += store_columns
         features = np.column_stack(columns).astype(np.float32) if columns else np.zeros((0, 0), np.float32)

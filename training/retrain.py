@@ -109,12 +109,17 @@ def retrain(
         bar.update(1)
 
     def features():
-        if not run_features:
-            return None
         from training.features import run_feature_job
+        from training.offline_store import read_manifest
 
         source = _dataset_dir(dataset, paths)
         store_dir = paths.features / source.name
+        if not run_features:  # use the newest complete version already there, if any
+            try:
+                report.features_version = read_manifest(store_dir)["version"]
+            except Exception:
+                return None
+            return {"version": report.features_version, "store_dir": str(store_dir)}
         result = run_feature_job(source, store_dir, engine="ray" if engine == "ray" else "arrow")
         report.features_version = result.version
         return {"version": result.version, "store_dir": str(store_dir)}
@@ -226,16 +231,15 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
                         help="run as a Ray job on the cluster of `marquee up` and follow its logs")
 
 
-def submit_as_job(paths: Paths, argv: list[str], timeout_s: float = 1800.0) -> int:
-    """Run this same command as a Ray job on the home's running cluster; stream its logs."""
+def start_job(paths: Paths, argv: list[str]):
+    """Submit `marquee retrain ARGV` as a Ray job on the home's running cluster; returns
+    (client, job id, dashboard url), or None when no cluster runs for that home."""
     from marquee.cluster import LocalCluster, auth_env, use_cluster_auth
     from marquee.config import PROJECT_ROOT
 
     cluster = LocalCluster.load(paths.home)
     if cluster is None or not cluster.alive():
-        print(f"marquee retrain --submit: no cluster running for {paths.home}; start one with "
-              "`marquee up --detach`", file=sys.stderr)
-        return 2
+        return None
     use_cluster_auth(paths.home)
     from ray.job_submission import JobSubmissionClient
 
@@ -243,7 +247,18 @@ def submit_as_job(paths: Paths, argv: list[str], timeout_s: float = 1800.0) -> i
     entrypoint = " ".join([sys.executable, "-m", "marquee.cli", "retrain", *argv])
     env = {"MARQUEE_HOME": str(paths.home), "PYTHONPATH": str(PROJECT_ROOT), **auth_env(paths.home)}
     job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
-    print(f"submitted Ray job {job} to {cluster.dashboard_url}", file=sys.stderr, flush=True)
+    return client, job, cluster.dashboard_url
+
+
+def submit_as_job(paths: Paths, argv: list[str], timeout_s: float = 1800.0) -> int:
+    """Run this same command as a Ray job on the home's running cluster; stream its logs."""
+    started = start_job(paths, argv)
+    if started is None:
+        print(f"marquee retrain --submit: no cluster running for {paths.home}; start one with "
+              "`marquee up --detach`", file=sys.stderr)
+        return 2
+    client, job, dashboard = started
+    print(f"submitted Ray job {job} to {dashboard}", file=sys.stderr, flush=True)
     deadline = time.monotonic() + timeout_s
     while not client.get_job_status(job).is_terminal():
         if time.monotonic() > deadline:

@@ -18,18 +18,11 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from training.histories import Histories
 from training.peers import ALS, EASE
 from training.protocol import TrainData
 
 DAY_S = 86_400
-
-
-def recency_history(data: TrainData, tau: float, floor: float) -> sp.csr_matrix:
-    """Members x titles, each watched title weighted floor + exp(-steps_from_latest / tau)."""
-    weights = floor + np.exp(-data.position_from_end() / tau)
-    history = sp.csr_matrix((weights, (data.members, data.titles)), shape=data.shape)
-    history.sum_duplicates()
-    return history
 
 
 class RecencyEASE:
@@ -38,15 +31,22 @@ class RecencyEASE:
 
     def fit(self, data: TrainData) -> "RecencyEASE":
         self.weights_ = EASE(self.l2).fit(data).weights_
-        self.history_ = recency_history(data, self.tau, self.floor)
+        self.data_ = data
         return self
 
+    def score_histories(self, histories: Histories) -> np.ndarray:
+        return np.asarray(histories.weighted(self.tau, self.floor) @ self.weights_)
+
     def score(self, members: np.ndarray) -> np.ndarray:
-        return np.asarray(self.history_[members] @ self.weights_)
+        return self.score_histories(Histories.from_data(self.data_, members))
+
+    def similar(self, title: int) -> np.ndarray:
+        """Item-item scores of every title for one seed title ("because you watched X")."""
+        return self.weights_[title]
 
     def because(self, member: int, title: int, top: int = 1) -> list[int]:
         """The history titles that contribute most to `title`'s score (for the explanation)."""
-        row = self.history_[member]
+        row = Histories.from_data(self.data_, [member]).weighted(self.tau, self.floor)
         contributions = row.data * self.weights_[row.indices, title]
         return [int(row.indices[i]) for i in np.argsort(-contributions)[:top]]
 
@@ -74,11 +74,14 @@ class SequentialCooccurrence:
         np.fill_diagonal(co, 0.0)
         popularity = np.asarray(data.matrix.sum(axis=0)).ravel() + 1.0
         self.affinity_ = co / np.outer(popularity, popularity) ** (self.pop_exponent / 2)
-        self.history_ = recency_history(data, self.tau, 0.0)
+        self.data_ = data
         return self
 
+    def score_histories(self, histories: Histories) -> np.ndarray:
+        return np.asarray(histories.weighted(self.tau, 0.0) @ self.affinity_)
+
     def score(self, members: np.ndarray) -> np.ndarray:
-        return np.asarray(self.history_[members] @ self.affinity_)
+        return self.score_histories(Histories.from_data(self.data_, members))
 
 
 class VectorIndex(Protocol):
@@ -104,7 +107,11 @@ class ExactDotIndex:
 
 
 class Embeddings:
-    """Member and title vectors from implicit ALS; scoring goes through the VectorIndex."""
+    """Member and title vectors from implicit ALS; scoring goes through the VectorIndex.
+
+    A history is folded in: its member vector is the ALS least-squares solution against the
+    fitted title vectors (implicit's own user step), so a member who watched something a second
+    ago, or joined after the fit, gets a vector without refitting."""
 
     def __init__(self, factors: int = 64, seed: int = 7):
         self.factors, self.seed = factors, seed
@@ -113,7 +120,28 @@ class Embeddings:
         als = ALS(factors=self.factors, random_state=self.seed).fit(data)
         self.member_vectors_ = als.user_factors_
         self.index_ = ExactDotIndex(als.item_factors_)
+        items = als.item_factors_.astype(np.float64)
+        self.alpha_, self.regularization_ = als.alpha, als.regularization
+        self.gram_ = items.T @ items + als.regularization * np.eye(items.shape[1])
         return self
+
+    def fold_in(self, histories: Histories) -> np.ndarray:
+        """Member vectors for each history row: (YtY + reg I + (a-1) Ys^T Ys)^-1 a Ys^T 1."""
+        items = self.index_.vectors.astype(np.float64)
+        seen = histories.weighted(1.0, 0.0)
+        seen.data[:] = 1.0  # ALS saw a binary matrix
+        vectors = np.zeros((histories.n_rows, items.shape[1]))
+        for row in range(histories.n_rows):
+            titles = seen.indices[seen.indptr[row]:seen.indptr[row + 1]]
+            if len(titles) == 0:
+                continue
+            ys = items[titles]
+            system = self.gram_ + (self.alpha_ - 1.0) * (ys.T @ ys)
+            vectors[row] = np.linalg.solve(system, self.alpha_ * ys.sum(axis=0))
+        return vectors
+
+    def score_histories(self, histories: Histories) -> np.ndarray:
+        return self.index_.scores(self.fold_in(histories))
 
     def score(self, members: np.ndarray) -> np.ndarray:
         return self.index_.scores(self.member_vectors_[members])
@@ -132,13 +160,19 @@ class RecentPopularity:
         self.now_, self.n_titles_ = data.last_ts, data.shape[1]
         return self
 
-    def score(self, members: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(members), self.n_titles_))
-        for row, member in enumerate(members):
-            now = self.now_[member]
-            lo, hi = np.searchsorted(self.times_, [now - self.days * DAY_S, now], side="right")
+    def at(self, now: np.ndarray) -> np.ndarray:
+        """Plays of every title in the `days` before each `now` (seconds)."""
+        out = np.zeros((len(now), self.n_titles_))
+        for row, when in enumerate(np.asarray(now)):
+            lo, hi = np.searchsorted(self.times_, [when - self.days * DAY_S, when], side="right")
             out[row] = np.bincount(self.titles_[lo:hi], minlength=self.n_titles_)
         return out
+
+    def score_histories(self, histories: Histories) -> np.ndarray:
+        return self.at(histories.now)
+
+    def score(self, members: np.ndarray) -> np.ndarray:
+        return self.at(self.now_[np.asarray(members)])
 
 
 class PopularityByCountry:
@@ -199,19 +233,26 @@ class ContentBased:
     def fit(self, data: TrainData) -> "ContentBased":
         genres = self.content.genres.astype(np.float64)
         norms = np.sqrt(np.asarray(genres.multiply(genres).sum(axis=1)).ravel())
-        self.title_genres_ = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ genres
-        history = recency_history(data, self.tau, 0.2)
-        profile = history @ self.title_genres_
-        profile_norm = np.sqrt(np.asarray(profile.multiply(profile).sum(axis=1)).ravel())
-        self.profile_ = sp.diags(1.0 / np.maximum(profile_norm, 1e-12)) @ profile
-        years = np.nan_to_num(self.content.release_year, nan=np.nanmean(self.content.release_year)
-                              if np.isfinite(self.content.release_year).any() else 0.0)
-        weight_sum = np.asarray(history.sum(axis=1)).ravel()
-        self.member_year_ = (history @ years) / np.maximum(weight_sum, 1e-12)
-        self.years_ = years
+        self.title_genres_ = (sp.diags(1.0 / np.maximum(norms, 1e-12)) @ genres).tocsr()
+        self.years_ = np.nan_to_num(self.content.release_year, nan=np.nanmean(self.content.release_year)
+                                    if np.isfinite(self.content.release_year).any() else 0.0)
+        self.data_ = data
         return self
 
-    def score(self, members: np.ndarray) -> np.ndarray:
-        genre_match = np.asarray((self.profile_[members] @ self.title_genres_.T).todense())
-        year_gap = np.abs(self.member_year_[members, None] - self.years_[None, :])
+    def score_profiles(self, profile: np.ndarray, member_year: np.ndarray) -> np.ndarray:
+        """Scores from genre profiles (rows x genres, any scale) and preferred release years."""
+        profile = np.asarray(profile, dtype=np.float64)
+        profile = profile / np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+        genre_match = np.asarray(self.title_genres_ @ profile.T).T
+        year_gap = np.abs(np.asarray(member_year)[:, None] - self.years_[None, :])
         return genre_match + 0.1 * np.exp(-year_gap / 10.0)
+
+    def score_histories(self, histories: Histories) -> np.ndarray:
+        history = histories.weighted(self.tau, 0.2)
+        profile = np.asarray((history @ self.title_genres_).todense())
+        weight_sum = np.asarray(history.sum(axis=1)).ravel()
+        member_year = (history @ self.years_) / np.maximum(weight_sum, 1e-12)
+        return self.score_profiles(profile, member_year)
+
+    def score(self, members: np.ndarray) -> np.ndarray:
+        return self.score_histories(Histories.from_data(self.data_, members))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -36,6 +37,17 @@ class Log:
             "event_id": f"e{self.seq}", "member_id": member, "title_id": title, "type": etype,
             "timestamp": T0 + at * 1000, "value": value,
             "payload": {"episode": episode} if episode is not None else None,
+        }
+        self.events.append(Event.parse(raw))
+        self.seqs.append(self.seq)
+        return self
+
+    def prefer(self, member, genres, at):
+        """An onboarding preference event (no title)."""
+        self.seq += 1
+        raw = {
+            "event_id": f"e{self.seq}", "member_id": member, "type": "preference",
+            "timestamp": T0 + at * 1000, "payload": {"genres": genres},
         }
         self.events.append(Event.parse(raw))
         self.seqs.append(self.seq)
@@ -260,7 +272,7 @@ def test_impressions_and_searches_make_a_member_known_without_state():
     log.seqs.append(2)
     state = MemberState()
     assert state.apply(log.table()) == 2
-    assert state.get(7) == MemberSnapshot(7, [], [], {}, [], known=True)
+    assert state.get(7) == MemberSnapshot(7, [], [], {}, [], known=True, first_event_ms=T0)
     assert state.get(8).known
 
 
@@ -451,3 +463,216 @@ def test_importing_the_module_does_not_import_ray():
     code = "import sys, actors.member_state; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- serving extras: recent times, first event, played counter, preferences --------------------------
+
+
+def test_recent_ms_is_parallel_to_recently_watched_most_recent_first():
+    log = Log().add(7, 1, "play", 0).add(7, 2, "play", 5).add(7, 3, "play", 3).add(7, 1, "progress", 9, value=0.5)
+    snap = state_of(log).get(7)
+    assert snap.recently_watched == [1, 2, 3]
+    assert snap.recent_ms == [T0 + 9_000, T0 + 5_000, T0 + 3_000]
+
+
+def test_recent_ms_follows_the_recent_limit():
+    log = Log()
+    for i in range(6):
+        log.add(7, 100 + i, "play", i)
+    snap = state_of(log, recent_limit=3).get(7)
+    assert snap.recently_watched == [105, 104, 103]
+    assert snap.recent_ms == [T0 + 5_000, T0 + 4_000, T0 + 3_000]
+
+
+def test_first_event_ms_is_the_earliest_event_of_any_type_even_when_late():
+    log = Log().add(7, 1, "play", 10).add(7, 2, "impression", 4).add(8, 3, "thumb", 20, value=1)
+    state = state_of(log)
+    assert (state.get(7).first_event_ms, state.get(8).first_event_ms) == (T0 + 4_000, T0 + 20_000)
+    log.prefer(7, ["drama"], 1).add(7, 5, "play", 30)  # an onboarding event delivered late
+    state.apply(log.table(since=3))
+    assert state.get(7).first_event_ms == T0 + 1_000
+    assert state.get(12345).first_event_ms is None
+
+
+def test_first_event_ms_survives_trimming():
+    state, log = MemberState(recent_limit=1), Log()
+    for i in range(6):
+        log.add(7, 100 + i, "play", i)
+    state.apply(log.table())
+    assert state.get(7).first_event_ms == T0
+    assert state.get(7).recently_watched == [105]
+
+
+def test_titles_played_counts_distinct_titles_across_playback_types():
+    log = (
+        Log().add(7, 1, "play", 0).add(7, 1, "progress", 1, value=0.5).add(7, 1, "completion", 2, value=1.0)
+        .add(7, 2, "progress", 3, value=0.2).add(7, 3, "completion", 4, value=1.0)
+        .add(7, 4, "thumb", 5, value=1).add(7, 5, "my_list_add", 6).add(7, 6, "impression", 7)
+    )
+    assert state_of(log).get(7).titles_played == 3
+
+
+def test_titles_played_does_not_shrink_when_recent_is_trimmed():
+    state, log = MemberState(recent_limit=2), Log()
+    for i in range(10):
+        log.add(7, 100 + i, "play", i)
+    state.apply(log.table())
+    log.add(7, 108, "play", 20).add(7, 200, "play", 21)  # one replay of a recent title, one new
+    state.apply(log.table(since=10))
+    snap = state.get(7)
+    assert snap.recently_watched == [200, 108]
+    assert snap.titles_played == 11
+
+
+def test_titles_played_is_an_upper_bound_after_a_trimmed_title_is_played_again():
+    state, log = MemberState(recent_limit=1), Log()
+    for i in range(4):
+        log.add(7, 100 + i, "play", i)
+    state.apply(log.table())  # 100 and 101 are trimmed away
+    log.add(7, 100, "play", 10)
+    state.apply(log.table(since=4))
+    assert state.get(7).titles_played >= 4  # documented: may count title 100 twice
+
+
+def test_newest_preference_wins_even_when_an_older_one_arrives_later():
+    log = Log().prefer(7, ["drama", "comedy"], 10).prefer(7, ["horror"], 20).prefer(7, ["crime"], 15)
+    state = state_of(log)
+    assert state.get(7).preferred_genres == ["horror"]
+    log.prefer(7, ["documentary"], 5)  # older, delivered in a later batch
+    state.apply(log.table(since=3))
+    assert state.get(7).preferred_genres == ["horror"]
+    log.prefer(7, ["anime", "drama"], 30)
+    state.apply(log.table(since=4))
+    assert state.get(7).preferred_genres == ["anime", "drama"]
+
+
+def test_preference_ties_on_timestamp_go_to_the_higher_seq():
+    log = Log().prefer(7, ["drama"], 10).prefer(7, ["comedy"], 10)
+    assert state_of(log).get(7).preferred_genres == ["comedy"]
+
+
+def test_an_empty_preference_clears_and_duplicates_are_dropped():
+    log = Log().prefer(7, ["drama", "comedy", "drama"], 0)
+    state = state_of(log)
+    assert state.get(7).preferred_genres == ["drama", "comedy"]
+    log.prefer(7, [], 5)
+    state.apply(log.table(since=1))
+    assert state.get(7).preferred_genres == []
+
+
+def test_preference_without_title_counts_as_applied_and_makes_the_member_known():
+    state = MemberState()
+    assert state.apply(Log().prefer(9, ["drama"], 0).table()) == 1
+    snap = state.get(9)
+    assert (snap.known, snap.preferred_genres, snap.titles_played, snap.recently_watched) == (True, ["drama"], 0, [])
+
+
+def test_a_malformed_bulk_loaded_preference_is_ignored():
+    table = Log().prefer(7, ["drama"], 0).prefer(7, ["comedy"], 5).table()
+    payload = pa.array(['{"genres":["drama"]}', "not json"], pa.string())
+    table = table.set_column(table.schema.get_field_index("payload"), "payload", payload)
+    state = state_of_table(table)
+    assert state.get(7).preferred_genres == ["drama"]
+    assert state.applied_seq == 2
+
+
+def serving_log() -> Log:
+    log = Log().add(7, 1, "impression", 0).prefer(7, ["drama", "comedy"], 1)
+    for i in range(8):
+        log.add(7, 100 + i, "play", 10 + i)
+    return log.prefer(8, ["horror"], 3)
+
+
+def test_save_load_round_trip_keeps_the_serving_fields(tmp_path):
+    state = state_of(serving_log(), recent_limit=2)  # 8 titles played, recent trimmed to 2
+    state.save(tmp_path / "s.parquet")
+    loaded = MemberState.load(tmp_path / "s.parquet")
+    a, b = loaded.get_many([7, 8])
+    assert a == state.get(7) and b == state.get(8)
+    assert (a.first_event_ms, a.titles_played, a.preferred_genres) == (T0, 8, ["drama", "comedy"])
+    assert (a.recently_watched, a.recent_ms) == ([107, 106], [T0 + 17_000, T0 + 16_000])
+    assert (b.first_event_ms, b.titles_played, b.preferred_genres) == (T0 + 3_000, 0, ["horror"])
+
+
+def test_a_loaded_preference_still_loses_to_a_newer_and_beats_an_older_one(tmp_path):
+    log = serving_log()
+    state_of(log).save(tmp_path / "s.parquet")
+    loaded = MemberState.load(tmp_path / "s.parquet")
+    log.prefer(7, ["anime"], 0)
+    loaded.apply(log.table(since=11))
+    assert loaded.get(7).preferred_genres == ["drama", "comedy"]
+    log.prefer(7, ["anime"], 50)
+    loaded.apply(log.table(since=12))
+    assert loaded.get(7).preferred_genres == ["anime"]
+
+
+def v1_snapshot() -> pa.Table:
+    """What the previous version (format "1") wrote: no genres / titles_played columns and a
+    known row without a time."""
+    rows = [
+        (7, "known", None, None, None, None, None, None, None),
+        (7, "watch", 1, None, None, 0.4, False, T0, 1),
+        (7, "recent", 1, None, None, None, None, T0, 1),
+        (7, "recent", 2, None, None, None, None, T0 + 1_000, 2),
+        (7, "list", 3, None, None, None, True, T0 + 2_000, 3),
+        (7, "thumb", 4, None, None, -1.0, None, T0 + 3_000, 4),
+        (8, "known", None, None, None, None, None, None, None),
+    ]
+    names = ["member_id", "kind", "title_id", "series_id", "episode", "value", "done", "ts", "seq"]
+    types = [pa.int64(), pa.string(), pa.int64(), pa.int64(), pa.int64(), pa.float64(), pa.bool_(),
+             pa.int64(), pa.int64()]
+    schema = pa.schema([pa.field(n, t) for n, t in zip(names, types)]).with_metadata(
+        {"marquee.member_state.format": "1", "applied_seq": "5", "recent_limit": "50"}
+    )
+    return pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}, schema=schema)
+
+
+def test_a_format_1_snapshot_loads_with_unknown_new_fields(tmp_path):
+    pq.write_table(v1_snapshot(), tmp_path / "v1.parquet")
+    state = MemberState.load(tmp_path / "v1.parquet")
+    assert state.applied_seq == 5
+    a, b = state.get_many([7, 8])
+    assert a == MemberSnapshot(
+        7, [ContinueWatching(1, 0.4, T0, None, None)], [3], {4: -1}, [2, 1], known=True,
+        recent_ms=[T0 + 1_000, T0], first_event_ms=None, titles_played=2, preferred_genres=[],
+    )
+    assert (b.known, b.first_event_ms, b.titles_played) == (True, None, 0)
+    later = Log()
+    later.seq = 5
+    later.prefer(7, ["drama"], 60).add(7, 9, "play", 61)
+    state.apply(later.table())
+    a = state.get(7)
+    assert (a.preferred_genres, a.titles_played, a.first_event_ms) == (["drama"], 3, T0 + 60_000)
+
+
+def test_a_snapshot_of_an_unknown_format_is_refused(tmp_path):
+    table = v1_snapshot()
+    table = table.replace_schema_metadata({**table.schema.metadata, b"marquee.member_state.format": b"9"})
+    pq.write_table(table, tmp_path / "v9.parquet")
+    with pytest.raises(MemberStateError, match="format '9'"):
+        MemberState.load(tmp_path / "v9.parquet")
+
+
+def test_a_format_2_snapshot_missing_new_columns_is_refused(tmp_path):
+    table = state_of(serving_log()).to_table().drop_columns(["genres"])
+    pq.write_table(table, tmp_path / "s.parquet")
+    with pytest.raises(MemberStateError, match="genres"):
+        MemberState.load(tmp_path / "s.parquet")
+
+
+def test_snapshots_with_serving_fields_pickle_and_are_json_ready():
+    snap = state_of(serving_log()).get(7)
+    assert pickle.loads(pickle.dumps(snap)) == snap
+    assert json.loads(json.dumps(snap.to_dict()))["preferred_genres"] == ["drama", "comedy"]
+    assert MemberSnapshot.empty(3).to_dict()["first_event_ms"] is None
+
+
+def test_service_serves_and_restores_the_serving_fields(tmp_path):
+    source = FakeSource(serving_log().table())
+    service = MemberStateService(tmp_path, source, snapshot_every=1, recent_limit=3, start_polling=False)
+    before = service.get_many([7, 8])
+    assert before[0].preferred_genres == ["drama", "comedy"] and before[0].titles_played == 8
+    assert service.info()["members"] == 2
+    restarted = MemberStateService(tmp_path, source, recent_limit=3, start_polling=False)
+    assert restarted.loaded_seq == 11
+    assert restarted.get_many([7, 8]) == before

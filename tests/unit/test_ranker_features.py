@@ -23,8 +23,8 @@ class FixedScores:
     def fit(self, data):
         return self
 
-    def score(self, members):
-        return np.tile(np.arange(N_TITLES, 0, -1, dtype=float), (len(members), 1))
+    def score_histories(self, histories):
+        return np.tile(np.arange(N_TITLES, 0, -1, dtype=float), (histories.n_rows, 1))
 
 
 def base_rows() -> list[tuple[int, int, float, bool]]:

@@ -7,7 +7,15 @@ import json
 import pyarrow as pa
 import pytest
 
-from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError, events_to_table
+from marquee.schema import (
+    EVENT_SCHEMA,
+    EVENT_TYPES,
+    STORED_EVENT_SCHEMA,
+    TITLE_REQUIRED_TYPES,
+    Event,
+    EventError,
+    events_to_table,
+)
 
 GOOD = {
     "event_id": "e1",
@@ -88,3 +96,44 @@ def test_events_to_table_schemas():
     assert stored.column("timestamp").type == pa.timestamp("ms", tz="UTC")
     with pytest.raises(ValueError, match="2 sequence numbers for 3 events"):
         events_to_table(events, [1, 2])
+
+
+PREFERENCE = {
+    "event_id": "p1", "member_id": 7, "type": "preference", "timestamp": "2026-01-02T20:15:00Z",
+    "payload": {"genres": ["drama", "comedy"]},
+}
+
+
+def test_preference_event_needs_no_title_and_keeps_its_genres():
+    event = Event.parse(PREFERENCE)
+    assert (event.type, event.title_id) == ("preference", None)
+    assert json.loads(event.payload) == {"genres": ["drama", "comedy"]}
+    assert Event.parse({**PREFERENCE, "payload": '{"genres": []}'}).payload == '{"genres":[]}'  # clears
+    assert "preference" not in TITLE_REQUIRED_TYPES and "preference" in EVENT_TYPES
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        (None, "payload.genres: required"),
+        ({}, "payload.genres: required"),
+        ({"genres": "drama"}, "payload.genres: expected a list"),
+        ({"genres": {"drama": 1}}, "payload.genres: expected a list"),
+        ({"genres": ["drama", ""]}, "payload.genres[1]: expected a non-empty string"),
+        ({"genres": ["  "]}, "payload.genres[0]: expected a non-empty string"),
+        ({"genres": [3]}, "payload.genres[0]: expected a non-empty string"),
+        ({"genres": ["x" * 65]}, "payload.genres[0]"),
+        ({"genres": [f"g{i}" for i in range(21)]}, "payload.genres: at most 20 genres, got 21"),
+        ({"genres": ["drama"], "titles": [1]}, "payload: a preference event carries only genres"),
+        ("[1]", "payload: expected a JSON object"),
+    ],
+)
+def test_malformed_preference_payload_is_named(payload, fragment):
+    with pytest.raises(EventError) as info:
+        Event.parse({**PREFERENCE, "payload": payload})
+    assert fragment in str(info.value)
+
+
+def test_twenty_genres_are_accepted():
+    genres = [f"g{i}" for i in range(20)]
+    assert json.loads(Event.parse({**PREFERENCE, "payload": {"genres": genres}}).payload)["genres"] == genres

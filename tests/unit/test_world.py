@@ -91,7 +91,7 @@ def test_seq_is_dense_and_in_timestamp_order_with_unique_ids(events, world):
     assert events["event_id"].iloc[0] == f"w{SMALL['seed']}-0"
     assert events["timestamp"].min() >= pd.Timestamp("2026-01-01", tz="UTC")
     assert events["timestamp"].max() < pd.Timestamp("2026-01-08", tz="UTC")  # cut at the window's end
-    assert set(events["type"]) == set(EVENT_TYPES)
+    assert set(events["type"]) == set(EVENT_TYPES) - {"preference"}  # the world simulates no onboarding
     # Partitions hold their own UTC day.
     day = world.events(columns=["timestamp", "day"]).to_pandas()
     assert (day["timestamp"].dt.strftime("%Y-%m-%d") == day["day"]).all()

@@ -1,0 +1,199 @@
+"""The Ray Serve application: `build_app(args) -> Application`, the only place that calls .bind().
+
+    serve run deployments.app:build_app home=/path/to/home profile=single
+    serve run serve.yaml
+
+Profiles are deploy-time options. `single` (one small machine): every stage fused in the gateway
+replica (a hop costs more than it gives here), fractional CPUs, bounded queues that answer 503
+with Retry-After under overload. `cluster`: candidate generation and the ranker as their own
+autoscaling deployments behind DeploymentHandles. The same stage code runs in both; `placement`
+can override the profile's choice.
+
+The deployment classes here are thin: they build the plain-Python service (deployments/service.py)
+and forward to it. `serve_inprocess` runs the same service under plain uvicorn: the baseline of
+`marquee bench serve`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from deployments.gateway import make_api, set_service
+from deployments.service import Settings, build_service
+
+APP_NAME = "marquee"
+NAMESPACE = "marquee"
+
+# Deploy-time options per profile (serve.yaml carries the same values for `serve deploy`).
+PROFILES: dict[str, dict[str, Any]] = {
+    "single": {
+        "placement": "fused",
+        "Gateway": {"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.25},
+                    "max_ongoing_requests": 16, "max_queued_requests": 64,
+                    "backpressure_config": {"status_code": 503, "retry_after_s": 1}},
+        "Retrieval": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 32},
+        "Ranker": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}, "max_ongoing_requests": 64},
+    },
+    "cluster": {
+        "placement": "split",
+        "Gateway": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 8},
+                    "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32,
+                    "max_queued_requests": 256, "backpressure_config": {"status_code": 503, "retry_after_s": 1}},
+        "Retrieval": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 16, "target_ongoing_requests": 4},
+                      "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 16},
+        "Ranker": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 16},
+                   "ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 64},
+    },
+}
+
+
+class AppArgs(BaseModel):
+    """Build-time arguments (`serve run deployments.app:build_app key=value ...`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    home: str = ""  # default: MARQUEE_HOME or ./.marquee
+    dataset: str = ""  # default: the dataset `marquee up` recorded in HOME/serving.json
+    profile: Literal["single", "cluster"] = "single"
+    placement: Literal["fused", "split"] | None = None  # default: the profile's
+    user_config: dict = {}  # initial hot values: model_version, retrieval, artwork_epsilon
+    cpu_scale: float = 1.0  # multiplies every replica's num_cpus (run the cluster profile on a laptop)
+
+
+def _settings(args: AppArgs) -> dict:
+    from marquee.config import Paths
+
+    home = args.home or str(Paths().home)
+    placement = args.placement or PROFILES[args.profile]["placement"]
+    settings = Settings(home=str(Path(home).resolve()), dataset=args.dataset, placement=placement,
+                        hot=args.user_config)
+    return {"home": settings.home, "dataset": settings.dataset, "placement": settings.placement,
+            "admin_token": settings.admin_token, "hot": settings.hot}
+
+
+def _options(profile: str, name: str, cpu_scale: float) -> dict:
+    options = copy.deepcopy(PROFILES[profile][name])
+    actor = options.setdefault("ray_actor_options", {})
+    actor["num_cpus"] = round(actor.get("num_cpus", 1) * cpu_scale, 4)
+    return options
+
+
+def _actor(name: str):
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+API = make_api()
+
+
+@serve.deployment(name="Gateway")
+@serve.ingress(API)
+class Gateway:
+    """The HTTP ingress and homepage orchestrator (with the stages fused, or via handles)."""
+
+    def __init__(self, settings: dict, retrieval: DeploymentHandle | None = None,
+                 ranker: DeploymentHandle | None = None):
+        retrieve = rank = None
+        if retrieval is not None and ranker is not None:
+            async def retrieve(ctx):
+                return await retrieval.remote(ctx)
+
+            async def rank(version, features):
+                return await ranker.score.remote((version, features))
+        self.service, self._reconfigure = build_service(
+            Settings(**settings), member_state=_actor("marquee-member-state"), event_log=_actor("marquee-event-log"),
+            retrieve=retrieve, rank=rank)
+        set_service(self.service)
+
+    def reconfigure(self, user_config: dict) -> None:
+        self._reconfigure(user_config)
+
+
+@serve.deployment(name="Retrieval")
+class RetrievalDeployment:
+    """Candidate generation as its own deployment (cluster profile): ctx -> Retrieved."""
+
+    def __init__(self, settings: dict):
+        from deployments.catalog import load_catalog
+        from deployments.model_holder import ModelHolder
+        from deployments.service import HotConfig, RetrievalStage
+
+        s = Settings(**settings)
+        hot = HotConfig(s.hot)
+        self.holder = ModelHolder(s.registry_root, hot.model_version).start()
+        self.stage = RetrievalStage(self.holder, load_catalog(s.dataset), hot.retrieval)
+
+    def reconfigure(self, user_config: dict) -> None:
+        from deployments.service import HotConfig
+
+        hot = HotConfig(user_config)
+        self.stage.reconfigure(hot.retrieval)
+        self.holder.retarget(hot.model_version)
+        self.holder.refresh()
+
+    def __call__(self, ctx):
+        return self.stage(ctx)
+
+
+@serve.deployment(name="Ranker")
+class RankerDeployment:
+    """The ranker as its own deployment: requests batch into one booster call per version."""
+
+    def __init__(self, settings: dict):
+        from deployments.ranking import Ranker
+
+        self.ranker = Ranker(Settings(**settings).registry_root)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def score(self, requests: list[tuple[str, Any]]) -> list[Any]:
+        return self.ranker.score_many(requests)
+
+
+def build_app(args: dict | AppArgs) -> serve.Application:
+    """The application for `serve run` / serve.yaml / `marquee up`."""
+    args = args if isinstance(args, AppArgs) else AppArgs(**args)
+    settings = _settings(args)
+    user_config = dict(args.user_config)
+    gateway = Gateway.options(**_options(args.profile, "Gateway", args.cpu_scale), user_config=user_config)
+    if settings["placement"] == "fused":
+        return gateway.bind(settings)
+    retrieval = RetrievalDeployment.options(**_options(args.profile, "Retrieval", args.cpu_scale),
+                                            user_config=user_config).bind(settings)
+    ranker = RankerDeployment.options(**_options(args.profile, "Ranker", args.cpu_scale)).bind(settings)
+    return gateway.bind(settings, retrieval, ranker)
+
+
+def deploy(args: dict | AppArgs, port: int, host: str = "127.0.0.1", timeout_s: float = 120.0) -> str:
+    """Start Serve's HTTP proxy on `port` (if Serve is not running yet) and run the app; returns
+    the base URL. Needs ray.init to this cluster already."""
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
+    return f"http://{host}:{port}"
+
+
+# -- the in-process baseline -------------------------------------------------------------------------
+
+
+def serve_inprocess(home: str, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
+    """The same service under plain uvicorn in its own process (it joins the home's Ray cluster
+    only to reach member state and the event log)."""
+    from marquee.cluster import auth_env
+    from marquee.config import PROJECT_ROOT
+
+    env = {**os.environ, **auth_env(Path(home)), "MARQUEE_HOME": str(home),
+           "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--home", str(home),
+                             "--port", str(port), "--host", host], env=env, cwd=str(PROJECT_ROOT))

@@ -1,0 +1,257 @@
+"""Candidate generation for one homepage: every source, each under its own timeout.
+
+Sources are named: the model's (sequence, recency_ease, embedding, trending, content) score the
+member's live history; the row sources (because_you_watched, top_in_country, trending_now,
+new_releases, cold_titles) read precomputed lists. Each runs under its policy (timeout,
+fail-open); one that raises or overruns is dropped and named in `degraded`, and the ranker sees
+its features as missing. Output is the ranker's feature matrix for every candidate plus the
+candidates each row needs, so the ranker can run here (fused) or in its own deployment (split).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from deployments.catalog import ServingCatalog
+from deployments.contracts import Candidate, HomepageContext
+from deployments.model import LiveMember, ServingModel
+
+ROW_SOURCES = ("because_you_watched", "top_in_country", "trending_now", "new_releases", "cold_titles")
+FAULTS = ("raise", "slow")
+
+
+class SourceFault(RuntimeError):
+    """Raised by a source on purpose (the `faults` chaos setting)."""
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    timeout_ms: float = 250.0
+    fail_open: bool = True  # False: losing this source fails the personalized page (popular rows serve)
+
+    def __post_init__(self) -> None:
+        if not self.timeout_ms > 0:
+            raise ValueError(f"timeout_ms must be > 0, got {self.timeout_ms}")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    """Hot values of candidate generation (may change through reconfigure)."""
+
+    policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
+    default_policy: SourcePolicy = SourcePolicy()
+    because_seeds: int = 3
+    because_depth: int = 30
+    row_depth: int = 40
+    cold_titles: int = 20  # titles nobody has played yet, matched to the member by content
+    cold_title_weight: float = 1.0  # times the genre match; the page scales it by the median ranker score
+    editorial_boost: Mapping[int, float] = field(default_factory=dict)  # title_id -> added score
+    faults: Mapping[str, str] = field(default_factory=dict)  # chaos: source -> "raise" | "slow"
+    slow_fault_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name, fault in self.faults.items():
+            if fault not in FAULTS:
+                raise ValueError(f"faults.{name}: expected one of {FAULTS}, got {fault!r}")
+        for name, policy in self.policies.items():
+            if not isinstance(policy, SourcePolicy):
+                raise ValueError(f"policies.{name}: expected a SourcePolicy, got {type(policy).__name__}")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping | None) -> "RetrievalConfig":
+        raw = dict(raw or {})
+        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"retrieval config: unknown key(s) {sorted(unknown)}")
+        if "policies" in raw:
+            raw["policies"] = {k: SourcePolicy(**v) for k, v in raw["policies"].items()}
+        if "default_policy" in raw:
+            raw["default_policy"] = SourcePolicy(**raw["default_policy"])
+        if "editorial_boost" in raw:
+            raw["editorial_boost"] = {int(k): float(v) for k, v in raw["editorial_boost"].items()}
+        return cls(**raw)
+
+    def policy(self, source: str) -> SourcePolicy:
+        return self.policies.get(source, self.default_policy)
+
+
+@dataclass
+class Retrieved:
+    """Candidates of one request, ready for the ranker (picklable: it may cross a handle)."""
+
+    model_version: str
+    title_ids: np.ndarray  # one per ranker row
+    features: np.ndarray
+    proposed_by: dict[int, tuple[str, ...]]  # model candidates: the sources that proposed each
+    reasons: dict[int, str]  # title -> "because you watched X" where the item-item model knows
+    rows: dict[str, list[Candidate]]  # row sources: "top_in_country", "because_you_watched:{id}", ...
+    degraded: list[str]
+    failed_closed: list[str]  # sources whose policy is fail-closed and that failed
+    timings_ms: dict[str, float]
+    boost: dict[int, float] = field(default_factory=dict)  # editorial boosts of these candidates
+
+
+class Retrieval:
+    """The candidate stage: `__call__(ctx) -> Retrieved`."""
+
+    def __init__(self, model: ServingModel, catalog: ServingCatalog, config: RetrievalConfig | None = None,
+                 executor: futures.ThreadPoolExecutor | None = None):
+        self.model, self.catalog = model, catalog
+        self.config = config or RetrievalConfig()
+        self._pool = executor or futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="source")
+        content = model.builder.sources.get("content")
+        genres = getattr(content, "title_genres_", None)
+        self._content = content if genres is not None and genres.shape[1] == len(catalog.genres) else None
+        self._cold = [t for t in sorted(catalog.titles) if t not in model.index_of]
+
+    def source_names(self) -> tuple[str, ...]:
+        return (*self.model.source_names, *ROW_SOURCES)
+
+    def _guarded(self, name: str, fn: Callable[[], object]) -> Callable[[], object]:
+        fault = self.config.faults.get(name)
+
+        def run():
+            if fault == "raise":
+                raise SourceFault(f"source {name} failed (injected fault)")
+            if fault == "slow":
+                time.sleep(self.config.slow_fault_s)
+            return fn()
+        return run
+
+    def _run_all(self, jobs: dict[str, Callable[[], object]]) -> tuple[dict[str, object], list[str], list[str]]:
+        """Run every source in parallel; collect results of those that finish within their
+        timeout without raising. Returns (results, degraded, failed_closed)."""
+        started = time.monotonic()
+        pending = {name: self._pool.submit(self._guarded(name, fn)) for name, fn in jobs.items()}
+        results: dict[str, object] = {}
+        degraded, closed = [], []
+        for name, future in pending.items():
+            policy = self.config.policy(name)
+            left = policy.timeout_ms / 1000.0 - (time.monotonic() - started)
+            try:
+                results[name] = future.result(timeout=max(left, 0.0))
+            except Exception:  # timeout or the source's own error: drop it, name it
+                future.cancel()
+                degraded.append(name)
+                if not policy.fail_open:
+                    closed.append(name)
+        return results, degraded, closed
+
+    def __call__(self, ctx: HomepageContext) -> Retrieved:
+        t0 = time.perf_counter()
+        model, cfg, catalog = self.model, self.config, self.catalog
+        live = LiveMember(ctx.member_id, _history(ctx), ctx.titles_played, ctx.first_event_ms)
+        batch = model.batch([live])
+        histories = batch.histories
+        seeds = [t for t in dict.fromkeys(ctx.recently_watched) if t in catalog.titles][: cfg.because_seeds]
+
+        jobs: dict[str, Callable[[], object]] = {
+            name: (lambda name=name: model.score_source(name, histories)) for name in model.source_names}
+        jobs["because_you_watched"] = lambda: {s: model.similar(s, cfg.because_depth) for s in seeds}
+        jobs["top_in_country"] = lambda: catalog.top_for(ctx.country)[: cfg.row_depth]
+        jobs["trending_now"] = lambda: catalog.trending[: cfg.row_depth]
+        jobs["new_releases"] = lambda: catalog.new_releases[: cfg.row_depth]
+        jobs["cold_titles"] = lambda: self._cold_titles(ctx)
+        results, degraded, closed = self._run_all(jobs)
+        t1 = time.perf_counter()
+
+        rows: dict[str, list[Candidate]] = {}
+        byw = results.get("because_you_watched", {})
+        for seed, similar in byw.items():
+            reason = f"because you watched {catalog.titles[seed].name}"
+            rows[f"because_you_watched:{seed}"] = [Candidate(t, "because_you_watched", s, reason) for t, s in similar]
+        for key, source in (("top_in_country", "top_in_country"), ("trending", "trending_now"),
+                            ("new_releases", "new_releases"), ("cold_titles", "cold_titles")):
+            if source in results:
+                rows[key] = [Candidate(t, source, s) for t, s in results[source]]
+
+        scores = {name: results.get(name) for name in model.source_names}
+        include = model.include_mask(1, [[c.title_id for cands in rows.values() for c in cands]])
+        candidates = model.candidates(batch, scores, include)
+        title_ids = model.title_ids[candidates.titles]
+        proposed = self._proposed_by(scores, histories, candidates.titles)
+        reasons = self._because(histories, candidates.titles)
+        t2 = time.perf_counter()
+        return Retrieved(
+            model_version=model.version,
+            title_ids=title_ids,
+            features=candidates.features,
+            proposed_by=proposed,
+            reasons=reasons,
+            rows=rows,
+            degraded=sorted(degraded),
+            failed_closed=sorted(closed),
+            timings_ms={"sources": round((t1 - t0) * 1e3, 2), "features": round((t2 - t1) * 1e3, 2)},
+            boost={t: b for t, b in cfg.editorial_boost.items()},
+        )
+
+    def _proposed_by(self, scores: dict[str, np.ndarray | None], histories, titles: np.ndarray) -> dict[int, tuple[str, ...]]:
+        """Which model sources put each candidate in their top `depth` (for the explanation)."""
+        model = self.model
+        seen = histories.seen()[0]
+        out: dict[int, list[str]] = {}
+        for name, row in scores.items():
+            depth = model.builder.depth.get(name, 0)
+            if row is None or depth <= 0:
+                continue
+            values = np.where(seen, -np.inf, np.asarray(row)[0])
+            top = np.argpartition(-values, min(depth, len(values)) - 1)[:depth]
+            for index in top[np.isfinite(values[top])]:
+                out.setdefault(int(model.title_ids[index]), []).append(name)
+        wanted = set(int(t) for t in model.title_ids[titles])
+        return {t: tuple(s) for t, s in out.items() if t in wanted}
+
+    def _because(self, histories, titles: np.ndarray) -> dict[int, str]:
+        """For each candidate, the history title that contributes most through the item-item
+        weights: "because you watched X"."""
+        ease = self.model.builder.sources.get("recency_ease")
+        if ease is None or len(histories.titles) == 0 or len(titles) == 0:
+            return {}
+        hist = histories.titles[: 50]
+        weights = np.exp(-histories.position[: 50] / ease.tau) + ease.floor
+        contributions = ease.weights_[np.ix_(hist, titles)] * weights[:, None]
+        best = contributions.argmax(axis=0)
+        out = {}
+        for column, row in enumerate(best):
+            if contributions[row, column] > 0:
+                seed = int(self.model.title_ids[hist[row]])
+                info = self.catalog.titles.get(seed)
+                if info is not None:
+                    out[int(self.model.title_ids[titles[column]])] = f"because you watched {info.name}"
+        return out
+
+    def _cold_titles(self, ctx: HomepageContext) -> list[tuple[int, float]]:
+        """Titles with no plays yet, by genre match (cosine, times cold_title_weight) to the
+        member's history or onboarding tastes; editorial boosts are added on the page."""
+        if not self._cold:
+            return []
+        catalog, cfg = self.catalog, self.config
+        genres = list(catalog.genres)
+        profile = np.zeros(len(genres))
+        position = {g: i for i, g in enumerate(genres)}
+        for rank, tid in enumerate(_history(ctx)[:50]):
+            for g in catalog.titles[tid].genres if tid in catalog.titles else ():
+                profile[position[g]] += np.exp(-rank / 20.0)
+        for g in ctx.preferred_genres:
+            if g in position:
+                profile[position[g]] += 1.0
+        norm = np.linalg.norm(profile)
+        out = []
+        for tid in self._cold:
+            vec = np.zeros(len(genres))
+            for g in catalog.titles[tid].genres:
+                vec[position[g]] = 1.0
+            match = float(vec @ profile / (norm * np.linalg.norm(vec))) if norm > 0 and vec.any() else 0.0
+            out.append((tid, cfg.cold_title_weight * match))
+        out.sort(key=lambda item: (-(item[1] + cfg.editorial_boost.get(item[0], 0.0)), item[0]))
+        return out[: cfg.cold_titles]
+
+
+def _history(ctx: HomepageContext) -> tuple[int, ...]:
+    """What the member's tastes are read from: plays, most recent first, then liked titles."""
+    return tuple(dict.fromkeys((*ctx.recently_watched, *ctx.liked)))

@@ -1,0 +1,250 @@
+"""The homepage orchestrator: member state -> candidates -> ranker -> rows -> artwork -> response.
+
+Stages arrive as async callables, so the same orchestrator runs them fused (plain method calls in
+this replica) or split (DeploymentHandle calls). Nothing a member sends or a stage does turns
+into an error page: an unreachable member state gives a cold-start page, failed sources are
+dropped and named in `degraded`, and if candidate generation fails as a whole the precomputed
+popular rows serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deployments.artwork import ArtworkPolicy
+from deployments.candidates import Retrieved
+from deployments.catalog import ServingCatalog
+from deployments.contracts import HomepageContext, ScoredItem
+from deployments.rows import Page, RowBuilder
+from marquee.schema import MATURITY_LABELS, MAX_MATURITY
+
+RetrieveFn = Callable[[HomepageContext], Awaitable[Retrieved]]
+RankFn = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
+MemberFn = Callable[[int], Awaitable[Any]]
+
+ROW_TEXT = {"top_in_country": "Top in {country}", "trending": "Trending now", "new_releases": "New on Marquee",
+            "cold_titles": "New to the catalog", "my_list": "In your list", "continue_watching": "Pick up where you left off"}
+MODEL_SOURCE_TEXT = {"sequence": "Members who watch what you watch also watched this",
+                     "embedding": "Picked for your tastes", "content": "Matches the genres you like",
+                     "trending": "Popular right now", "recency_ease": "Picked for your tastes"}
+
+
+@dataclass(frozen=True)
+class HomepageRequest:
+    member_id: int
+    country: str | None = None
+    device: str = "tv"
+    maturity: str | None = None  # a label of MATURITY_LABELS overriding the profile's
+    rows: int = 10
+    titles_per_row: int = 10
+    request_id: str = ""
+
+
+@dataclass
+class Timer:
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, name: str, started: float) -> float:
+        now = time.perf_counter()
+        self.stages[name] = round(self.stages.get(name, 0.0) + (now - started) * 1e3, 2)
+        return now
+
+
+class Homepage:
+    """`await homepage(request) -> dict`: one member's page, JSON-ready."""
+
+    def __init__(self, catalog: ServingCatalog, rows: RowBuilder, artwork: ArtworkPolicy,
+                 member: MemberFn, retrieve: RetrieveFn, rank: RankFn,
+                 retrieval_timeout_s: float = 2.0, member_timeout_s: float = 1.0):
+        self.catalog, self.rows, self.artwork = catalog, rows, artwork
+        self.member, self.retrieve, self.rank = member, retrieve, rank
+        self.retrieval_timeout_s, self.member_timeout_s = retrieval_timeout_s, member_timeout_s
+
+    async def __call__(self, request: HomepageRequest) -> dict:
+        timer, degraded = Timer(), []
+        started = t = time.perf_counter()
+        request_id = request.request_id or uuid.uuid4().hex
+        snapshot = None
+        try:
+            snapshot = await asyncio.wait_for(self.member(request.member_id), self.member_timeout_s)
+        except Exception:
+            degraded.append("member_state")
+        t = timer.add("member", t)
+        ctx = self.context(request, snapshot, request_id)
+
+        versions: dict[str, str] = {}
+        retrieved = None
+        try:
+            retrieved = await asyncio.wait_for(self.retrieve(ctx), self.retrieval_timeout_s)
+        except Exception:
+            degraded.append("candidates")
+        t = timer.add("candidates", t)
+        if retrieved is not None:
+            degraded += retrieved.degraded
+            versions["retrieval"] = retrieved.model_version
+            for name, ms in retrieved.timings_ms.items():
+                timer.stages[f"candidates.{name}"] = ms
+        sources: dict[str, list[ScoredItem]] | None = None
+        if retrieved is not None and not retrieved.failed_closed and _has_candidates(retrieved):
+            try:
+                scores = await self.rank(retrieved.model_version, retrieved.features)
+                versions["ranker"] = retrieved.model_version
+                sources = self.sources(ctx, retrieved, np.asarray(scores))
+            except Exception:
+                degraded.append("ranker")
+            t = timer.add("rank", t)
+        fallback = sources is None
+        if fallback:
+            sources = self.popular_sources(ctx)
+            degraded.append("personalization")
+        page = self.rows.build_page(ctx, sources, self.catalog.titles)
+        t = timer.add("rows", t)
+        rows = self.render(ctx, page)
+        timer.add("artwork", t)
+        timer.stages["total"] = round((time.perf_counter() - started) * 1e3, 2)
+        return {
+            "request_id": request_id,
+            "member_id": ctx.member_id,
+            "country": ctx.country,
+            "device": ctx.device,
+            "maturity": ctx.maturity_label,
+            "cold_start": not ctx.has_history,
+            "fallback": fallback,
+            "model_versions": versions,
+            "experiments": {},
+            "degraded": sorted(set(degraded)),
+            "rows": rows,
+            "removed": {"counts": page.removal_counts, "total": len(page.removals)},
+            "timings_ms": timer.stages,
+        }
+
+    # -- context -------------------------------------------------------------------------------
+
+    def context(self, request: HomepageRequest, snapshot: Any, request_id: str) -> HomepageContext:
+        profile = self.catalog.profile(request.member_id)
+        country = request.country or (profile.country if profile else self.catalog.default_country)
+        if request.maturity is not None:
+            maturity = MATURITY_LABELS.index(request.maturity)
+        else:
+            maturity = profile.maturity if profile else MAX_MATURITY
+        fields: dict[str, Any] = {}
+        if snapshot is not None and getattr(snapshot, "known", False):
+            recent = [int(t) for t in snapshot.recently_watched]
+            recent_ms = [int(x) for x in getattr(snapshot, "recent_ms", ()) or ()]
+            fields = {
+                "watched": frozenset(recent),
+                "continue_watching": tuple(int(c.title_id) for c in snapshot.continue_watching),
+                "my_list": tuple(int(t) for t in snapshot.my_list),
+                "recently_watched": tuple(recent),
+                "recent_ms": tuple(recent_ms) if len(recent_ms) == len(recent) else (),
+                "titles_played": int(getattr(snapshot, "titles_played", 0) or len(recent)),
+                "first_event_ms": getattr(snapshot, "first_event_ms", None),
+                "preferred_genres": tuple(getattr(snapshot, "preferred_genres", ()) or ()),
+                "liked": tuple(int(t) for t, v in snapshot.thumbs.items() if v > 0),
+            }
+        return HomepageContext(
+            member_id=request.member_id, country=country, device=request.device, maturity=maturity,
+            now_ms=int(time.time() * 1000), rows_limit=request.rows, titles_per_row=request.titles_per_row,
+            request_id=request_id, **fields)
+
+    # -- sources for the row builder ----------------------------------------------------------
+
+    def sources(self, ctx: HomepageContext, retrieved: Retrieved, scores: np.ndarray) -> dict[str, list[ScoredItem]]:
+        if len(scores) != len(retrieved.title_ids):
+            raise ValueError(f"ranker returned {len(scores)} scores for {len(retrieved.title_ids)} candidates")
+        score_of = dict(zip(retrieved.title_ids.tolist(), scores.tolist()))
+        boost = retrieved.boost
+        out: dict[str, list[ScoredItem]] = {}
+        personalized = []
+        for tid, names in retrieved.proposed_by.items():
+            reason = retrieved.reasons.get(tid) or MODEL_SOURCE_TEXT.get(names[0], "Picked for you")
+            personalized.append(ScoredItem(tid, score_of[tid] + boost.get(tid, 0.0), names, (reason,)))
+        typical = float(np.median(scores)) if len(scores) else 0.0  # cold titles compete at this level
+        for cand in retrieved.rows.get("cold_titles", ()):
+            personalized.append(ScoredItem(cand.title_id, typical * cand.score + boost.get(cand.title_id, 0.0),
+                                           ("cold_titles",), (ROW_TEXT["cold_titles"],)))
+        out["personalized"] = personalized
+        floor = min(score_of.values(), default=0.0)
+        for key, cands in retrieved.rows.items():
+            if key == "cold_titles":
+                continue
+            ordered = key == "top_in_country"
+            items = []
+            for cand in cands:
+                reason = cand.reason or ROW_TEXT.get(key, "").format(country=ctx.country)
+                score = score_of.get(cand.title_id, floor * 0.5) + boost.get(cand.title_id, 0.0)
+                items.append(ScoredItem(cand.title_id, score, (cand.source,), (reason,) if reason else ()))
+            out[key] = _keep_order(items) if ordered else items
+        out["continue_watching"] = _keep_order(
+            [ScoredItem(t, score_of.get(t, 1.0), ("continue_watching",), (ROW_TEXT["continue_watching"],))
+             for t in ctx.continue_watching], base=max(score_of.values(), default=1.0) + 1.0)
+        out["my_list"] = _keep_order(
+            [ScoredItem(t, score_of.get(t, floor), ("my_list",), (ROW_TEXT["my_list"],)) for t in ctx.my_list])
+        return out
+
+    def popular_sources(self, ctx: HomepageContext) -> dict[str, list[ScoredItem]]:
+        """The precomputed popular rows: no model, no candidate source, still a useful page."""
+        catalog = self.catalog
+
+        def listed(pairs: Sequence[tuple[int, float]], source: str, text: str) -> list[ScoredItem]:
+            return _keep_order([ScoredItem(t, 1.0, (source,), (text,)) for t, _ in pairs], base=1.0)
+
+        top = listed(catalog.top_for(ctx.country), "top_in_country", ROW_TEXT["top_in_country"].format(country=ctx.country))
+        return {
+            "top_in_country": top,
+            "trending": listed(catalog.trending, "trending_now", ROW_TEXT["trending"]),
+            "new_releases": listed(catalog.new_releases, "new_releases", ROW_TEXT["new_releases"]),
+            "personalized": listed(catalog.by_genre(ctx.preferred_genres) if ctx.preferred_genres
+                                   else catalog.popular, "popular", "Popular on Marquee"),
+            "continue_watching": listed([(t, 0.0) for t in ctx.continue_watching], "continue_watching",
+                                        ROW_TEXT["continue_watching"]),
+            "my_list": listed([(t, 0.0) for t in ctx.my_list], "my_list", ROW_TEXT["my_list"]),
+        }
+
+    # -- response ------------------------------------------------------------------------------
+
+    def render(self, ctx: HomepageContext, page: Page) -> list[dict]:
+        rows = []
+        for row in page.rows:
+            items = []
+            for position, item in enumerate(row.items):
+                info = self.catalog.titles[item.title_id]
+                arms = self.catalog.artwork.get(item.title_id, ())
+                artwork, propensity = (None, 1.0)
+                if arms:
+                    artwork, propensity = self.artwork.select(
+                        {"request_id": ctx.request_id, "member_id": ctx.member_id, "title_id": item.title_id,
+                         "device": ctx.device, "row": row.row_id}, arms)
+                items.append({
+                    "title_id": item.title_id,
+                    "name": info.name,
+                    "position": position,
+                    "score": round(float(item.score), 6),
+                    "genres": list(info.genres),
+                    "explanation": {"sources": list(item.sources), "reasons": list(item.reasons)},
+                    "artwork": {"artwork_id": artwork, "propensity": round(float(propensity), 6)},
+                })
+            rows.append({"row_id": row.row_id, "title": row.title, "items": items})
+        return rows
+
+
+def _has_candidates(retrieved: Retrieved) -> bool:
+    return len(retrieved.title_ids) > 0 or any(retrieved.rows.values())
+
+
+def _keep_order(items: Sequence[ScoredItem], base: float | None = None) -> list[ScoredItem]:
+    """Scores that keep the list's own order (a Top 10 is ordered by popularity, not by the
+    ranker) but sit on the ranker's scale, so the row still competes fairly for its place."""
+    if not items:
+        return []
+    level = base if base is not None else float(np.mean([i.score for i in items]))
+    level = max(level, 1e-6)
+    return [item.with_score(level * (1.0 - 1e-3 * i)) for i, item in enumerate(items)]
+

@@ -1,0 +1,148 @@
+"""A promoted model version, loaded for serving: live histories in, candidates and scores out.
+
+The registry holds the fitted Pipeline (training/pipeline.py). Serving uses its fitted sources
+and boosters through the same feature code as training (FeatureBuilder.build_batch), but the
+member side comes from live member state: what they watched a second ago counts, and a member
+who joined after the fit still gets a ranked page.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.histories import Histories
+from training.ranker_features import Candidates, MemberBatch
+
+MS = 1000
+
+
+class ModelLoadError(RuntimeError):
+    """A registered version could not be made ready to serve (the old one keeps serving)."""
+
+
+@dataclass(frozen=True)
+class LiveMember:
+    """What the model needs about one member, from live member state."""
+
+    member_id: int
+    recent: tuple[int, ...]  # title ids, most recent first
+    titles_played: int = 0
+    first_event_ms: int | None = None
+
+
+class ServingModel:
+    """One registered version: sources, feature builder and the two boosters."""
+
+    def __init__(self, pipeline, version: str, title_ids: Sequence[int]):
+        builder = pipeline.serving_
+        self.pipeline, self.version, self.builder = pipeline, version, builder
+        self.title_ids = np.asarray(title_ids, dtype=np.int64)  # title index -> title_id
+        if len(self.title_ids) != builder.data.shape[1]:
+            raise ModelLoadError(f"{version}: {len(self.title_ids)} title ids for a model of "
+                                 f"{builder.data.shape[1]} titles")
+        self.index_of = {int(t): i for i, t in enumerate(self.title_ids)}
+        self.as_of_s = int(builder.data.timestamps.max()) if len(builder.data.timestamps) else 0
+        self.source_names = tuple(builder.sources)
+        self.feature_names = tuple(pipeline.feature_names_)
+        self._boosters = pipeline.boosters_
+        for booster in self._boosters.values():
+            booster.set_param({"nthread": 1})  # a replica owns a fraction of a CPU: no thread pool
+        self._weights = (pipeline.config.play_weight, pipeline.config.completion_weight)
+        self._similar = builder.sources.get("recency_ease")
+
+    @classmethod
+    def load(cls, registry_root: str | Path, version: str) -> "ServingModel":
+        """Verify the version's checksums, then unpickle it; any failure is a ModelLoadError."""
+        from actors.registry import Registry
+
+        try:
+            registry = Registry(registry_root, read_only=True)
+            registry.verify(version)
+            pipeline = pickle.loads(registry.read_artifact(version, "pipeline.pkl"))
+            title_ids = json.loads(registry.read_artifact(version, "title_ids.json"))
+            model = cls(pipeline, version, title_ids)
+            model.warm_up()
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # a corrupt or incompatible artifact must never replace a good one
+            raise ModelLoadError(f"{version}: {type(exc).__name__}: {exc}") from exc
+        return model
+
+    def warm_up(self) -> None:
+        """Score one empty history end to end, so a version that cannot serve fails here."""
+        batch = self.batch([LiveMember(0, ()), LiveMember(0, tuple(int(t) for t in self.title_ids[:3]))])
+        candidates = self.candidates(batch, self.score_sources(batch.histories))
+        if candidates.names != list(self.feature_names):
+            raise ModelLoadError(f"{self.version}: features {candidates.names[:3]}... do not match the "
+                                 f"boosters' {list(self.feature_names)[:3]}...")
+        self.rank(candidates.features)
+
+    # -- member side -----------------------------------------------------------------------------
+
+    def batch(self, members: Sequence[LiveMember]) -> MemberBatch:
+        """Histories of known titles (unknown ones have no index), at the model's point in time."""
+        now = self.as_of_s
+        lists, firsts, played = [], [], []
+        for m in members:
+            lists.append([self.index_of[t] for t in m.recent if t in self.index_of])
+            first = now if m.first_event_ms is None else min(m.first_event_ms // MS, now)
+            firsts.append(first)
+            played.append(max(m.titles_played, len(lists[-1])))
+        histories = Histories.from_lists(lists, [now] * len(members), len(self.title_ids))
+        ids = np.array([m.member_id for m in members], dtype=np.int64)
+        return MemberBatch(histories, np.arange(len(members)), ids, np.array(played, dtype=np.int64),
+                           np.array(firsts, dtype=np.int64))
+
+    def score_sources(self, histories: Histories, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        names = self.source_names if names is None else names
+        return {name: self.builder.sources[name].score_histories(histories) for name in names}
+
+    def score_source(self, name: str, histories: Histories) -> np.ndarray:
+        return self.builder.sources[name].score_histories(histories)
+
+    def candidates(self, batch: MemberBatch, scores: dict[str, np.ndarray | None],
+                   include: np.ndarray | None = None) -> Candidates:
+        return self.builder.build_batch(batch, scores, include)
+
+    def include_mask(self, n_rows: int, title_ids_per_row: Sequence[Sequence[int]]) -> np.ndarray:
+        mask = np.zeros((n_rows, len(self.title_ids)), dtype=bool)
+        for row, titles in enumerate(title_ids_per_row):
+            index = [self.index_of[t] for t in titles if t in self.index_of]
+            mask[row, index] = True
+        return mask
+
+    # -- ranking -----------------------------------------------------------------------------------
+
+    def rank(self, features: np.ndarray) -> np.ndarray:
+        """Blended likelihood of play and of completion for each row of `features`."""
+        import xgboost
+
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
+            raise ValueError(f"{self.version}: expected features of shape (n, {len(self.feature_names)}), "
+                             f"got {features.shape}")
+        if len(features) == 0:
+            return np.zeros(0)
+        matrix = xgboost.DMatrix(features, feature_names=list(self.feature_names))
+        play_w, completion_w = self._weights
+        return (play_w * self._boosters["play"].predict(matrix)
+                + completion_w * self._boosters["completion"].predict(matrix))
+
+    def similar(self, title_id: int, k: int) -> list[tuple[int, float]]:
+        """Titles most like `title_id` by the item-item model ("because you watched")."""
+        if self._similar is None or title_id not in self.index_of:
+            return []
+        scores = np.asarray(self._similar.similar(self.index_of[title_id]), dtype=np.float64).copy()
+        scores[self.index_of[title_id]] = -np.inf
+        k = min(k, len(scores) - 1)
+        if k <= 0:
+            return []
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(self.title_ids[i]), float(scores[i])) for i in top if scores[i] > 0]

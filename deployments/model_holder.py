@@ -1,0 +1,99 @@
+"""Which model version a replica serves, and the hot swap to a new one.
+
+A replica follows the registry's promoted pointer (or a version pinned through user_config).
+A new version is loaded and warmed up on a background thread while the old one keeps serving;
+the swap is one reference assignment, so no request is dropped or sees half a model. A version
+that fails to load is recorded and skipped: the old one stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from deployments.model import ModelLoadError, ServingModel
+
+log = logging.getLogger("marquee.model")
+FOLLOW_PROMOTED = "promoted"
+
+
+class ModelHolder:
+    def __init__(self, registry_root: str | Path, target: str = FOLLOW_PROMOTED,
+                 loader: Callable[[str | Path, str], ServingModel] = ServingModel.load, poll_s: float = 0.5):
+        self.registry_root = Path(registry_root)
+        self.target = target
+        self.loader, self.poll_s = loader, poll_s
+        self.model: ServingModel | None = None
+        self.last_error: str | None = None
+        self.failed: set[str] = set()  # versions that failed to load (not retried until re-targeted)
+        self.swaps = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def version(self) -> str | None:
+        model = self.model
+        return model.version if model is not None else None
+
+    def wanted(self) -> str | None:
+        if self.target != FOLLOW_PROMOTED:
+            return self.target
+        from actors.registry import Registry
+
+        if not (self.registry_root / "PROMOTED").exists():
+            return None
+        return Registry(self.registry_root, read_only=True).promoted_version()
+
+    def retarget(self, target: str) -> None:
+        """Follow the promoted pointer ("promoted") or pin a version; takes effect on the next
+        refresh (call refresh() to apply it now)."""
+        if target != self.target:
+            self.failed.clear()
+        self.target = target
+
+    def refresh(self) -> bool:
+        """Load the wanted version if it differs from the served one; True if it swapped."""
+        with self._lock:
+            try:
+                wanted = self.wanted()
+            except Exception as exc:
+                self.last_error = f"registry unreadable: {exc}"
+                return False
+            if wanted is None or wanted == self.version or wanted in self.failed:
+                return False
+            started = time.monotonic()
+            try:
+                model = self.loader(self.registry_root, wanted)
+            except ModelLoadError as exc:
+                self.failed.add(wanted)
+                self.last_error = str(exc)
+                log.error("model %s failed to load; still serving %s: %s", wanted, self.version, exc)
+                return False
+            self.model = model  # the swap: requests in flight keep the object they already hold
+            self.swaps += 1
+            self.last_error = None
+            log.info("serving model %s (loaded in %.2f s)", wanted, time.monotonic() - started)
+            return True
+
+    def start(self) -> "ModelHolder":
+        """Load now (best effort), then keep following the target on a daemon thread."""
+        self.refresh()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="model-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict:
+        return {"version": self.version, "target": self.target, "last_error": self.last_error,
+                "failed_versions": sorted(self.failed), "swaps": self.swaps}

@@ -1,0 +1,232 @@
+"""The gateway's service: the homepage pipeline wired to member state, the event log and the
+registry. Built once per process by `build_service`, the same way under Ray Serve (fused or with
+stages behind handles) and under plain uvicorn (the in-process baseline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import numpy as np
+
+from deployments.artwork import EpsilonGreedyArtwork
+from deployments.candidates import Retrieval, RetrievalConfig, Retrieved
+from deployments.catalog import ServingCatalog, load_catalog
+from deployments.contracts import HomepageContext
+from deployments.gateway import ApiError, call_with_retry
+from deployments.homepage import Homepage, HomepageRequest
+from deployments.model_holder import FOLLOW_PROMOTED, ModelHolder
+from deployments.ranking import Ranker
+from deployments.rows import RowBuilder, RowPlan
+
+log = logging.getLogger("marquee.service")
+SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
+TOKEN_FILE = "admin_token"
+PLACEMENTS = ("fused", "split")
+
+
+@dataclass
+class Settings:
+    """Build-time settings of the app (deploy-time options live in serve.yaml)."""
+
+    home: str
+    dataset: str = ""  # dataset directory; default: what `marquee up` recorded in HOME/serving.json
+    placement: str = "fused"
+    admin_token: str | None = None  # default: HOME/admin_token
+    namespace: str = "marquee"
+    hot: dict = field(default_factory=dict)  # initial hot values (same shape as user_config)
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        home = Path(self.home)
+        if not self.dataset:
+            recorded = home / SERVING_FILE
+            if not recorded.exists():
+                raise ValueError(f"no dataset given and {recorded} does not exist: run `marquee up` first "
+                                 "or pass dataset=DIR")
+            self.dataset = json.loads(recorded.read_text())["dataset"]
+        if not (Path(self.dataset) / "manifest.json").exists():
+            raise ValueError(f"dataset {self.dataset} is not a Marquee dataset (no manifest.json)")
+        if self.admin_token is None:
+            self.admin_token = admin_token(home)
+
+    @property
+    def registry_root(self) -> Path:
+        return Path(self.home) / "registry"
+
+
+def admin_token(home: Path, create: bool = False) -> str | None:
+    """The admin bearer token of this home (created by `marquee up`, readable only by its owner)."""
+    path = Path(home) / TOKEN_FILE
+    if not path.exists() and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip() if path.exists() else None
+
+
+class HotConfig:
+    """Hot values from user_config: model target, candidate-generation settings, artwork epsilon.
+    A bad value raises before anything changes, so the old values keep serving."""
+
+    def __init__(self, raw: dict | None = None):
+        raw = dict(raw or {})
+        unknown = set(raw) - {"model_version", "retrieval", "artwork_epsilon"}
+        if unknown:
+            raise ValueError(f"user_config: unknown key(s) {sorted(unknown)}")
+        self.model_version = str(raw.get("model_version", FOLLOW_PROMOTED))
+        if self.model_version != FOLLOW_PROMOTED and not (self.model_version.startswith("v") and self.model_version[1:].isdigit()):
+            raise ValueError(f"user_config.model_version: expected 'promoted' or vNNNN, got {self.model_version!r}")
+        self.retrieval = RetrievalConfig.from_dict(raw.get("retrieval"))
+        self.artwork_epsilon = float(raw.get("artwork_epsilon", 0.1))
+        if not 0 <= self.artwork_epsilon <= 1:
+            raise ValueError(f"user_config.artwork_epsilon: expected 0..1, got {self.artwork_epsilon}")
+
+
+class RetrievalStage:
+    """Candidate generation on the holder's current model; rebuilt when the model or the config
+    changes (cheap), so a hot swap is picked up by the next request."""
+
+    def __init__(self, holder: ModelHolder, catalog: ServingCatalog, config: RetrievalConfig):
+        self.holder, self.catalog, self.config = holder, catalog, config
+        self._built: tuple[Any, Any, Retrieval] | None = None
+        self._lock = threading.Lock()
+
+    def reconfigure(self, config: RetrievalConfig) -> None:
+        self.config = config
+
+    def __call__(self, ctx: HomepageContext) -> Retrieved:
+        model = self.holder.model
+        if model is None:
+            raise RuntimeError("no model version is loaded yet")
+        built = self._built
+        if built is None or built[0] is not model or built[1] is not self.config:
+            with self._lock:
+                built = self._built = (model, self.config, Retrieval(model, self.catalog, self.config))
+        return built[2](ctx)
+
+
+class MarqueeService:
+    """Implements deployments.gateway.GatewayService."""
+
+    def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage,
+                 holder: ModelHolder | None, event_log: Any, placement: str):
+        self.settings, self.catalog, self.homepage_stage = settings, catalog, homepage
+        self.holder, self.event_log, self.placement = holder, event_log, placement
+        self.admin_token = settings.admin_token
+
+    async def homepage(self, request: HomepageRequest) -> dict:
+        return await self.homepage_stage(request)
+
+    def title(self, title_id: int) -> dict | None:
+        info = self.catalog.titles.get(title_id)
+        if info is None:
+            return None
+        return {"title_id": info.title_id, "name": info.name, "genres": list(info.genres),
+                "maturity": info.maturity, "countries": sorted(info.countries), "series_id": info.series_id,
+                "release_date_ms": info.release_date_ms, "artwork": list(self.catalog.artwork.get(title_id, ()))}
+
+    def genres(self) -> tuple[str, ...]:
+        return self.catalog.genres
+
+    def has_title(self, title_id: int) -> bool:
+        return title_id in self.catalog.titles
+
+    async def append_events(self, events: list[dict]) -> dict:
+        from actors.events import result_as_dict
+
+        if self.event_log is None:
+            raise ApiError(503, "no event log is connected", {"Retry-After": "5"})
+        result = await call_with_retry(lambda: _await(self.event_log.append.remote(events)))
+        return result_as_dict(result)  # the gateway validated every event: `rejected` is normally empty
+
+    def health(self) -> dict:
+        model = self.holder.status() if self.holder is not None else {"version": None}
+        return {"status": "ok", "placement": self.placement, "model": model,
+                "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
+
+    def admin(self, action: str, version: str | None = None) -> dict:
+        from actors.registry import Registry, RegistryError, UnknownVersionError
+
+        registry = Registry(self.settings.registry_root)
+        try:
+            if action == "list":
+                return {"promoted": registry.promoted_version(),
+                        "versions": [v.to_dict() for v in registry.list()]}
+            if action == "promote":
+                return {"promoted": registry.promote(version, reason="admin API").version}
+            if action == "rollback":
+                return {"promoted": registry.rollback(to=version, reason="admin API").version}
+            if action == "retrain":
+                return self._retrain()
+        except UnknownVersionError as exc:
+            raise ApiError(404, f"unknown model version: {exc}") from None
+        except RegistryError as exc:
+            raise ApiError(409, str(exc)) from None
+        raise ApiError(404, f"unknown admin action {action!r}")
+
+    def _retrain(self) -> dict:
+        from marquee.config import Paths
+        from training.retrain import start_job
+
+        started = start_job(Paths(Path(self.settings.home)), ["--dataset", f"world:{self.settings.dataset}",
+                                                              "--json"])
+        if started is None:
+            raise ApiError(503, "no Ray cluster of `marquee up` runs for this home", {"Retry-After": "5"})
+        _, job, dashboard = started
+        return {"job_id": job, "dashboard": dashboard, "status": "submitted"}
+
+
+async def _await(ref):
+    return await ref
+
+
+def member_reader(member_state: Any) -> Callable[[int], Awaitable[Any]]:
+    async def read(member_id: int):
+        if member_state is None:
+            return None
+        return await member_state.get.remote(member_id)
+    return read
+
+
+def build_service(settings: Settings, *, member_state: Any, event_log: Any,
+                  retrieve: Callable[[HomepageContext], Awaitable[Retrieved]] | None = None,
+                  rank: Callable[[str, np.ndarray], Awaitable[np.ndarray]] | None = None,
+                  catalog: ServingCatalog | None = None) -> tuple[MarqueeService, Callable[[dict], None]]:
+    """The service and its `reconfigure(user_config)`. Fused when `retrieve`/`rank` are None
+    (stages run here, on a model holder that follows the registry); split otherwise."""
+    hot = HotConfig(settings.hot)
+    catalog = catalog or load_catalog(settings.dataset)
+    artwork = EpsilonGreedyArtwork(hot.artwork_epsilon)
+    holder = None
+    stage = None
+    if retrieve is None or rank is None:
+        holder = ModelHolder(settings.registry_root, hot.model_version).start()
+        stage = RetrievalStage(holder, catalog, hot.retrieval)
+        ranker = Ranker(settings.registry_root, holder)
+
+        async def retrieve(ctx):  # noqa: F811 - the fused stages: plain calls in this replica
+            return stage(ctx)
+
+        async def rank(version, features):  # noqa: F811
+            return ranker.score(version, features)
+
+    homepage = Homepage(catalog, RowBuilder(RowPlan()), artwork, member_reader(member_state), retrieve, rank)
+    service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement)
+
+    def reconfigure(user_config: dict) -> None:
+        new = HotConfig(user_config)  # raises on a bad value: nothing below changes
+        artwork.epsilon = new.artwork_epsilon
+        if stage is not None:
+            stage.reconfigure(new.retrieval)
+        if holder is not None:
+            holder.retarget(new.model_version)
+            holder.refresh()
+
+    return service, reconfigure
