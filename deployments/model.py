@@ -55,6 +55,10 @@ class ServingModel:
             booster.set_param({"nthread": 1})  # a replica owns a fraction of a CPU: no thread pool
         self._weights = (pipeline.config.play_weight, pipeline.config.completion_weight)
         self._similar = builder.sources.get("recency_ease")
+        if builder.store is not None:  # the feature store at the model's as-of, as arrays
+            from training.ranker_features import SnapshotFeatures
+
+            builder.snapshot = SnapshotFeatures(builder.store, self.as_of_s)
 
     @classmethod
     def load(cls, registry_root: str | Path, version: str) -> "ServingModel":
@@ -121,18 +125,15 @@ class ServingModel:
 
     def rank(self, features: np.ndarray) -> np.ndarray:
         """Blended likelihood of play and of completion for each row of `features`."""
-        import xgboost
-
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != len(self.feature_names):
             raise ValueError(f"{self.version}: expected features of shape (n, {len(self.feature_names)}), "
                              f"got {features.shape}")
         if len(features) == 0:
             return np.zeros(0)
-        matrix = xgboost.DMatrix(features, feature_names=list(self.feature_names))
-        play_w, completion_w = self._weights
-        return (play_w * self._boosters["play"].predict(matrix)
-                + completion_w * self._boosters["completion"].predict(matrix))
+        play_w, completion_w = self._weights  # inplace_predict: no DMatrix per request
+        return (play_w * self._boosters["play"].inplace_predict(features)
+                + completion_w * self._boosters["completion"].inplace_predict(features))
 
     def similar(self, title_id: int, k: int) -> list[tuple[int, float]]:
         """Titles most like `title_id` by the item-item model ("because you watched")."""

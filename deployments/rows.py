@@ -374,33 +374,48 @@ def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, cap: int, series: Co
     """Maximal marginal relevance: lam * relevance - (1 - lam) * max genre similarity to the row so far.
 
     Relevance is the score min-max scaled within the row's pool, so lambda means the same thing
-    whatever scale a source scores on. Ties: higher raw score, then lower title_id.
+    whatever scale a source scores on. Ties: higher raw score, then lower title_id. (Per-item facts
+    are computed once and only the items of a just-capped series are re-checked: this runs for
+    every row of every page.)
     """
     if want <= 0 or not pool:
         return []
     lo = min(i.score for i in pool)
     hi = max(i.score for i in pool)
     span = hi - lo
-    rel = {i.title_id: (i.score - lo) / span if span > 0 else 1.0 for i in pool}
-    genres = {i.title_id: _genres(catalog, i.title_id) for i in pool}
-    max_sim = {i.title_id: max((_jaccard(genres[i.title_id], g) for g in selected_genres), default=0.0)
-               for i in pool}
-    remaining = list(pool)
+    genres = [_genres(catalog, i.title_id) for i in pool]
+    series_of = [_series(catalog, i.title_id) for i in pool]
+    base = [lam * ((i.score - lo) / span if span > 0 else 1.0) for i in pool]
+    max_sim = [max((_jaccard(g, s) for s in selected_genres), default=0.0) for g in genres]
+    alive = [series_of[k] is None or series[series_of[k]] < cap for k in range(len(pool))]
+    penalty = 1 - lam
     chosen: list[ScoredItem] = []
-    while remaining and len(chosen) < want:
-        remaining = [i for i in remaining if _series_ok(i.title_id, series, cap, catalog)]
-        if not remaining:
+    while len(chosen) < want:
+        best_k, best_key = -1, None
+        for k, item in enumerate(pool):
+            if not alive[k]:
+                continue
+            key = (base[k] - penalty * max_sim[k], item.score, -item.title_id)
+            if best_key is None or key > best_key:
+                best_k, best_key = k, key
+        if best_k < 0:
             break
-        best = max(remaining, key=lambda i: (lam * rel[i.title_id] - (1 - lam) * max_sim[i.title_id],
-                                             i.score, -i.title_id))
+        best = pool[best_k]
         chosen.append(best)
-        _take(best, series, catalog)
-        remaining.remove(best)
-        picked = genres[best.title_id]
-        for i in remaining:
-            sim = _jaccard(genres[i.title_id], picked)
-            if sim > max_sim[i.title_id]:
-                max_sim[i.title_id] = sim
+        alive[best_k] = False
+        picked_series = series_of[best_k]
+        if picked_series is not None:
+            series[picked_series] += 1
+            if series[picked_series] >= cap:
+                for k in range(len(pool)):
+                    if series_of[k] == picked_series:
+                        alive[k] = False
+        picked = genres[best_k]
+        for k in range(len(pool)):
+            if alive[k]:
+                sim = _jaccard(genres[k], picked)
+                if sim > max_sim[k]:
+                    max_sim[k] = sim
     return chosen
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ class MarqueeService:
 
     def health(self) -> dict:
         model = self.holder.status() if self.holder is not None else {"version": None}
-        return {"status": "ok", "placement": self.placement, "model": model,
+        return {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
                 "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
 
     def admin(self, action: str, version: str | None = None) -> dict:

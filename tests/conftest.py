@@ -35,3 +35,56 @@ def movielens_100k() -> Path:
     if not (path / "u.data").exists():
         pytest.skip(f"MovieLens 100K not found at {path} (set MARQUEE_DATA to the folder holding ml-100k/)")
     return path
+
+
+@pytest.fixture(scope="session")
+def serve_home(ray_cluster, tmp_path_factory):
+    """A small world with features, the stateful actors and a promoted model, on the shared
+    cluster: what `marquee up` prepares before it deploys the app."""
+    from marquee.config import Paths
+    from marquee.up import prepare_system
+    from marquee.world import generate_world
+
+    paths = Paths(tmp_path_factory.mktemp("serve-home"))
+    generate_world(members=300, titles=300, days=14, seed=5, out=paths.world)
+    system = prepare_system(paths, paths.world, train_overrides={"rounds": 25})
+    return paths, system
+
+
+@pytest.fixture(scope="session")
+def serve_app(serve_home):
+    """The homepage app on Ray Serve (single-machine profile) on a free port, shared by the
+    HTTP tests of the session."""
+    from types import SimpleNamespace
+
+    from ray import serve
+
+    from deployments.app import deploy
+    from deployments.service import admin_token
+    from marquee.ports import free_port
+
+    paths, system = serve_home
+    url = deploy({"home": str(paths.home), "profile": "single"}, free_port())
+    wait_until_healthy(url)
+    yield SimpleNamespace(url=url, paths=paths, system=system, token=admin_token(paths.home))
+    serve.shutdown()
+
+
+def wait_until_healthy(url: str, timeout_s: float = 120.0, path: str = "/healthz") -> dict:
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + path, timeout=5) as resp:
+                body = json.loads(resp.read())
+                if body.get("model", {}).get("version"):
+                    return body
+                last = body
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}{path} not healthy after {timeout_s} s: {last}")

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from training.histories import Histories
+from training import offline_store
 from training.offline_store import join_point_in_time
 from training.protocol import TrainData
 from training.retrieval import DAY_S
@@ -50,6 +51,74 @@ def store_features(link: StoreLink, member_ids: np.ndarray, titles: np.ndarray, 
         names.append(f"store_{name}")
         columns.append(values)
     return names, columns
+
+
+class SnapshotFeatures:
+    """`store_features` at one fixed point in time (serving: the model's as-of), precomputed into
+    arrays at load so a request costs lookups instead of an Arrow join. Same names and values as
+    store_features for any member and title at that time (a test checks it)."""
+
+    def __init__(self, link: StoreLink, now_s: int):
+        self.link, self.now_s = link, int(now_s)
+        store, version = link.store_dir, link.version
+        manifest = offline_store.read_manifest(store, version)
+        ms = self.now_s * 1000
+        day = offline_store.snapshot_day(manifest, int(ms // offline_store.MS_PER_DAY))
+        member_table = offline_store.features_as_of(store, "member", day, version)
+        self.member_ids = member_table.column("member_id").to_numpy()
+        self._member_row = {int(m): i for i, m in enumerate(self.member_ids)}
+        n_titles = len(link.title_ids)
+        title0 = np.zeros(1, dtype=np.int64)
+        self.names, _ = store_features(link, np.array([-1]), title0, np.array([self.now_s]))
+        # member block: every snapshot member plus one unknown member (the cold defaults, last row)
+        members = np.append(self.member_ids, -1)
+        names, cols = store_features(link, members, np.zeros(len(members), np.int64), np.full(len(members), self.now_s))
+        self._member_cols = {n: c for n, c in zip(names, cols) if n.startswith("store_member_")}
+        # title block: every title, seen by a cold member (title features do not depend on who asks)
+        names, cols = store_features(link, np.full(n_titles, -1), np.arange(n_titles), np.full(n_titles, self.now_s))
+        self._title_cols = {n: c for n, c in zip(names, cols) if n.startswith("store_title_")}
+        # pair features: genre affinity . title genres, and the title's plays in the member's country
+        genres, countries = manifest["genres"], manifest["countries"]
+        affinity = np.zeros((len(members), len(genres)))
+        present = ~pc.is_null(member_table.column("genre_affinity")).to_numpy(zero_copy_only=False)
+        if present.any():
+            affinity[:-1][present] = offline_store._matrix(
+                member_table.column("genre_affinity").filter(pa.array(present)), len(genres))
+        self._affinity = affinity
+        version_dir = offline_store.resolve_version_dir(store, version)
+        self._title_genres = offline_store._title_genre_matrix(
+            manifest, version_dir, pa.chunked_array([pa.array(link.title_ids, pa.int64())]))
+        code = pc.fill_null(pc.index_in(member_table.column("country"), value_set=pa.array(countries, pa.string())), -1)
+        self._member_country = np.append(code.to_numpy(zero_copy_only=False), -1)
+        in_country = np.zeros((n_titles, len(countries) + 1))
+        for c, country in enumerate(countries):
+            examples = pa.table({
+                "member_id": pa.array(np.full(n_titles, -1), pa.int64()),
+                "title_id": pa.array(link.title_ids, pa.int64()),
+                "timestamp": pa.array(np.full(n_titles, ms), pa.timestamp("ms", tz="UTC")),
+                "country": pa.array([country] * n_titles, pa.string()),
+            })
+            joined = join_point_in_time(examples, store, version)
+            in_country[:, c] = joined.column("title_plays_7d_in_country").to_numpy()
+        self._in_country = in_country  # last column: unknown country -> 0
+
+    def features(self, member_ids: np.ndarray, titles: np.ndarray, now_s: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
+        rows = np.fromiter((self._member_row.get(int(m), -1) for m in member_ids), dtype=np.int64,
+                           count=len(member_ids))
+        rows[rows < 0] = len(self.member_ids)  # the cold-defaults row
+        titles = np.asarray(titles, dtype=np.int64)
+        columns = []
+        for name in self.names:
+            if name == "store_genre_match":
+                columns.append((self._affinity[rows] * self._title_genres[titles]).sum(axis=1).astype(np.float32)
+                               .astype(np.float64))
+            elif name == "store_title_plays_7d_in_country":
+                columns.append(self._in_country[titles, self._member_country[rows]])
+            elif name in self._member_cols:
+                columns.append(self._member_cols[name][rows])
+            else:
+                columns.append(self._title_cols[name][titles])
+        return list(self.names), columns
 
 
 @dataclass
@@ -187,7 +256,12 @@ class FeatureBuilder:
             strong = self._window_counts(self._strong_key, titles, now, 1e5)
             names.append("title_strong_rate")
             columns.append((strong + 1) / (ever + 2))
-        if self.store is not None:
+        snapshot = getattr(self, "snapshot", None)  # serving: SnapshotFeatures at the model's as-of
+        if snapshot is not None:
+            store_names, store_columns = snapshot.features(batch.ids[rows], titles, now)
+            names += store_names
+            columns += store_columns
+        elif self.store is not None:
             store_names, store_columns = store_features(self.store, batch.ids[rows], titles, now)
             names += store_names
             columns += store_columns

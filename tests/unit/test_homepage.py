@@ -1,0 +1,316 @@
+"""The homepage orchestrator with fake stages: page shape, dedupe, rules, and every fallback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from actors.member_state import ContinueWatching, MemberSnapshot
+from deployments.artwork import EpsilonGreedyArtwork
+from deployments.candidates import Retrieved
+from deployments.catalog import MemberProfile, ServingCatalog
+from deployments.contracts import Candidate, TitleInfo
+from deployments.homepage import Homepage, HomepageRequest
+from deployments.rows import RowBuilder, RowPlan
+
+TS = 1_700_000_000_000
+VERSION = "v0007"
+GENRE_OF = {**{t: "Drama" for t in range(1, 11)}, **{t: "Comedy" for t in range(11, 21)},
+            **{t: "Action" for t in range(21, 31)}}
+
+
+def make_catalog() -> ServingCatalog:
+    titles = {t: TitleInfo(t, f"Title {t}", (g,), 1, frozenset({"US", "FR"})) for t, g in GENRE_OF.items()}
+    ranked = [(t, float(100 - t)) for t in sorted(GENRE_OF)]
+    return ServingCatalog(
+        titles=titles,
+        artwork={t: (f"art-{t}-a", f"art-{t}-b", f"art-{t}-c") for t in titles},
+        members={1: MemberProfile("US", 3), 2: MemberProfile("FR", 1)},
+        top_in_country={"US": [(t, float(50 - t)) for t in range(21, 31)],
+                        "FR": [(t, float(50 - t)) for t in range(1, 11)]},
+        popular=ranked,
+        trending=[(t, 1.0) for t in range(11, 21)],
+        new_releases=[(t, 1.0) for t in range(1, 11)],
+        as_of_ms=TS,
+        genres=("Action", "Comedy", "Drama"),
+        popular_all=ranked,
+    )
+
+
+CATALOG = make_catalog()
+
+
+def snapshot(member_id: int = 1, **kw) -> MemberSnapshot:
+    base = dict(continue_watching=[ContinueWatching(7, 0.4, TS, None, None)], my_list=[8], thumbs={9: 1},
+                recently_watched=[2, 7], known=True, recent_ms=[TS, TS - 1000], first_event_ms=TS - 10**9,
+                titles_played=2)
+    return MemberSnapshot(member_id=member_id, **{**base, **kw})
+
+
+def retrieved(**kw) -> Retrieved:
+    ids = np.arange(1, 31)
+    base = dict(
+        model_version=VERSION,
+        title_ids=ids,
+        features=np.zeros((len(ids), 3), dtype=np.float32),
+        proposed_by={int(t): ("embedding",) for t in ids},
+        reasons={5: "because you watched Title 2"},
+        rows={
+            "top_in_country": [Candidate(t, "top_in_country", float(50 - t)) for t in range(21, 31)],
+            "trending": [Candidate(t, "trending_now", 1.0) for t in range(11, 21)],
+            "new_releases": [Candidate(t, "new_releases", 1.0) for t in range(1, 11)],
+            "because_you_watched:2": [Candidate(t, "because_you_watched", 0.5, "because you watched Title 2")
+                                      for t in (3, 4, 5, 6, 1)],
+        },
+        degraded=[],
+        failed_closed=[],
+        timings_ms={"sources": 1.5, "features": 0.5},
+    )
+    return Retrieved(**{**base, **kw})
+
+
+class Stages:
+    """Fake member reader, retrieval and ranker; each can be told to fail."""
+
+    def __init__(self, member=None, found=None, scores=None):
+        self.snapshot = snapshot() if member is None else member
+        self.found = retrieved() if found is None else found
+        self.scores = scores  # None: one descending score per candidate
+        self.member_error: BaseException | None = None
+        self.member_delay_s = 0.0
+        self.retrieve_error: BaseException | None = None
+        self.rank_error: BaseException | None = None
+        self.ranked: list[tuple[str, int]] = []
+
+    async def member(self, member_id: int):
+        if self.member_delay_s:
+            await asyncio.sleep(self.member_delay_s)
+        if self.member_error is not None:
+            raise self.member_error
+        return self.snapshot
+
+    async def retrieve(self, ctx):
+        if self.retrieve_error is not None:
+            raise self.retrieve_error
+        return self.found
+
+    async def rank(self, version: str, features: np.ndarray) -> np.ndarray:
+        self.ranked.append((version, len(features)))
+        if self.rank_error is not None:
+            raise self.rank_error
+        if self.scores is not None:
+            return self.scores
+        return np.linspace(1.0, 0.1, len(features))
+
+
+def build(stages: Stages, **kw) -> Homepage:
+    return Homepage(CATALOG, RowBuilder(RowPlan()), EpsilonGreedyArtwork(0.2, seed=3),
+                    stages.member, stages.retrieve, stages.rank, **kw)
+
+
+def page_of(stages: Stages, request: HomepageRequest | None = None, **kw) -> dict:
+    request = request or HomepageRequest(1, request_id="req-1", titles_per_row=5)
+    return asyncio.run(build(stages, **kw)(request))
+
+
+def items(page: dict) -> list[dict]:
+    return [item for row in page["rows"] for item in row["items"]]
+
+
+def row_ids(page: dict) -> list[str]:
+    return [row["row_id"] for row in page["rows"]]
+
+
+def assert_well_formed(page: dict) -> None:
+    assert page["rows"], "a page always has rows"
+    for row in page["rows"]:
+        assert row["row_id"] and row["title"] and row["items"]
+        for position, item in enumerate(row["items"]):
+            assert item["position"] == position
+            assert item["name"] == CATALOG.titles[item["title_id"]].name
+            assert item["explanation"]["sources"], item
+            assert item["explanation"]["reasons"], item
+            arms = CATALOG.artwork[item["title_id"]]
+            assert item["artwork"]["artwork_id"] in arms
+            assert 0.0 < item["artwork"]["propensity"] <= 1.0
+    shown = [item["title_id"] for item in items(page)]
+    assert len(shown) == len(set(shown)), "no title twice on the page"
+
+
+# -- the personalized page -------------------------------------------------------------------------
+
+
+def test_personalized_page_shape():
+    stages = Stages()
+    page = page_of(stages)
+    assert_well_formed(page)
+    assert page["request_id"] == "req-1" and page["member_id"] == 1
+    assert (page["country"], page["device"], page["maturity"]) == ("US", "tv", "mature")
+    assert page["fallback"] is False and page["cold_start"] is False
+    assert page["degraded"] == []
+    assert page["model_versions"] == {"retrieval": VERSION, "ranker": VERSION}
+    assert stages.ranked == [(VERSION, 30)]  # the ranker scored the retrieval version's features
+    assert row_ids(page)[0] == "continue_watching"
+    assert "because_you_watched:2" in row_ids(page)
+    assert {"total", "member", "candidates", "rank", "rows", "candidates.sources"} <= set(page["timings_ms"])
+
+
+def test_page_json_ready_and_limits_respected():
+    import json
+
+    page = page_of(Stages(), HomepageRequest(1, rows=3, titles_per_row=4, request_id="r"))
+    json.dumps(page)
+    assert 1 <= len(page["rows"]) <= 3
+    assert all(len(row["items"]) <= 4 for row in page["rows"])
+
+
+def test_watched_titles_are_removed_and_counted():
+    page = page_of(Stages())
+    shown = {item["title_id"] for item in items(page)}
+    assert 2 not in shown  # watched, not in continue watching
+    assert 7 in shown  # watched but part-way through: stays, in Continue Watching
+    assert page["removed"]["counts"]["watched"] >= 1
+    assert page["removed"]["total"] >= page["removed"]["counts"]["watched"]
+
+
+def test_same_request_id_gives_the_same_page():
+    a, b = page_of(Stages()), page_of(Stages())
+    strip = lambda page: {k: v for k, v in page.items() if k != "timings_ms"}  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_request_overrides_country_and_maturity():
+    page = page_of(Stages(), HomepageRequest(2, country="US", maturity="kids", request_id="r"))
+    assert page["country"] == "US" and page["maturity"] == "kids"
+    # every catalog title is rated family (1): a kids profile sees none of them, and the page says why
+    assert page["removed"]["counts"]["maturity"] > 0
+    assert items(page) == []
+
+
+# -- member state failures -------------------------------------------------------------------------
+
+
+def test_member_reader_raising_gives_a_cold_start_page():
+    stages = Stages()
+    stages.member_error = ConnectionError("actor gone")
+    page = page_of(stages)
+    assert "member_state" in page["degraded"]
+    assert page["cold_start"] is True
+    assert page["fallback"] is False  # candidates still ran
+    assert_well_formed(page)
+    assert "continue_watching" not in row_ids(page)
+
+
+def test_member_reader_timing_out_gives_a_cold_start_page():
+    stages = Stages()
+    stages.member_delay_s = 5.0  # far beyond member_timeout_s; wait_for cancels it
+    page = page_of(stages, member_timeout_s=0.05)
+    assert "member_state" in page["degraded"]
+    assert page["cold_start"] is True
+    assert_well_formed(page)
+
+
+def test_unknown_member_gets_a_cold_start_page_without_degradation():
+    page = page_of(Stages(member=MemberSnapshot.empty(99)), HomepageRequest(99, request_id="r"))
+    assert page["cold_start"] is True and page["degraded"] == []
+    assert page["country"] == CATALOG.default_country
+    assert_well_formed(page)
+
+
+# -- candidate and ranker failures: the popular page -----------------------------------------------
+
+
+def assert_fallback(page: dict) -> None:
+    assert page["fallback"] is True
+    assert "personalization" in page["degraded"]
+    assert_well_formed(page)
+    assert "top_in_country" in row_ids(page)
+
+
+def test_retrieve_raising_serves_popular_rows():
+    stages = Stages()
+    stages.retrieve_error = RuntimeError("no model loaded")
+    page = page_of(stages)
+    assert_fallback(page)
+    assert "candidates" in page["degraded"]
+    assert page["model_versions"] == {}
+    assert stages.ranked == []
+    assert row_ids(page)[0] == "continue_watching"  # member state still shapes the popular page
+
+
+def test_retrieve_timing_out_serves_popular_rows():
+    stages = Stages()
+
+    async def slow(ctx):
+        await asyncio.sleep(5.0)
+
+    stages.retrieve = slow
+    page = page_of(stages, retrieval_timeout_s=0.05)
+    assert_fallback(page)
+    assert "candidates" in page["degraded"]
+
+
+def test_rank_raising_serves_popular_rows():
+    stages = Stages()
+    stages.rank_error = RuntimeError("booster broke")
+    page = page_of(stages)
+    assert_fallback(page)
+    assert "ranker" in page["degraded"]
+    assert page["model_versions"] == {"retrieval": VERSION}
+
+
+def test_ranker_returning_the_wrong_number_of_scores_falls_back():
+    page = page_of(Stages(scores=np.ones(3)))
+    assert_fallback(page)
+    assert "ranker" in page["degraded"]
+
+
+def test_failed_closed_source_serves_popular_rows_without_ranking():
+    stages = Stages(found=retrieved(degraded=["sequence"], failed_closed=["sequence"]))
+    page = page_of(stages)
+    assert_fallback(page)
+    assert "sequence" in page["degraded"]
+    assert stages.ranked == []
+
+
+def test_no_candidates_at_all_serves_popular_rows():
+    stages = Stages(found=retrieved(title_ids=np.zeros(0, dtype=np.int64), features=np.zeros((0, 3)),
+                                    proposed_by={}, rows={}))
+    page = page_of(stages)
+    assert_fallback(page)
+    assert stages.ranked == []
+
+
+def test_degraded_sources_of_retrieval_pass_through():
+    page = page_of(Stages(found=retrieved(degraded=["embedding", "trending_now"])))
+    assert page["fallback"] is False
+    assert {"embedding", "trending_now"} <= set(page["degraded"])
+    assert "personalization" not in page["degraded"]
+    assert_well_formed(page)
+
+
+# -- onboarding tastes -----------------------------------------------------------------------------
+
+
+def new_member(genres: list[str]) -> MemberSnapshot:
+    return MemberSnapshot(5, [], [], {}, [], known=True, preferred_genres=genres)
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["personalized", "fallback"])
+def test_preferred_genres_of_a_member_without_history_shape_the_genre_rows(broken):
+    stages = Stages(member=new_member(["Comedy"]))  # 3 titles a row: the 30 titles fill more rows
+    if broken:
+        stages.retrieve_error = RuntimeError("down")
+    page = page_of(stages, HomepageRequest(5, titles_per_row=3, request_id="r"))
+    assert page["cold_start"] is True
+    genre_rows = [r for r in page["rows"] if r["row_id"].startswith("genre:")]
+    assert [r["row_id"] for r in genre_rows] == ["genre:comedy"]
+    assert all(GENRE_OF[i["title_id"]] == "Comedy" for i in genre_rows[0]["items"])
+
+
+def test_without_preferences_genre_rows_come_from_the_pool():
+    page = page_of(Stages(member=new_member([])), HomepageRequest(5, titles_per_row=3, request_id="r"))
+    genre_rows = [r["row_id"] for r in page["rows"] if r["row_id"].startswith("genre:")]
+    assert len(genre_rows) > 1  # control for the test above: no tastes, several genres

@@ -1,0 +1,176 @@
+"""Candidate sources under their policies: errors and overruns are dropped and named, fail-closed
+sources are reported, chaos faults work, and the config rejects what it does not know."""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from deployments.candidates import Retrieval, RetrievalConfig, SourceFault, SourcePolicy
+
+
+def make_retrieval(config: RetrievalConfig, pool: futures.ThreadPoolExecutor) -> Retrieval:
+    """A Retrieval around a model and catalog with nothing in them: `_run_all` needs neither."""
+    model = SimpleNamespace(builder=SimpleNamespace(sources={}), index_of={})
+    catalog = SimpleNamespace(titles={}, genres=())
+    return Retrieval(model, catalog, config, executor=pool)
+
+
+@pytest.fixture
+def pool():
+    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-source")
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def fails():
+    raise RuntimeError("index corrupt")
+
+
+def test_all_sources_succeed(pool):
+    retrieval = make_retrieval(RetrievalConfig(), pool)
+    results, degraded, closed = retrieval._run_all({"a": lambda: 1, "b": lambda: [2]})
+    assert results == {"a": 1, "b": [2]}
+    assert degraded == [] and closed == []
+
+
+def test_a_source_that_raises_is_dropped_and_named(pool):
+    retrieval = make_retrieval(RetrievalConfig(), pool)
+    results, degraded, closed = retrieval._run_all({"a": lambda: 1, "broken": fails, "c": lambda: 3})
+    assert results == {"a": 1, "c": 3}  # the sources after it still ran
+    assert degraded == ["broken"] and closed == []
+
+
+def test_a_hanging_source_is_dropped_within_about_its_timeout(pool):
+    release = threading.Event()
+
+    def hangs():
+        release.wait(10.0)
+        return "late"
+
+    fast = SourcePolicy(timeout_ms=50)
+    retrieval = make_retrieval(RetrievalConfig(default_policy=fast), pool)
+    started = time.monotonic()
+    try:
+        results, degraded, closed = retrieval._run_all({"quick": lambda: 1, "hangs": hangs, "after": lambda: 2})
+        returned_while_hanging = not release.is_set()
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+    assert returned_while_hanging  # it did not wait for the hanging source
+    assert elapsed < 5.0  # generous: the wait is the 50 ms timeout, not the 10 s hang
+    assert results == {"quick": 1}
+    # sources run in order on one thread: one queued behind the hang is dropped too
+    assert degraded == ["hangs", "after"] and closed == []
+
+
+def test_a_source_that_overruns_its_own_timeout_is_dropped_even_if_it_finishes(pool):
+    config = RetrievalConfig(policies={"tight": SourcePolicy(timeout_ms=10)},
+                             default_policy=SourcePolicy(timeout_ms=2000))
+
+    def slow_ok():
+        time.sleep(0.05)  # at least 50 ms: over tight's 10 ms, well within the 2 s wait
+        return "done"
+
+    results, degraded, closed = make_retrieval(config, pool)._run_all({"tight": slow_ok, "loose": lambda: 1})
+    assert results == {"loose": 1}
+    assert degraded == ["tight"]
+
+
+def test_a_fail_closed_source_that_fails_is_reported(pool):
+    config = RetrievalConfig(policies={"critical": SourcePolicy(timeout_ms=500, fail_open=False)})
+    results, degraded, closed = make_retrieval(config, pool)._run_all(
+        {"critical": fails, "optional": fails, "ok": lambda: 1})
+    assert results == {"ok": 1}
+    assert degraded == ["critical", "optional"]
+    assert closed == ["critical"]
+
+
+def test_a_fail_closed_source_that_succeeds_is_not_reported(pool):
+    config = RetrievalConfig(policies={"critical": SourcePolicy(fail_open=False)})
+    results, degraded, closed = make_retrieval(config, pool)._run_all({"critical": lambda: 1})
+    assert results == {"critical": 1} and degraded == [] and closed == []
+
+
+def test_fault_raise_drops_a_healthy_source(pool):
+    calls = []
+    config = RetrievalConfig(faults={"victim": "raise"})
+    retrieval = make_retrieval(config, pool)
+    results, degraded, _ = retrieval._run_all({"victim": lambda: calls.append(1), "other": lambda: 2})
+    assert results == {"other": 2}
+    assert degraded == ["victim"]
+    assert calls == []  # the injected fault raises before the source runs
+    with pytest.raises(SourceFault, match="victim"):
+        retrieval._guarded("victim", lambda: 1)()
+
+
+def test_fault_slow_makes_a_source_overrun(pool):
+    config = RetrievalConfig(faults={"victim": "slow"}, slow_fault_s=0.2,
+                             default_policy=SourcePolicy(timeout_ms=30))
+    started = time.monotonic()
+    results, degraded, _ = make_retrieval(config, pool)._run_all({"first": lambda: 1, "victim": lambda: 2})
+    assert time.monotonic() - started < 5.0
+    assert results == {"first": 1}
+    assert degraded == ["victim"]
+
+
+def test_policy_lookup_falls_back_to_the_default():
+    special = SourcePolicy(timeout_ms=10, fail_open=False)
+    config = RetrievalConfig(policies={"x": special}, default_policy=SourcePolicy(timeout_ms=99))
+    assert config.policy("x") is special
+    assert config.policy("y").timeout_ms == 99
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+def test_from_dict_builds_policies_and_boosts():
+    config = RetrievalConfig.from_dict({
+        "policies": {"embedding": {"timeout_ms": 40, "fail_open": False}},
+        "default_policy": {"timeout_ms": 120},
+        "editorial_boost": {"12": "0.5"},
+        "faults": {"content": "slow"},
+        "row_depth": 25,
+    })
+    assert config.policy("embedding") == SourcePolicy(40, False)
+    assert config.policy("other") == SourcePolicy(120, True)
+    assert config.editorial_boost == {12: 0.5}
+    assert config.faults == {"content": "slow"}
+    assert config.row_depth == 25
+    assert RetrievalConfig.from_dict(None) == RetrievalConfig()
+
+
+def test_from_dict_rejects_unknown_keys_naming_them():
+    with pytest.raises(ValueError, match=r"unknown key.*'timeout'"):
+        RetrievalConfig.from_dict({"timeout": 5, "row_depth": 3})
+
+
+def test_bad_fault_name_is_rejected_naming_the_source():
+    with pytest.raises(ValueError, match=r"faults\.embedding.*'explode'"):
+        RetrievalConfig.from_dict({"faults": {"embedding": "explode"}})
+
+
+@pytest.mark.parametrize("policy, pattern", [
+    ({"timeout": 5}, r"policies\.embedding.*timeout"),
+    ({"timeout_ms": 0}, r"policies\.embedding.*timeout_ms must be > 0"),
+    (5, r"policies\.embedding"),
+])
+def test_bad_policy_is_rejected_naming_it(policy, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        RetrievalConfig.from_dict({"policies": {"embedding": policy}})
+
+
+def test_bad_default_policy_is_rejected_naming_it():
+    with pytest.raises(ValueError, match=r"default_policy.*fail_closed"):
+        RetrievalConfig.from_dict({"default_policy": {"fail_closed": True}})
+
+
+def test_policy_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout_ms"):
+        SourcePolicy(timeout_ms=0)
+    with pytest.raises(ValueError, match="policies.x"):
+        RetrievalConfig(policies={"x": {"timeout_ms": 5}})
