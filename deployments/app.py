@@ -76,8 +76,9 @@ def _settings(args: AppArgs) -> dict:
     placement = args.placement or PROFILES[args.profile]["placement"]
     settings = Settings(home=str(Path(home).resolve()), dataset=args.dataset, placement=placement,
                         hot=args.user_config)
+    # hot values travel as user_config (reconfigure), never as constructor arguments
     return {"home": settings.home, "dataset": settings.dataset, "placement": settings.placement,
-            "admin_token": settings.admin_token, "hot": settings.hot}
+            "admin_token": settings.admin_token}
 
 
 def _options(profile: str, name: str, cpu_scale: float) -> dict:
@@ -167,21 +168,67 @@ def build_app(args: dict | AppArgs) -> serve.Application:
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
     settings = _settings(args)
     user_config = dict(args.user_config)
-    gateway = Gateway.options(**_options(args.profile, "Gateway", args.cpu_scale), user_config=user_config)
+
+    def options(name: str) -> dict:
+        return _options(args.profile, name, args.cpu_scale)
+
+    gateway = Gateway.options(**options("Gateway"), user_config=user_config)
     if settings["placement"] == "fused":
         return gateway.bind(settings)
-    retrieval = RetrievalDeployment.options(**_options(args.profile, "Retrieval", args.cpu_scale),
-                                            user_config=user_config).bind(settings)
-    ranker = RankerDeployment.options(**_options(args.profile, "Ranker", args.cpu_scale)).bind(settings)
+    retrieval = RetrievalDeployment.options(**options("Retrieval"), user_config=user_config).bind(settings)
+    ranker = RankerDeployment.options(**options("Ranker")).bind(settings)
     return gateway.bind(settings, retrieval, ranker)
 
 
-def deploy(args: dict | AppArgs, port: int, host: str = "127.0.0.1", timeout_s: float = 120.0) -> str:
-    """Start Serve's HTTP proxy on `port` (if Serve is not running yet) and run the app; returns
-    the base URL. Needs ray.init to this cluster already."""
+def app_config(args: dict | AppArgs, *, name: str = APP_NAME, route_prefix: str = "/",
+               user_config: dict | None = None) -> dict:
+    """The declarative config of one app (what serve.yaml holds): build-time args go to
+    build_app, hot values to each stateful deployment's user_config, so changing only those is
+    an in-place reconfigure of the running replicas, never a restart."""
+    args = args if isinstance(args, AppArgs) else AppArgs(**args)
+    hot = dict(user_config if user_config is not None else args.user_config)
+    build = args.model_dump(exclude={"user_config"}, exclude_defaults=True)
+    placement = args.placement or PROFILES[args.profile]["placement"]
+    hot_deployments = ["Gateway"] + (["Retrieval"] if placement == "split" else [])
+    return {"name": name, "route_prefix": route_prefix, "import_path": "deployments.app:build_app",
+            "args": build, "deployments": [{"name": d, "user_config": hot} for d in hot_deployments]}
+
+
+def deploy(args: dict | AppArgs, port: int, host: str = "127.0.0.1", *, name: str = APP_NAME,
+           route_prefix: str = "/", user_config: dict | None = None, timeout_s: float = 180.0) -> str:
+    """Start Serve's HTTP proxy on `port` (a running Serve keeps its own port) and apply the app
+    declaratively next to the apps already there; wait until it runs; return its base URL.
+    Needs ray.init to this cluster."""
+    import time
+
+    import ray
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
     serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
-    return f"http://{host}:{port}"
+    client = _get_global_client()
+    port = client.http_config.port
+    apps = {app_name: config.model_dump(exclude_unset=True)
+            for app_name, config in ray.get(client._controller.get_app_configs.remote()).items()}
+    apps[name] = app_config(args, name=name, route_prefix=route_prefix, user_config=user_config)
+    client.deploy_apps(ServeDeploySchema(http_options={"host": host, "port": port},
+                                         applications=list(apps.values())))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(name)
+        state = getattr(status, "status", None)
+        if state == "RUNNING" and _settled(status):
+            break
+        if state == "DEPLOY_FAILED" or time.monotonic() > deadline:
+            message = getattr(status, "message", "")
+            raise RuntimeError(f"Serve app {name!r} did not start ({state}): {message}")
+        time.sleep(0.25)
+    return f"http://{host}:{port}{route_prefix.rstrip('/')}"
+
+
+def _settled(status) -> bool:
+    """Every deployment of the app is HEALTHY (not still rolling out a new config)."""
+    return all(getattr(d, "status", "HEALTHY") == "HEALTHY" for d in status.deployments.values())
 
 
 # -- the in-process baseline -------------------------------------------------------------------------

@@ -128,7 +128,9 @@ def make_api(service_of: Any = current_service) -> FastAPI:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         expected = svc.admin_token
-        if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        # bytes, not str: compare_digest raises TypeError on a non-ASCII str (a 503, not a 401)
+        matches = bool(expected) and hmac.compare_digest(token.strip().encode(), expected.encode())
+        if not matches or scheme.lower() != "bearer":
             raise ApiError(401, "admin calls need 'Authorization: Bearer <token>' with the admin token",
                            {"WWW-Authenticate": "Bearer"})
         return svc
