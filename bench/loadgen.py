@@ -133,6 +133,13 @@ class _Recorder:
         self.warmup_errors = 0
         self.reconnects = 0
         self.examples: list[str] = []
+        self.honor_retry_after = True
+
+    async def back_off(self, status: int, retry_after: float | None) -> None:
+        """A well-behaved client waits as a 503's Retry-After asks (RFC 9110) before its next
+        request, never past the window; with honor_retry_after=False it hammers on at once."""
+        if status == 503 and retry_after and self.honor_retry_after:
+            await asyncio.sleep(min(retry_after, max(0.0, self.window_end - time.perf_counter())))
 
     def response(self, status: int, latency: float, done: float, retry_after: bool) -> None:
         if not self.window_start <= done <= self.window_end:
@@ -233,7 +240,7 @@ class _Target:
 
 
 class _RawConnection:
-    """One keep-alive connection; `request` returns (status, has_retry_after, keep_open)."""
+    """One keep-alive connection; `request` returns (status, retry_after_s or None, keep_open)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin):
         self.reader, self.writer, self.origin = reader, writer, origin
@@ -271,7 +278,7 @@ class _RawConnection:
         else:
             await reader.read()  # body runs to end of stream (HTTP/1.0 style)
             keep_open = False
-        return status, b"retry-after" in headers, keep_open
+        return status, _retry_after_s(headers.get(b"retry-after")), keep_open
 
 
 def _parse_head(block: bytes) -> tuple[int, dict[bytes, bytes], bool]:
@@ -354,10 +361,11 @@ async def _raw_worker(url_for: UrlFor, method: str, timeout_s: float, rec: _Reco
                     await asyncio.sleep(CONNECT_ERROR_BACKOFF_S)  # e.g. connection refused
                 continue
             done = clock()
-            rec.response(status, done - start, done, retry_after)
+            rec.response(status, done - start, done, retry_after is not None)
             if not keep_open:
                 conn.close()
                 conn = None
+            await rec.back_off(status, retry_after)
     finally:
         rec.reconnects += max(0, opened - 1)
         if conn is not None:
@@ -387,7 +395,9 @@ async def _httpx_worker(url_for: UrlFor, method: str, timeout_s: float, rec: _Re
                     await asyncio.sleep(CONNECT_ERROR_BACKOFF_S)
                 continue
             done = clock()
-            rec.response(response.status_code, done - start, done, "retry-after" in response.headers)
+            retry_after = _retry_after_s(response.headers.get("retry-after"))
+            rec.response(response.status_code, done - start, done, retry_after is not None)
+            await rec.back_off(response.status_code, retry_after)
 
 
 _WORKERS = {"raw": _raw_worker, "httpx": _httpx_worker}
@@ -397,10 +407,21 @@ _WORKERS = {"raw": _raw_worker, "httpx": _httpx_worker}
 # Driving a run
 
 
+def _retry_after_s(value) -> float | None:
+    """Retry-After in seconds (the delay-seconds form; an HTTP date counts as 1 s), or None."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
+        return 1.0
+
+
 async def _drive(url_for: UrlFor, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
-                 method: str, client: str) -> _Recorder:
+                 method: str, client: str, honor_retry_after: bool = True) -> _Recorder:
     start = time.perf_counter()
     rec = _Recorder(start + warmup_s, start + warmup_s + duration_s)
+    rec.honor_retry_after = honor_retry_after
     counter = iter(range(1 << 62))
     next_index = counter.__next__
     worker = _WORKERS[client]
@@ -439,7 +460,7 @@ def _run_here(spec: dict) -> dict:
     try:
         rec = loop.run_until_complete(_drive(
             spec["url_for"], spec["clients"], spec["duration_s"], spec["warmup_s"], spec["timeout_s"],
-            spec["method"], spec["client"]))
+            spec["method"], spec["client"], spec.get("honor_retry_after", True)))
     finally:
         loop.close()
     # CPU of the whole run (warm-up included) spread over the window's requests: an upper bound.
@@ -485,12 +506,14 @@ def _run_isolated(spec: dict) -> dict:
 
 def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: float,
              timeout_s: float = 10.0, method: str = "GET", *, client: str = "raw",
-             isolate: bool = True) -> LoadResult:
+             isolate: bool = True, honor_retry_after: bool = True) -> LoadResult:
     """`clients` closed-loop workers for an untimed `warmup_s`, then a timed `duration_s`.
 
     url_for(i) is the URL of the i-th request (a str means always the same URL); with
     isolate=True (default) it must be picklable (e.g. CycleUrls) because the loop runs in a
-    spawned process. client: "raw" (asyncio streams, default) or "httpx".
+    spawned process. client: "raw" (asyncio streams, default) or "httpx". honor_retry_after:
+    after a 503 with Retry-After a client waits that long before its next request (as HTTP
+    clients must); False sends the next request at once (a client ignoring the server).
     """
     if clients < 1:
         raise LoadGenError(f"clients must be >= 1, got {clients}")
@@ -507,7 +530,7 @@ def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: f
         _Target(url_for(0), method)
     spec = {"url_for": url_for, "clients": clients, "duration_s": float(duration_s),
             "warmup_s": float(warmup_s), "timeout_s": float(timeout_s), "method": method,
-            "client": client}
+            "client": client, "honor_retry_after": honor_retry_after}
     return LoadResult.from_dict(_run_isolated(spec) if isolate else _run_here(spec))
 
 

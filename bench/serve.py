@@ -45,7 +45,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="timed seconds per level and server (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="untimed warm-up seconds before each run (default 3)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per level and server; medians reported (default 1)")
-    parser.add_argument("--members", type=int, default=200, help="member ids 0..N-1, cycled by request (default 200)")
+    parser.add_argument("--members", type=int, default=200, help="member ids 1..N, cycled by request (default 200)")
     parser.add_argument("--home", type=Path, default=None,
                         help="state directory (default <MARQUEE_HOME>/bench-serve, reused across runs)")
     parser.add_argument("--data", default="world", help="'world' (default) or 'movielens:PATH'")
@@ -56,6 +56,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ready-timeout", type=float, default=180.0,
                         help="seconds to wait for GET /healthz on each server (default 180)")
     parser.add_argument("--skip-inprocess", action="store_true", help="debug only: Serve alone, ratios null")
+    parser.add_argument("--ignore-retry-after", action="store_true",
+                        help="clients send the next request at once after a 503 (default: wait Retry-After)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -104,7 +106,8 @@ def run(args: argparse.Namespace, levels: list[int]) -> dict:
 
         def load(base: str, clients: int) -> dict:
             url_for = CycleUrls(homepage_urls(base, args.members))
-            return run_load(url_for, clients, args.duration, args.warmup, args.timeout).to_dict()
+            return run_load(url_for, clients, args.duration, args.warmup, args.timeout,
+                            honor_retry_after=not args.ignore_retry_after).to_dict()
 
         rows = run_levels(levels, args.repeats, load, urls, say=_progress)
     finally:

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("actors.registry", "list, promote, roll back or reject model versions"),
     "up": ("marquee.up", "start the local system and print where to look"),
     "down": ("marquee.up:down", "stop a system started with `marquee up --detach`"),
+    "serve-config": ("deployments.app", "print the Ray Serve config (serve.yaml) of a profile"),
 }
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("bench.ingest", "events/s and ack p99 through the event log actor"),

@@ -1,5 +1,6 @@
-"""`marquee up` from nothing, as a user runs it: world, features, actors, then live events flow
-through the event log into member state; Ctrl-C stops everything; a restart reuses the cache."""
+"""`marquee up` from nothing, as a user runs it: world, features, actors, a first model and the
+homepage app on the chosen port; live events flow through the event log into member state;
+Ctrl-C stops everything; a restart reuses the cache; a retrain job hot-swaps the served model."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
+
+from marquee.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MARQUEE = [sys.executable, "-m", "marquee.cli"]
@@ -69,10 +73,17 @@ def _ray_processes(home: Path) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
 
-@pytest.mark.timeout(400)
+def _homepage(port: int, member: int) -> dict:
+    response = httpx.get(f"http://127.0.0.1:{port}/v1/homepage", params={"member_id": member}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.mark.timeout(600)
 def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
     home = tmp_path / "home"
-    proc = subprocess.Popen(MARQUEE + ["up"], env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
+    port = free_port()
+    proc = subprocess.Popen(MARQUEE + ["up", "--port", str(port)], env=_env(home), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     try:
@@ -83,6 +94,9 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert proc.poll() is None, "".join(lines)[-3000:]
         output = "".join(lines)
         assert "Marquee is up" in output and "Ray dashboard     http://127.0.0.1:" in output
+        assert f"Homepage API      http://127.0.0.1:{port}/v1/homepage" in output
+        page = _homepage(port, 5)
+        assert page["model_versions"]["ranker"] == "v0001" and page["rows"] and not page["degraded"]
         cluster_file = json.loads((home / "cluster.json").read_text())
         marker = cluster_file["temp_dir"]
 
@@ -102,12 +116,14 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
     assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
 
     # A restart reuses the world, the features and the log: nothing is regenerated or lost.
-    up = subprocess.run(MARQUEE + ["up", "--detach"], env=_env(home), cwd=ROOT,
+    up = subprocess.run(MARQUEE + ["up", "--detach", "--port", str(port)], env=_env(home), cwd=ROOT,
                         capture_output=True, text=True, timeout=200)
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         assert "Generating the synthetic world" not in up.stdout
         assert "Running the feature job" not in up.stdout
+        assert "Training the first model" not in up.stdout  # the promoted model is reused
+        assert _homepage(port, 5)["model_versions"]["ranker"] == "v0001"
         again = _probe(home)
         assert again["events_before"] == probe["events_before"] + 1  # the live event survived
         assert again["accepted"] == 0  # replaying probe-1 is a duplicate, not a second event
@@ -121,7 +137,11 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert "SUCCEEDED" in job.stderr
         from actors.registry import Registry
 
-        assert Registry(home / "registry", read_only=True).promoted_version() == "v0001"
+        assert Registry(home / "registry", read_only=True).promoted_version() == "v0002"
+        deadline = time.monotonic() + 60  # the running app swaps to the new version by itself
+        while _homepage(port, 5)["model_versions"]["ranker"] != "v0002" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _homepage(port, 5)["model_versions"]["ranker"] == "v0002"
     finally:
         down = subprocess.run(MARQUEE + ["down"], env=_env(home), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
