@@ -204,6 +204,7 @@ def summarize(rows: list[dict]) -> dict:
         "ratio_at_8_clients": ratio8,
         "serve_p99_ms_at_8_clients": p99_8,
         "serve_p99_ms_at_64_clients": serve64["p99_ms"] if serve64 else None,
+        "at_64_clients": overload_parts(serve64) if serve64 else None,
         "serve_ok_per_s_at_8_clients": serve8["ok_per_s"] if serve8 else None,
         "inprocess_ok_per_s_at_8_clients": at8["inprocess"]["ok_per_s"] if at8 and at8.get("inprocess") else None,
         "serve_errors_total": errors_total,
@@ -219,16 +220,18 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
+def overload_parts(result: dict) -> dict:
+    """The two ways the 64-client target can be met, each on its own."""
+    served = result["ok"] > 0 and result["p99_ms"] is not None and result["p99_ms"] < 1000
+    shed = (result["deliberate_503"] > 0 and result["overload_503_without_retry_after"] == 0
+            and result["overload_503_p99_ms"] is not None and result["overload_503_p99_ms"] < 50)
+    return {"served_p99_under_1s": served, "shed_503_with_retry_after_p99_under_50ms": shed}
+
+
 def meets_overload_target(result: dict) -> bool:
-    """Every request either served (2xx p99 < 1000 ms) or shed with 503 + Retry-After, the 503s'
-    p99 under 50 ms; and something was answered at all."""
-    if result["requests"] == 0:
-        return False
-    served_ok = result["ok"] == 0 or (result["p99_ms"] is not None and result["p99_ms"] < 1000)
-    shed_ok = result["deliberate_503"] == 0 or (
-        result["overload_503_without_retry_after"] == 0
-        and result["overload_503_p99_ms"] is not None and result["overload_503_p99_ms"] < 50)
-    return served_ok and shed_ok
+    """The issue's words: no collapse at 64 clients, "p99 under 1 s, or overload answered with 503
+    and Retry-After in under 50 ms". A 503 without Retry-After fails the errors target instead."""
+    return any(overload_parts(result).values())
 
 
 def build_result(rows: list[dict], args: argparse.Namespace, *, setup_s: float | None = None) -> dict:

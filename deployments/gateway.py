@@ -58,7 +58,7 @@ class GatewayService(Protocol):
 
     def health(self) -> dict: ...
 
-    def admin(self, action: str, version: str | None = None) -> dict: ...
+    def admin(self, action: str, version: str | None = None, options: Any = None) -> dict: ...
 
 
 class Preferences(BaseModel):
@@ -66,6 +66,14 @@ class Preferences(BaseModel):
 
     genres: list[str] = Field(default_factory=list, max_length=20)
     titles: list[int] = Field(default_factory=list, max_length=50)
+
+
+class RetrainOptions(BaseModel):
+    """What a retrain job may change: pipeline settings (as `marquee retrain --set`) and whether
+    to recompute features first."""
+
+    set: dict[str, Any] = Field(default_factory=dict, description="pipeline settings, e.g. {\"rounds\": 50}")
+    skip_features: bool = False
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -231,8 +239,8 @@ def make_api(service_of: Any = current_service) -> FastAPI:
         return svc.admin("list")
 
     @api.post("/v1/admin/retrain", status_code=202, summary="Start a retraining job on the cluster")
-    def retrain(svc: GatewayService = Depends(admin)):
-        return svc.admin("retrain")
+    def retrain(options: RetrainOptions | None = None, svc: GatewayService = Depends(admin)):
+        return svc.admin("retrain", options=options or RetrainOptions())
 
     return api
 

@@ -152,7 +152,7 @@ class MarqueeService:
         return {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
                 "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
 
-    def admin(self, action: str, version: str | None = None) -> dict:
+    def admin(self, action: str, version: str | None = None, options: Any = None) -> dict:
         from actors.registry import Registry, RegistryError, UnknownVersionError
 
         registry = Registry(self.settings.registry_root)
@@ -165,23 +165,33 @@ class MarqueeService:
             if action == "rollback":
                 return {"promoted": registry.rollback(to=version, reason="admin API").version}
             if action == "retrain":
-                return self._retrain()
+                return self._retrain(options)
         except UnknownVersionError as exc:
             raise ApiError(404, f"unknown model version: {exc}") from None
         except RegistryError as exc:
             raise ApiError(409, str(exc)) from None
         raise ApiError(404, f"unknown admin action {action!r}")
 
-    def _retrain(self) -> dict:
+    def _retrain(self, options: Any = None) -> dict:
+        import shlex
+
         from marquee.config import Paths
+        from training.pipeline import PipelineConfig
         from training.retrain import start_job
 
-        started = start_job(Paths(Path(self.settings.home)), ["--dataset", f"world:{self.settings.dataset}",
-                                                              "--json"])
+        settings = dict(getattr(options, "set", None) or {})
+        unknown = sorted(set(settings) - set(PipelineConfig.__dataclass_fields__) - {"engine"})
+        if unknown:
+            raise ApiError(422, f"set: unknown pipeline setting(s) {unknown}", fields=["set"])
+        argv = ["--dataset", f"world:{self.settings.dataset}", "--json"]
+        argv += [f"--set={key}={json.dumps(value)}" for key, value in settings.items()]
+        if getattr(options, "skip_features", False):
+            argv.append("--skip-features")
+        started = start_job(Paths(Path(self.settings.home)), [shlex.quote(a) for a in argv])
         if started is None:
             raise ApiError(503, "no Ray cluster of `marquee up` runs for this home", {"Retry-After": "5"})
         _, job, dashboard = started
-        return {"job_id": job, "dashboard": dashboard, "status": "submitted"}
+        return {"job_id": job, "dashboard": dashboard, "status": "submitted", "argv": argv}
 
 
 async def _await(ref):

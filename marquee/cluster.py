@@ -106,7 +106,7 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "ray-head.log", "ab")
     # Serve's throughput profile (measured: the default collapses under concurrent clients here).
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", **os.environ, **auth_env(home)}
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1", **os.environ, **auth_env(home)}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     cluster = LocalCluster(
         pid=proc.pid, gcs_address=f"127.0.0.1:{gcs_port}",

@@ -129,15 +129,23 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert again["accepted"] == 0  # replaying probe-1 is a duplicate, not a second event
         assert 77 in again["my_list"]
 
-        # Retraining as a Ray job on this cluster: the serving actors hold CPU fractions, and the
-        # job must still schedule its Ray Train worker, evaluate, and promote a version.
-        job = subprocess.run(MARQUEE + ["retrain", "--submit", "--skip-features", "--set", "rounds=20"],
-                             env=_env(home), cwd=ROOT, capture_output=True, text=True, timeout=400)
-        assert job.returncode == 0, job.stdout[-2000:] + job.stderr[-2000:]
-        assert "SUCCEEDED" in job.stderr
+        # Retraining as a Ray job on this cluster, started through the admin API: the serving
+        # actors and replicas hold CPU fractions, and the job must still schedule its Ray Train
+        # worker, evaluate, and promote a version.
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/admin/retrain", timeout=30).status_code == 401
+        token = (home / "admin_token").read_text().strip()
+        started = httpx.post(f"http://127.0.0.1:{port}/v1/admin/retrain", timeout=60,
+                             headers={"Authorization": f"Bearer {token}"},
+                             json={"set": {"rounds": 20}, "skip_features": True})
+        assert started.status_code == 202, started.text
+        job = started.json()["job_id"]
         from actors.registry import Registry
 
-        assert Registry(home / "registry", read_only=True).promoted_version() == "v0002"
+        registry = Registry(home / "registry", read_only=True)
+        deadline = time.monotonic() + 400
+        while registry.promoted_version() != "v0002" and time.monotonic() < deadline:
+            time.sleep(2)
+        assert registry.promoted_version() == "v0002", f"Ray job {job} did not promote v0002"
         deadline = time.monotonic() + 60  # the running app swaps to the new version by itself
         while _homepage(port, 5)["model_versions"]["ranker"] != "v0002" and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -109,8 +109,11 @@ def test_summary_checks_every_target():
     ({"p99_ms": 999.0}, True),
     ({"p99_ms": 1000.0}, False),
     ({"ok": 0, "p99_ms": None, "deliberate_503": 100, "overload_503_p99_ms": 3.0}, True),
-    ({"deliberate_503": 10, "overload_503_p99_ms": 60.0}, False),
-    ({"deliberate_503": 10, "overload_503_p99_ms": 3.0, "overload_503_without_retry_after": 1}, False),
+    ({"deliberate_503": 10, "overload_503_p99_ms": 60.0}, True),  # served fast enough: the first clause
+    ({"p99_ms": 1500.0, "deliberate_503": 10, "overload_503_p99_ms": 60.0}, False),
+    ({"p99_ms": 1500.0, "deliberate_503": 10, "overload_503_p99_ms": 3.0}, True),  # shed fast: the second
+    ({"p99_ms": 1500.0, "deliberate_503": 10, "overload_503_p99_ms": 3.0, "overload_503_without_retry_after": 1},
+     False),
     ({"requests": 0, "ok": 0, "p99_ms": None}, False),
 ])
 def test_overload_target(fields, meets):

@@ -31,6 +31,7 @@ class FakeService:
         self.homepage_requests: list[HomepageRequest] = []
         self.appended: list[list[dict]] = []
         self.admin_calls: list[tuple[str, str | None]] = []
+        self.admin_options: list = []
 
     async def homepage(self, request: HomepageRequest) -> dict:
         self.homepage_requests.append(request)
@@ -56,8 +57,9 @@ class FakeService:
     def health(self) -> dict:
         return {"status": "ok"}
 
-    def admin(self, action: str, version: str | None = None) -> dict:
+    def admin(self, action: str, version: str | None = None, options=None) -> dict:
         self.admin_calls.append((action, version))
+        self.admin_options.append(options)
         return {"action": action, "version": version}
 
 
@@ -343,3 +345,12 @@ def test_openapi_documents_the_v1_routes(client):
         assert path in paths, path
     assert all(op.get("summary") for ops in spec["paths"].values() for op in ops.values())
     assert client.get("/docs").status_code == 200
+
+
+def test_retrain_options_reach_the_service_and_bad_ones_are_422(client, fake):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    response = client.post("/v1/admin/retrain", headers=auth, json={"set": {"rounds": 20}, "skip_features": True})
+    assert response.status_code == 202
+    assert fake.admin_options[-1].set == {"rounds": 20} and fake.admin_options[-1].skip_features is True
+    bad = client.post("/v1/admin/retrain", headers=auth, json={"skip_features": "sometimes"})
+    assert bad.status_code == 422 and "skip_features" in bad.json()["error"]
