@@ -23,7 +23,7 @@ from deployments.gateway import ApiError, call_with_retry
 from deployments.homepage import Homepage, HomepageRequest
 from deployments.model_holder import FOLLOW_PROMOTED, ModelHolder
 from deployments.ranking import Ranker
-from deployments.rows import RowBuilder, RowPlan
+from deployments.rows import EditorialSlot, RowBuilder, RowPlan
 
 log = logging.getLogger("marquee.service")
 SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
@@ -78,7 +78,7 @@ class HotConfig:
 
     def __init__(self, raw: dict | None = None):
         raw = dict(raw or {})
-        unknown = set(raw) - {"model_version", "retrieval", "artwork_epsilon"}
+        unknown = set(raw) - {"model_version", "retrieval", "artwork_epsilon", "editorial"}
         if unknown:
             raise ValueError(f"user_config: unknown key(s) {sorted(unknown)}")
         self.model_version = str(raw.get("model_version", FOLLOW_PROMOTED))
@@ -88,6 +88,13 @@ class HotConfig:
         self.artwork_epsilon = float(raw.get("artwork_epsilon", 0.1))
         if not 0 <= self.artwork_epsilon <= 1:
             raise ValueError(f"user_config.artwork_epsilon: expected 0..1, got {self.artwork_epsilon}")
+        slots = raw.get("editorial", [])
+        if not isinstance(slots, list):
+            raise ValueError("user_config.editorial: expected a list of {row_id, position, title_id}")
+        try:  # RowPlan checks that every slot names a row the plan can produce
+            self.row_plan = RowPlan(editorial=tuple(EditorialSlot(**slot) for slot in slots))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"user_config.editorial: {exc}") from None
 
 
 class RetrievalStage:
@@ -228,12 +235,13 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
         async def rank(version, features):  # noqa: F811
             return ranker.score(version, features)
 
-    homepage = Homepage(catalog, RowBuilder(RowPlan()), artwork, member_reader(member_state), retrieve, rank)
+    homepage = Homepage(catalog, RowBuilder(hot.row_plan), artwork, member_reader(member_state), retrieve, rank)
     service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement)
 
     def reconfigure(user_config: dict) -> None:
         new = HotConfig(user_config)  # raises on a bad value: nothing below changes
         artwork.epsilon = new.artwork_epsilon
+        homepage.rows = RowBuilder(new.row_plan)
         if stage is not None:
             stage.reconfigure(new.retrieval)
         if holder is not None:

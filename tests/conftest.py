@@ -17,8 +17,10 @@ def ray_cluster():
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
+        # 4 logical CPUs on this 2-core machine: the session's Serve app keeps ~1 CPU of replicas
+        # alive while later tests still schedule Ray Train workers that ask for 2 whole CPUs.
         ray.init(
-            num_cpus=2,
+            num_cpus=4,
             include_dashboard=False,
             ignore_reinit_error=True,
             log_to_driver=False,

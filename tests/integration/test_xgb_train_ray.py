@@ -5,6 +5,7 @@ workers, and bad input fails before any Ray Train worker starts."""
 from __future__ import annotations
 
 import numpy as np
+import ray
 import pyarrow as pa
 import pytest
 
@@ -56,7 +57,8 @@ def test_a_lazy_ray_dataset_is_accepted_with_every_cpu_held_by_the_worker(ray_cl
     # Lazy, and its blocks are pandas: neither running it nor converting them to Arrow may need
     # a free CPU once the Train worker holds both.
     dataset = ray.data.from_pandas(table.to_pandas()).limit(table.num_rows)
-    remote = train_ray(dataset, spec, num_workers=1, cpus_per_worker=2)  # the cluster has 2 CPUs
+    every_free_cpu = int(ray.available_resources().get("CPU", 1))  # other tests' actors hold fractions
+    remote = train_ray(dataset, spec, num_workers=1, cpus_per_worker=every_free_cpu)
     local = train_local(table, spec)
     local_scores, ray_scores = predict(local.booster, table, FEATURES), predict(remote.booster, table, FEATURES)
     assert np.corrcoef(local_scores, ray_scores)[0, 1] > 0.99
