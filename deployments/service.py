@@ -102,9 +102,13 @@ class RetrievalStage:
     changes (cheap), so a hot swap is picked up by the next request."""
 
     def __init__(self, holder: ModelHolder, catalog: ServingCatalog, config: RetrievalConfig):
+        import concurrent.futures
+
         self.holder, self.catalog, self.config = holder, catalog, config
         self._built: tuple[Any, Any, Retrieval] | None = None
         self._lock = threading.Lock()
+        # one pool for every Retrieval this stage builds: a rebuild must not leave threads behind
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="source")
 
     def reconfigure(self, config: RetrievalConfig) -> None:
         self.config = config
@@ -116,7 +120,8 @@ class RetrievalStage:
         built = self._built
         if built is None or built[0] is not model or built[1] is not self.config:
             with self._lock:
-                built = self._built = (model, self.config, Retrieval(model, self.catalog, self.config))
+                built = self._built = (model, self.config,
+                                       Retrieval(model, self.catalog, self.config, executor=self._pool))
         return built[2](ctx)
 
 
