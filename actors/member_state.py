@@ -805,6 +805,7 @@ def start_member_state(
     namespace: str = NAMESPACE,
     num_cpus: float = 0.05,
     lifetime: str | None = None,
+    recent_limit: int = 50,
 ) -> Any:
     """Start (or connect to, if it already runs) the named member-state actor. It restarts
     forever on failure and rebuilds itself from its snapshot plus the log."""
@@ -828,4 +829,5 @@ def start_member_state(
         poll_interval_s,
         snapshot_every,
         snapshot_interval_s,
+        recent_limit=recent_limit,
     )

@@ -28,7 +28,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.gateway import make_api, set_service
-from deployments.service import Settings, build_service
+from deployments.service import ActorRef, Settings, build_service
 
 APP_NAME = "marquee"
 NAMESPACE = "marquee"
@@ -90,15 +90,6 @@ def _options(profile: str, name: str, cpu_scale: float) -> dict:
     return options
 
 
-def _actor(name: str):
-    import ray
-
-    try:
-        return ray.get_actor(name, namespace=NAMESPACE)
-    except ValueError:
-        return None
-
-
 API = make_api()
 
 
@@ -117,7 +108,7 @@ class Gateway:
             async def rank(version, features):
                 return await ranker.score.remote((version, features))
         self.service, self._reconfigure = build_service(
-            Settings(**settings), member_state=_actor("marquee-member-state"), event_log=_actor("marquee-event-log"),
+            Settings(**settings), member_state=ActorRef("marquee-member-state"), event_log=ActorRef("marquee-event-log"),
             retrieve=retrieve, rank=rank)
         set_service(self.service)
 
@@ -140,12 +131,9 @@ class RetrievalDeployment:
         self.stage = RetrievalStage(self.holder, load_catalog(s.dataset), hot.retrieval)
 
     def reconfigure(self, user_config: dict) -> None:
-        from deployments.service import HotConfig
+        from deployments.service import HotConfig, apply_hot
 
-        hot = HotConfig(user_config)
-        self.stage.reconfigure(hot.retrieval)
-        self.holder.retarget(hot.model_version)
-        self.holder.refresh()
+        apply_hot(HotConfig(user_config), self.holder, self.stage)
 
     def __call__(self, ctx):
         return self.stage(ctx)
@@ -156,9 +144,12 @@ class RankerDeployment:
     """The ranker as its own deployment: requests batch into one booster call per version."""
 
     def __init__(self, settings: dict):
+        from deployments.model_holder import ModelHolder
         from deployments.ranking import Ranker
 
-        self.ranker = Ranker(Settings(**settings).registry_root)
+        root = Settings(**settings).registry_root
+        # follows the promoted pointer too, so a new version is loaded before requests need it
+        self.ranker = Ranker(root, ModelHolder(root).start())
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def score(self, requests: list[tuple[str, Any]]) -> list[Any]:

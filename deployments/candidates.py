@@ -11,6 +11,7 @@ candidates each row needs, so the ranker can run here (fused) or in its own depl
 from __future__ import annotations
 
 import concurrent.futures as futures
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +24,16 @@ from deployments.model import LiveMember, ServingModel
 
 ROW_SOURCES = ("because_you_watched", "top_in_country", "trending_now", "new_releases", "cold_titles")
 FAULTS = ("raise", "slow")
+
+
+MAX_IN_FLIGHT = 2  # runs of one source at once (per stage); a hung source holds at most this many threads
+_IN_FLIGHT_LOCK = threading.Lock()
+
+
+def source_pool() -> futures.ThreadPoolExecutor:
+    """Threads for the sources: enough for every source of a few concurrent requests plus the
+    bounded runs of hung ones."""
+    return futures.ThreadPoolExecutor(max_workers=48, thread_name_prefix="source")
 
 
 class SourceFault(RuntimeError):
@@ -55,6 +66,14 @@ class RetrievalConfig:
     slow_fault_s: float = 2.0
 
     def __post_init__(self) -> None:
+        for name in ("because_seeds", "because_depth", "row_depth", "cold_titles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
+        for name in ("cold_title_weight", "slow_fault_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
         for name, fault in self.faults.items():
             if fault not in FAULTS:
                 raise ValueError(f"faults.{name}: expected one of {FAULTS}, got {fault!r}")
@@ -116,10 +135,8 @@ class Retrieval:
                  executor: futures.ThreadPoolExecutor | None = None):
         self.model, self.catalog = model, catalog
         self.config = config or RetrievalConfig()
-        self._pool = executor or futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="source")
-        content = model.builder.sources.get("content")
-        genres = getattr(content, "title_genres_", None)
-        self._content = content if genres is not None and genres.shape[1] == len(catalog.genres) else None
+        self._pool = executor or source_pool()
+        self._in_flight: dict[str, int] = {}
         self._cold = [t for t in sorted(catalog.titles) if t not in model.index_of]
 
     def source_names(self) -> tuple[str, ...]:
@@ -137,36 +154,43 @@ class Retrieval:
         return run
 
     def _run_all(self, jobs: dict[str, Callable[[], object]]) -> tuple[dict[str, object], list[str], list[str]]:
-        """Run the sources on a worker thread, one after another, and wait at most the longest
-        timeout. A source that raised, overran its own timeout, or had not finished when the
-        wait ended is dropped. Returns (results, degraded, failed_closed).
-
-        One hand-off per request, not one per source: measured, ten futures cost ~2 ms of thread
-        wake-ups against ~0.5 ms of scoring. A source that hangs only costs the wait."""
-        finished: dict[str, tuple[bool, object, float]] = {}
-
-        def run_in_order() -> None:
-            for name, fn in jobs.items():
-                began = time.monotonic()
-                try:
-                    finished[name] = (True, self._guarded(name, fn)(), time.monotonic() - began)
-                except Exception as exc:  # the source's own error: dropped and named below
-                    finished[name] = (False, exc, time.monotonic() - began)
-
-        wait_s = max(self.config.policy(name).timeout_ms for name in jobs) / 1000.0
-        futures.wait([self._pool.submit(run_in_order)], timeout=wait_s)
+        """Run every source on its own pool thread and wait for each at most its own timeout
+        (from the start). A source that raised or overran is dropped and named; the others are
+        unaffected. A source still busy from earlier requests (hung) is not started again past
+        MAX_IN_FLIGHT, so a hang holds a bounded number of threads and recovers when it ends.
+        Returns (results, degraded, failed_closed)."""
+        started = time.monotonic()
+        pending: dict[str, futures.Future] = {}
+        for name, fn in jobs.items():
+            with _IN_FLIGHT_LOCK:
+                busy = self._in_flight.get(name, 0)
+                if busy >= MAX_IN_FLIGHT:
+                    continue  # dropped below, without a thread
+                self._in_flight[name] = busy + 1
+            future = self._pool.submit(self._guarded(name, fn))
+            future.add_done_callback(lambda _, name=name: self._finished(name))
+            pending[name] = future
         results: dict[str, object] = {}
         degraded, closed = [], []
         for name in jobs:
             policy = self.config.policy(name)
-            entry = finished.get(name)
-            if entry is not None and entry[0] and entry[2] <= policy.timeout_ms / 1000.0:
-                results[name] = entry[1]
-                continue
-            degraded.append(name)
-            if not policy.fail_open:
-                closed.append(name)
+            future = pending.get(name)
+            left = policy.timeout_ms / 1000.0 - (time.monotonic() - started)
+            try:
+                if future is None:
+                    raise TimeoutError(f"{name}: still busy from earlier requests")
+                results[name] = future.result(timeout=max(left, 0.0))
+            except Exception:  # timeout or the source's own error: drop it, name it
+                if future is not None:
+                    future.cancel()  # not started yet: never runs
+                degraded.append(name)
+                if not policy.fail_open:
+                    closed.append(name)
         return results, degraded, closed
+
+    def _finished(self, name: str) -> None:
+        with _IN_FLIGHT_LOCK:
+            self._in_flight[name] -= 1
 
     def __call__(self, ctx: HomepageContext) -> Retrieved:
         t0 = time.perf_counter()
@@ -200,7 +224,7 @@ class Retrieval:
         include = model.include_mask(1, [[c.title_id for cands in rows.values() for c in cands]])
         candidates = model.candidates(batch, scores, include)
         title_ids = model.title_ids[candidates.titles]
-        proposed = self._proposed_by(scores, histories, candidates.titles)
+        proposed = self._proposed_by(candidates)
         reasons = self._because(histories, candidates.titles)
         t2 = time.perf_counter()
         return Retrieved(
@@ -216,39 +240,30 @@ class Retrieval:
             boost={t: b for t, b in cfg.editorial_boost.items()},
         )
 
-    def _proposed_by(self, scores: dict[str, np.ndarray | None], histories, titles: np.ndarray) -> dict[int, tuple[str, ...]]:
-        """Which model sources put each candidate in their top `depth` (for the explanation)."""
-        model = self.model
-        seen = histories.seen()[0]
-        out: dict[int, list[str]] = {}
-        for name, row in scores.items():
-            depth = model.builder.depth.get(name, 0)
-            if row is None or depth <= 0:
-                continue
-            values = np.where(seen, -np.inf, np.asarray(row)[0])
-            top = np.argpartition(-values, min(depth, len(values)) - 1)[:depth]
-            for index in top[np.isfinite(values[top])]:
-                out.setdefault(int(model.title_ids[index]), []).append(name)
-        wanted = set(int(t) for t in model.title_ids[titles])
-        return {t: tuple(s) for t, s in out.items() if t in wanted}
+    def _proposed_by(self, candidates) -> dict[int, tuple[str, ...]]:
+        """Which model sources put each candidate in their top `depth` (for the explanation),
+        read from the rank features the ranker sees, so both agree on it."""
+        depth = self.model.builder.depth
+        ranks = {name: candidates.features[:, candidates.names.index(f"{name}_rank")]
+                 for name in self.model.source_names if depth.get(name, 0) > 0}
+        out: dict[int, tuple[str, ...]] = {}
+        for row, title in enumerate(self.model.title_ids[candidates.titles].tolist()):
+            names = tuple(name for name, rank in ranks.items() if rank[row] < depth[name])
+            if names:
+                out[int(title)] = names
+        return out
 
     def _because(self, histories, titles: np.ndarray) -> dict[int, str]:
         """For each candidate, the history title that contributes most through the item-item
         weights: "because you watched X"."""
         ease = self.model.builder.sources.get("recency_ease")
-        if ease is None or len(histories.titles) == 0 or len(titles) == 0:
+        if ease is None:
             return {}
-        hist = histories.titles[: 50]
-        weights = np.exp(-histories.position[: 50] / ease.tau) + ease.floor
-        contributions = ease.weights_[np.ix_(hist, titles)] * weights[:, None]
-        best = contributions.argmax(axis=0)
         out = {}
-        for column, row in enumerate(best):
-            if contributions[row, column] > 0:
-                seed = int(self.model.title_ids[hist[row]])
-                info = self.catalog.titles.get(seed)
-                if info is not None:
-                    out[int(self.model.title_ids[titles[column]])] = f"because you watched {info.name}"
+        for title, seed in zip(titles.tolist(), ease.because_many(histories, titles).tolist()):
+            info = self.catalog.titles.get(int(self.model.title_ids[seed])) if seed >= 0 else None
+            if info is not None:
+                out[int(self.model.title_ids[title])] = f"because you watched {info.name}"
         return out
 
     def _cold_titles(self, ctx: HomepageContext) -> list[tuple[int, float]]:

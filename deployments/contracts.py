@@ -97,9 +97,6 @@ class HomepageContext:
     def has_history(self) -> bool:
         return bool(self.watched or self.continue_watching or self.my_list or self.recently_watched)
 
-    def with_limits(self, rows_limit: int, titles_per_row: int) -> "HomepageContext":
-        return replace(self, rows_limit=rows_limit, titles_per_row=titles_per_row)
-
 
 @dataclass(frozen=True, slots=True)
 class TitleInfo:

@@ -197,7 +197,8 @@ def make_api(service_of: Any = current_service) -> FastAPI:
             except EventError as exc:
                 problems.append(f"events[{i}].{exc}")
         if problems:  # all or nothing: the client fixes the batch and resends (ids make it safe)
-            raise ApiError(422, "; ".join(problems[:20]), rejected=len(problems), accepted=0)
+            raise ApiError(422, "; ".join(problems[:20]), fields=[p.split(":")[0] for p in problems[:20]],
+                           rejected=len(problems), accepted=0)
         return await svc.append_events(raw)
 
     @api.post("/v1/members/{member_id}/preferences", summary="Onboarding tastes for cold start")

@@ -10,6 +10,7 @@ popular rows serve.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from deployments.contracts import HomepageContext, ScoredItem
 from deployments.rows import Page, RowBuilder
 from marquee.schema import MATURITY_LABELS, MAX_MATURITY
 
+log = logging.getLogger("marquee.homepage")
 RetrieveFn = Callable[[HomepageContext], Awaitable[Retrieved]]
 RankFn = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
 MemberFn = Callable[[int], Awaitable[Any]]
@@ -94,7 +96,8 @@ class Homepage:
         sources: dict[str, list[ScoredItem]] | None = None
         if retrieved is not None and not retrieved.failed_closed and _has_candidates(retrieved):
             try:
-                scores = await self.rank(retrieved.model_version, retrieved.features)
+                scores = await asyncio.wait_for(self.rank(retrieved.model_version, retrieved.features),
+                                                self.retrieval_timeout_s)
                 versions["ranker"] = retrieved.model_version
                 sources = self.sources(ctx, retrieved, np.asarray(scores))
             except Exception:
@@ -104,7 +107,13 @@ class Homepage:
         if fallback:
             sources = self.popular_sources(ctx)
             degraded.append("personalization")
-        page = self.rows.build_page(ctx, sources, self.catalog.titles)
+        try:
+            page = self.rows.build_page(ctx, sources, self.catalog.titles)
+        except Exception:  # e.g. a hot value that slipped past validation: still serve a page
+            log.exception("row building failed; serving the popular rows")
+            degraded.append("rows")
+            fallback = True
+            page = RowBuilder().build_page(ctx, self.popular_sources(ctx), self.catalog.titles)
         t = timer.add("rows", t)
         rows = self.render(ctx, page)
         timer.add("artwork", t)
@@ -115,7 +124,8 @@ class Homepage:
             "country": ctx.country,
             "device": ctx.device,
             "maturity": ctx.maturity_label,
-            "cold_start": not ctx.has_history,
+            # unknown when member state could not be read: that is an outage, not a new member
+            "cold_start": None if "member_state" in degraded else not ctx.has_history,
             "fallback": fallback,
             "model_versions": versions,
             "experiments": {},

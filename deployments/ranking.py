@@ -23,8 +23,10 @@ class Ranker:
     """`score(version, features) -> scores`, same length and order as the feature rows."""
 
     def __init__(self, registry_root: str | Path, holder: ModelHolder | None = None,
-                 loader: Callable[[str | Path, str], ServingModel] = ServingModel.load, keep: int = 2):
+                 loader: Callable[[str | Path, str], ServingModel] = ServingModel.load, keep: int = 2,
+                 lookup: Callable[[str], ServingModel | None] | None = None):
         self.registry_root, self.holder, self.loader, self.keep = Path(registry_root), holder, loader, keep
+        self.lookup = lookup  # another stage's models (fused: the one that built the features)
         self._cache: OrderedDict[str, ServingModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -32,7 +34,10 @@ class Ranker:
         held = self.holder.model if self.holder is not None else None
         if held is not None and held.version == version:
             return held
-        with self._lock:
+        found = self.lookup(version) if self.lookup is not None else None
+        if found is not None:
+            return found
+        with self._lock:  # split placement, right after a swap: loaded once, then cached
             if version not in self._cache:
                 self._cache[version] = self.loader(self.registry_root, version)
                 while len(self._cache) > self.keep:

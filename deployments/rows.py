@@ -83,6 +83,12 @@ class EditorialSlot:
     title_id: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.row_id, str) or not self.row_id:
+            raise ValueError(f"EditorialSlot: row_id must be a non-empty string, got {self.row_id!r}")
+        for name in ("position", "title_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"EditorialSlot {self.row_id}: {name} must be an int, got {value!r}")
         if self.position < 0:
             raise ValueError(f"EditorialSlot {self.row_id}/{self.title_id}: position must be >= 0")
 

@@ -4,6 +4,7 @@ stages behind handles) and under plain uvicorn (the in-process baseline)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable
 import numpy as np
 
 from deployments.artwork import EpsilonGreedyArtwork
-from deployments.candidates import Retrieval, RetrievalConfig, Retrieved
+from deployments.candidates import Retrieval, RetrievalConfig, Retrieved, source_pool
 from deployments.catalog import ServingCatalog, load_catalog
 from deployments.contracts import HomepageContext
 from deployments.gateway import ApiError, call_with_retry
@@ -102,16 +103,23 @@ class RetrievalStage:
     changes (cheap), so a hot swap is picked up by the next request."""
 
     def __init__(self, holder: ModelHolder, catalog: ServingCatalog, config: RetrievalConfig):
-        import concurrent.futures
-
         self.holder, self.catalog, self.config = holder, catalog, config
         self._built: tuple[Any, Any, Retrieval] | None = None
         self._lock = threading.Lock()
         # one pool for every Retrieval this stage builds: a rebuild must not leave threads behind
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="source")
+        self._pool = source_pool()
 
     def reconfigure(self, config: RetrievalConfig) -> None:
         self.config = config
+
+    def model_for(self, version: str):
+        """The model that built features of `version`, while this stage still holds it: a hot
+        swap between candidate generation and ranking must not load anything in a request."""
+        built = self._built
+        if built is not None and built[0].version == version:
+            return built[0]
+        model = self.holder.model
+        return model if model is not None and model.version == version else None
 
     def __call__(self, ctx: HomepageContext) -> Retrieved:
         model = self.holder.model
@@ -154,9 +162,10 @@ class MarqueeService:
     async def append_events(self, events: list[dict]) -> dict:
         from actors.events import result_as_dict
 
-        if self.event_log is None:
-            raise ApiError(503, "no event log is connected", {"Retry-After": "5"})
-        result = await call_with_retry(lambda: _await(self.event_log.append.remote(events)))
+        log_handle = self.event_log.get() if isinstance(self.event_log, ActorRef) else self.event_log
+        if log_handle is None:
+            raise ApiError(503, "the event log is not running", {"Retry-After": "5"})
+        result = await call_with_retry(lambda: _await(log_handle.append.remote(events)))
         return result_as_dict(result)  # the gateway validated every event: `rejected` is normally empty
 
     def health(self) -> dict:
@@ -210,12 +219,38 @@ async def _await(ref):
     return await ref
 
 
+class ActorRef:
+    """A named actor looked up when first needed, and again after a failed lookup: a replica
+    that starts before member state (or while it restarts) finds it later instead of never."""
+
+    def __init__(self, name: str, namespace: str = "marquee", handle: Any = None):
+        self.name, self.namespace, self._handle = name, namespace, handle
+
+    def get(self) -> Any:
+        if self._handle is None:
+            import ray
+
+            try:
+                self._handle = ray.get_actor(self.name, namespace=self.namespace)
+            except ValueError:
+                return None
+        return self._handle
+
+
 def member_reader(member_state: Any) -> Callable[[int], Awaitable[Any]]:
     async def read(member_id: int):
-        if member_state is None:
-            return None
-        return await member_state.get.remote(member_id)
+        handle = member_state.get() if isinstance(member_state, ActorRef) else member_state
+        if handle is None:
+            raise LookupError("member state is not running")  # named in `degraded`
+        return await handle.get.remote(member_id)
     return read
+
+
+def apply_hot(hot: HotConfig, holder: ModelHolder, stage: RetrievalStage) -> None:
+    """The model target and candidate settings of a new hot config, for a model-holding stage."""
+    stage.reconfigure(hot.retrieval)
+    holder.retarget(hot.model_version)
+    holder.refresh()
 
 
 def build_service(settings: Settings, *, member_state: Any, event_log: Any,
@@ -232,13 +267,15 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
     if retrieve is None or rank is None:
         holder = ModelHolder(settings.registry_root, hot.model_version).start()
         stage = RetrievalStage(holder, catalog, hot.retrieval)
-        ranker = Ranker(settings.registry_root, holder)
+        ranker = Ranker(settings.registry_root, holder, lookup=stage.model_for)
 
-        async def retrieve(ctx):  # noqa: F811 - the fused stages: plain calls in this replica
-            return stage(ctx)
+        # The fused stages run in this replica, on a worker thread: the event loop stays free
+        # for other requests and for Serve's own calls while a page is computed.
+        async def retrieve(ctx):  # noqa: F811
+            return await asyncio.to_thread(stage, ctx)
 
         async def rank(version, features):  # noqa: F811
-            return ranker.score(version, features)
+            return await asyncio.to_thread(ranker.score, version, features)
 
     homepage = Homepage(catalog, RowBuilder(hot.row_plan), artwork, member_reader(member_state), retrieve, rank)
     service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement)
@@ -248,9 +285,6 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
         artwork.epsilon = new.artwork_epsilon
         homepage.rows = RowBuilder(new.row_plan)
         if stage is not None:
-            stage.reconfigure(new.retrieval)
-        if holder is not None:
-            holder.retarget(new.model_version)
-            holder.refresh()
+            apply_hot(new, holder, stage)
 
     return service, reconfigure

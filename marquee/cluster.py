@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from marquee.ports import free_port
+from marquee.ports import free_ports
 
 
 class ClusterError(RuntimeError):
@@ -84,24 +84,25 @@ def use_cluster_auth(home: Path) -> None:
     os.environ.update(auth_env(home))
 
 
+# Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the client
+# server...) is picked free: another cluster on this machine may hold the defaults.
+EXTRA_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+               "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
+
+
 def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60.0) -> LocalCluster:
     """Start a Ray head for `home` (or return the running one) and wait until it accepts clients."""
     existing = LocalCluster.load(home)
     if existing and existing.alive():
         return existing
     ray_bin = Path(sys.executable).with_name("ray")
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, *more_ports = free_ports(2 + len(EXTRA_PORTS))
     temp_dir = _temp_dir(home)
-    # Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the
-    # client server...) is picked free: another cluster on this machine may hold the defaults.
-    extra_ports = ["dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                   "metrics-export-port", "ray-client-server-port", "node-manager-port",
-                   "object-manager-port"]
     cmd = [
         str(ray_bin), "start", "--head", "--block", "--disable-usage-stats",
         f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1",
         f"--temp-dir={temp_dir}", f"--num-cpus={num_cpus or os.cpu_count() or 2}",
-        *(f"--{name}={free_port()}" for name in extra_ports),
+        *(f"--{name}={port}" for name, port in zip(EXTRA_PORTS, more_ports)),
     ]
     home.mkdir(parents=True, exist_ok=True)
     log = open(home / "ray-head.log", "ab")

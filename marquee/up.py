@@ -19,6 +19,9 @@ from pathlib import Path
 from marquee.config import Paths
 
 NAMESPACE = "marquee"
+# Titles per member that member state hands the homepage: its history for scoring and the
+# watched filter (the heaviest MovieLens members rated ~700 titles).
+RECENT_LIMIT = 1000
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -122,9 +125,9 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
     system.update({"ray_address": cluster.gcs_address, "dashboard": cluster.dashboard_url})
     if serve_app:
         from deployments.app import deploy
-        from marquee.ports import free_port
+        from marquee.ports import free_port, port_is_free
 
-        port = port or (8000 if _port_free(8000) else free_port())
+        port = port or (8000 if port_is_free(8000) else free_port())
         print(f"Deploying the homepage app (profile {profile}) on port {port} ...", flush=True)
         system["url"] = deploy({"home": str(paths.home), "dataset": str(dataset), "profile": profile}, port)
         system["profile"] = profile
@@ -140,7 +143,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
     from actors.features import FeatureStore
     from actors.member_state import start_member_state
     from actors.registry import Registry
-    from deployments.service import SERVING_FILE, admin_token
+    from deployments.service import SERVING_FILE, TOKEN_FILE, admin_token
     from marquee.durable import write_atomic
     from training.features import run_feature_job
 
@@ -158,7 +161,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
     store.publish(features_dir, version)
     member_state = start_member_state(
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
-        lifetime="detached")
+        lifetime="detached", recent_limit=RECENT_LIMIT)
     applied = ray.get(member_state.sync.remote())
     registry = Registry(paths.registry)
     if registry.promoted_version() is None:
@@ -180,20 +183,9 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         "features_version": version,
         "member_state_seq": applied,
         "model_version": registry.promoted_version(),
-        "admin_token_file": str(paths.home / "admin_token"),
+        "admin_token_file": str(paths.home / TOKEN_FILE),
         "admin_token_set": token is not None,
     }
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _feature_version(features_dir: Path) -> str | None:

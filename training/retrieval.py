@@ -50,6 +50,16 @@ class RecencyEASE:
         contributions = row.data * self.weights_[row.indices, title]
         return [int(row.indices[i]) for i in np.argsort(-contributions)[:top]]
 
+    def because_many(self, histories: Histories, titles: np.ndarray) -> np.ndarray:
+        """For one member's history (row 0) and many titles, the history title contributing most
+        to each title's score, or -1 where nothing contributes (serving's explanations)."""
+        row = histories.weighted(self.tau, self.floor)[0]
+        if row.nnz == 0 or len(titles) == 0:
+            return np.full(len(titles), -1)
+        contributions = row.data[:, None] * self.weights_[np.ix_(row.indices, titles)]
+        best = contributions.argmax(axis=0)
+        return np.where(contributions[best, np.arange(len(titles))] > 0, row.indices[best], -1)
+
 
 class SequentialCooccurrence:
     """Item-item affinity from pairs of titles at most `window` steps apart in one member's

@@ -69,16 +69,16 @@ def _health(url: str) -> dict | None:
 
 
 def test_a_failing_source_is_dropped_and_named_and_the_page_still_serves(serve_app):
-    pid_before = {_health(serve_app.url)["pid"] for _ in range(6)}
+    pid_before = {_health(serve_app.url)["pid"] for _ in range(30)}  # both replicas, almost surely
     redeploy(serve_app, {"retrieval": {"faults": {"sequence": "raise", "embedding": "slow"},
                                        "default_policy": {"timeout_ms": 400}, "slow_fault_s": 1.0}})
     try:
         page = wait_for(lambda: page_if(get_page(serve_app.url, 5), lambda p: "sequence" in p["degraded"]),
                         what="the fault to apply")
-        assert {"sequence", "embedding"} <= set(page["degraded"])
+        assert set(page["degraded"]) == {"sequence", "embedding"}  # the others are unaffected
         assert page["fallback"] is False and page["rows"]
-        pid_after = {_health(serve_app.url)["pid"] for _ in range(6)}
-        assert pid_after & pid_before, "reconfiguring hot values restarted every replica"
+        pid_after = {_health(serve_app.url)["pid"] for _ in range(30)}
+        assert pid_after == pid_before, "reconfiguring hot values restarted a replica"
     finally:
         redeploy(serve_app, {})
 

@@ -192,23 +192,23 @@ def test_request_overrides_country_and_maturity():
 # -- member state failures -------------------------------------------------------------------------
 
 
-def test_member_reader_raising_gives_a_cold_start_page():
+def test_member_reader_raising_gives_a_page_without_history_marked_degraded():
     stages = Stages()
     stages.member_error = ConnectionError("actor gone")
     page = page_of(stages)
     assert "member_state" in page["degraded"]
-    assert page["cold_start"] is True
+    assert page["cold_start"] is None  # unknown: an outage is not a new member
     assert page["fallback"] is False  # candidates still ran
     assert_well_formed(page)
     assert "continue_watching" not in row_ids(page)
 
 
-def test_member_reader_timing_out_gives_a_cold_start_page():
+def test_member_reader_timing_out_gives_a_page_without_history_marked_degraded():
     stages = Stages()
     stages.member_delay_s = 5.0  # far beyond member_timeout_s; wait_for cancels it
     page = page_of(stages, member_timeout_s=0.05)
     assert "member_state" in page["degraded"]
-    assert page["cold_start"] is True
+    assert page["cold_start"] is None
     assert_well_formed(page)
 
 
@@ -314,3 +314,16 @@ def test_without_preferences_genre_rows_come_from_the_pool():
     page = page_of(Stages(member=new_member([])), HomepageRequest(5, titles_per_row=3, request_id="r"))
     genre_rows = [r["row_id"] for r in page["rows"] if r["row_id"].startswith("genre:")]
     assert len(genre_rows) > 1  # control for the test above: no tastes, several genres
+
+
+def test_row_building_failing_still_serves_the_popular_rows():
+    stages = Stages()
+    homepage = build(stages)
+
+    class Broken:
+        def build_page(self, *args):
+            raise TypeError("a bad editorial slot")
+
+    homepage.rows = Broken()
+    page = asyncio.run(homepage(HomepageRequest(member_id=1, request_id="r")))
+    assert page["fallback"] is True and "rows" in page["degraded"] and page["rows"]

@@ -45,15 +45,16 @@ def test_a_source_that_raises_is_dropped_and_named(pool):
     assert degraded == ["broken"] and closed == []
 
 
-def test_a_hanging_source_is_dropped_within_about_its_timeout(pool):
+def test_a_hanging_source_is_dropped_within_about_its_timeout_and_the_others_are_not(pool):
     release = threading.Event()
 
     def hangs():
         release.wait(10.0)
         return "late"
 
-    fast = SourcePolicy(timeout_ms=50)
-    retrieval = make_retrieval(RetrievalConfig(default_policy=fast), pool)
+    config = RetrievalConfig(policies={"hangs": SourcePolicy(timeout_ms=50)},
+                             default_policy=SourcePolicy(timeout_ms=2000))
+    retrieval = make_retrieval(config, pool)
     started = time.monotonic()
     try:
         results, degraded, closed = retrieval._run_all({"quick": lambda: 1, "hangs": hangs, "after": lambda: 2})
@@ -63,9 +64,33 @@ def test_a_hanging_source_is_dropped_within_about_its_timeout(pool):
         release.set()
     assert returned_while_hanging  # it did not wait for the hanging source
     assert elapsed < 5.0  # generous: the wait is the 50 ms timeout, not the 10 s hang
-    assert results == {"quick": 1}
-    # sources run in order on one thread: one queued behind the hang is dropped too
-    assert degraded == ["hangs", "after"] and closed == []
+    assert results == {"quick": 1, "after": 2}  # sources run side by side: a hang costs only itself
+    assert degraded == ["hangs"] and closed == []
+
+
+def test_a_hung_source_holds_a_bounded_number_of_threads_and_recovers(pool):
+    from deployments.candidates import MAX_IN_FLIGHT
+
+    release = threading.Event()
+    config = RetrievalConfig(policies={"hangs": SourcePolicy(timeout_ms=20)},
+                             default_policy=SourcePolicy(timeout_ms=2000))
+    big_pool = futures.ThreadPoolExecutor(max_workers=MAX_IN_FLIGHT + 2)
+    retrieval = make_retrieval(config, big_pool)
+    try:
+        for _ in range(MAX_IN_FLIGHT + 3):  # more requests than the bound, while it hangs
+            results, degraded, _ = retrieval._run_all({"hangs": lambda: release.wait(10.0), "ok": lambda: 1})
+            assert results == {"ok": 1} and degraded == ["hangs"]  # healthy sources keep working
+        assert retrieval._in_flight["hangs"] == MAX_IN_FLIGHT  # no more threads than the bound
+    finally:
+        release.set()
+    deadline = time.monotonic() + 5.0
+    while retrieval._in_flight["hangs"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the released runs finish and give their slots back
+    assert retrieval._in_flight["hangs"] == 0
+    results, degraded, _ = retrieval._run_all({"hangs": lambda: "back", "ok": lambda: 1})
+    assert results == {"hangs": "back", "ok": 1} and degraded == []
+    big_pool.shutdown(wait=True)
+    del pool
 
 
 def test_a_source_that_overruns_its_own_timeout_is_dropped_even_if_it_finishes(pool):
