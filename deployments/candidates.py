@@ -23,6 +23,7 @@ from deployments.contracts import Candidate, HomepageContext
 from deployments.model import LiveMember, ServingModel
 
 ROW_SOURCES = ("because_you_watched", "top_in_country", "trending_now", "new_releases", "cold_titles")
+ROW_SOURCES_INLINE = frozenset(ROW_SOURCES)  # in-memory lookups: run in the request's own thread
 FAULTS = ("raise", "slow")
 
 
@@ -126,6 +127,7 @@ class Retrieved:
     failed_closed: list[str]  # sources whose policy is fail-closed and that failed
     timings_ms: dict[str, float]
     boost: dict[int, float] = field(default_factory=dict)  # editorial boosts of these candidates
+    scores: np.ndarray | None = None  # set when the ranker ran fused, right after generation
 
 
 class Retrieval:
@@ -153,15 +155,21 @@ class Retrieval:
             return fn()
         return run
 
-    def _run_all(self, jobs: dict[str, Callable[[], object]]) -> tuple[dict[str, object], list[str], list[str]]:
+    def _run_all(self, jobs: dict[str, Callable[[], object]], inline: frozenset[str] = frozenset()
+                 ) -> tuple[dict[str, object], list[str], list[str]]:
         """Run every source on its own pool thread and wait for each at most its own timeout
         (from the start). A source that raised or overran is dropped and named; the others are
         unaffected. A source still busy from earlier requests (hung) is not started again past
         MAX_IN_FLIGHT, so a hang holds a bounded number of threads and recovers when it ends.
+        Sources named in `inline` (in-memory lookups) run in this thread while the others run:
+        a thread hand-off would cost more than they do; an error or an overrun still drops them.
         Returns (results, degraded, failed_closed)."""
         started = time.monotonic()
         pending: dict[str, futures.Future] = {}
+        here: dict[str, tuple[bool, object]] = {}
         for name, fn in jobs.items():
+            if name in inline:
+                continue
             with _IN_FLIGHT_LOCK:
                 busy = self._in_flight.get(name, 0)
                 if busy >= MAX_IN_FLIGHT:
@@ -170,10 +178,27 @@ class Retrieval:
             future = self._pool.submit(self._guarded(name, fn))
             future.add_done_callback(lambda _, name=name: self._finished(name))
             pending[name] = future
+        for name in inline & set(jobs):
+            began = time.monotonic()
+            try:
+                value = self._guarded(name, jobs[name])()
+                overran = time.monotonic() - began > self.config.policy(name).timeout_ms / 1000.0
+                here[name] = (not overran, value)
+            except Exception as exc:  # the source's own error: dropped and named below
+                here[name] = (False, exc)
         results: dict[str, object] = {}
         degraded, closed = [], []
         for name in jobs:
             policy = self.config.policy(name)
+            if name in here:
+                ok, value = here[name]
+                if ok:
+                    results[name] = value
+                else:
+                    degraded.append(name)
+                    if not policy.fail_open:
+                        closed.append(name)
+                continue
             future = pending.get(name)
             left = policy.timeout_ms / 1000.0 - (time.monotonic() - started)
             try:
@@ -207,7 +232,7 @@ class Retrieval:
         jobs["trending_now"] = lambda: catalog.trending[: cfg.row_depth]
         jobs["new_releases"] = lambda: catalog.new_releases[: cfg.row_depth]
         jobs["cold_titles"] = lambda: self._cold_titles(ctx)
-        results, degraded, closed = self._run_all(jobs)
+        results, degraded, closed = self._run_all(jobs, inline=ROW_SOURCES_INLINE)
         t1 = time.perf_counter()
 
         rows: dict[str, list[Candidate]] = {}

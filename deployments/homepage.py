@@ -96,8 +96,10 @@ class Homepage:
         sources: dict[str, list[ScoredItem]] | None = None
         if retrieved is not None and not retrieved.failed_closed and _has_candidates(retrieved):
             try:
-                scores = await asyncio.wait_for(self.rank(retrieved.model_version, retrieved.features),
-                                                self.retrieval_timeout_s)
+                scores = retrieved.scores
+                if scores is None:  # split placement: the ranker is its own stage
+                    scores = await asyncio.wait_for(self.rank(retrieved.model_version, retrieved.features),
+                                                    self.retrieval_timeout_s)
                 versions["ranker"] = retrieved.model_version
                 sources = self.sources(ctx, retrieved, np.asarray(scores))
             except Exception:

@@ -269,10 +269,18 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
         stage = RetrievalStage(holder, catalog, hot.retrieval)
         ranker = Ranker(settings.registry_root, holder, lookup=stage.model_for)
 
-        # The fused stages run in this replica, on a worker thread: the event loop stays free
-        # for other requests and for Serve's own calls while a page is computed.
+        def generate_and_rank(ctx):
+            retrieved = stage(ctx)
+            try:
+                retrieved.scores = ranker.score(retrieved.model_version, retrieved.features)
+            except Exception:  # left to the ranker stage: it fails again there and is named
+                log.exception("fused ranking failed")
+            return retrieved
+
+        # The fused stages run in this replica, on one worker thread per page (generation, then
+        # ranking): the event loop stays free for other requests and Serve's own calls.
         async def retrieve(ctx):  # noqa: F811
-            return await asyncio.to_thread(stage, ctx)
+            return await asyncio.to_thread(generate_and_rank, ctx)
 
         async def rank(version, features):  # noqa: F811
             return await asyncio.to_thread(ranker.score, version, features)

@@ -112,7 +112,7 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
 def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7,
              port: int | None = None, profile: str = "single", serve_app: bool = True) -> dict:
     """Start (or reuse) every part of the local system; returns what to print."""
-    from marquee.cluster import start_head, use_cluster_auth
+    from marquee.cluster import record_head_node, start_head, use_cluster_auth
 
     use_cluster_auth(paths.home)  # before ray is imported: Ray reads its auth mode once
     import ray
@@ -121,6 +121,7 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
     cluster = start_head(paths.home)
     ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR",
              log_to_driver=False)
+    record_head_node(paths.home, ray.get_runtime_context().get_node_id())
     system = prepare_system(paths, dataset, rebuild=rebuild)
     system.update({"ray_address": cluster.gcs_address, "dashboard": cluster.dashboard_url})
     if serve_app:

@@ -158,6 +158,9 @@ def test_titles_unknown_404_bad_422_known_200(client, catalog):
 def test_event_batches_oversized_malformed_or_bad_are_refused_whole(client):
     big = [{"event_id": f"e{i}", "member_id": 1, "title_id": 1, "type": "play", "timestamp": 1} for i in range(1001)]
     assert client.post("/v1/events", json={"events": big}).status_code == 413
+    huge = {"events": [{"event_id": "x", "member_id": 1, "type": "search", "timestamp": 1,
+                        "payload": "q" * (3 * 1024 * 1024)}]}  # one event, over the byte limit
+    assert client.post("/v1/events", json=huge).status_code == 413
     assert client.post("/v1/events", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
     now, tag = int(time.time() * 1000), uuid.uuid4().hex
     bad = [{"event_id": f"ok-{tag}", "member_id": 1, "title_id": 1, "type": "play", "timestamp": now},

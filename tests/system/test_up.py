@@ -65,12 +65,15 @@ def _probe(home: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _ray_processes(home: Path) -> list[psutil.Process]:
-    cluster = json.loads((home / "cluster.json").read_text()) if (home / "cluster.json").exists() else None
-    marker = cluster["temp_dir"] if cluster else None
-    if marker is None:
-        return []
-    return [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+def _markers(home: Path) -> list[str]:
+    """What every process of this home's cluster names: its temp dir; Serve's HAProxy its node."""
+    cluster = json.loads((home / "cluster.json").read_text())
+    return [cluster["temp_dir"], f"haproxy-serve/{(home / 'head_node_id').read_text().strip()}"]
+
+
+def _processes(markers: list[str]) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if any(m in " ".join(p.info["cmdline"] or []) for m in markers)]
 
 
 def _homepage(port: int, member: int) -> dict:
@@ -97,8 +100,8 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert f"Homepage API      http://127.0.0.1:{port}/v1/homepage" in output
         page = _homepage(port, 5)
         assert page["model_versions"]["ranker"] == "v0001" and page["rows"] and not page["degraded"]
-        cluster_file = json.loads((home / "cluster.json").read_text())
-        marker = cluster_file["temp_dir"]
+        markers = _markers(home)
+        assert any("haproxy" in " ".join(p.info["cmdline"] or []) for p in _processes(markers))
 
         probe = _probe(home)
         manifest = json.loads((home / "world" / "manifest.json").read_text())
@@ -113,7 +116,7 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
     assert proc.returncode == 0, rest[-2000:]
     assert "Stopping Marquee" in rest
     time.sleep(1)
-    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
+    assert not _processes(markers)  # Serve's HAProxy included
 
     # A restart reuses the world, the features and the log: nothing is regenerated or lost.
     up = subprocess.run(MARQUEE + ["up", "--detach", "--port", str(port)], env=_env(home), cwd=ROOT,
@@ -150,8 +153,9 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         while _homepage(port, 5)["model_versions"]["ranker"] != "v0002" and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _homepage(port, 5)["model_versions"]["ranker"] == "v0002"
+        markers = _markers(home)
     finally:
         down = subprocess.run(MARQUEE + ["down"], env=_env(home), cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
     assert down.returncode == 0 and "Stopped" in down.stdout
-    assert not _ray_processes(home)
+    assert not _processes(markers)

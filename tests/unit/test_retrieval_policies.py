@@ -199,3 +199,24 @@ def test_policy_timeout_must_be_positive():
         SourcePolicy(timeout_ms=0)
     with pytest.raises(ValueError, match="policies.x"):
         RetrievalConfig(policies={"x": {"timeout_ms": 5}})
+
+
+def test_inline_sources_are_isolated_too_and_run_beside_the_threaded_ones(pool):
+    config = RetrievalConfig(policies={"lookup_slow": SourcePolicy(timeout_ms=5)},
+                             default_policy=SourcePolicy(timeout_ms=2000), faults={"lookup_bad": "raise"})
+    retrieval = make_retrieval(config, pool)
+    threads = {}
+
+    def where(name):
+        def run():
+            threads[name] = threading.get_ident()
+            if name == "lookup_slow":
+                time.sleep(0.05)  # overruns its 5 ms policy
+            return name
+        return run
+
+    jobs = {n: where(n) for n in ("model", "lookup", "lookup_bad", "lookup_slow")}
+    results, degraded, _ = retrieval._run_all(jobs, inline=frozenset({"lookup", "lookup_bad", "lookup_slow"}))
+    assert results == {"model": "model", "lookup": "lookup"}
+    assert sorted(degraded) == ["lookup_bad", "lookup_slow"]
+    assert threads["lookup"] == threading.get_ident() != threads["model"]
