@@ -58,8 +58,8 @@ class RetrievalConfig:
     policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
     default_policy: SourcePolicy = SourcePolicy()
     because_seeds: int = 3
-    because_depth: int = 30
-    row_depth: int = 40
+    because_depth: int = 20
+    row_depth: int = 25  # titles per row source sent to the ranker: rows show 10 after rules
     cold_titles: int = 20  # titles nobody has played yet, matched to the member by content
     cold_title_weight: float = 1.0  # times the genre match; the page scales it by the median ranker score
     editorial_boost: Mapping[int, float] = field(default_factory=dict)  # title_id -> added score
@@ -140,6 +140,13 @@ class Retrieval:
         self._pool = executor or source_pool()
         self._in_flight: dict[str, int] = {}
         self._cold = [t for t in sorted(catalog.titles) if t not in model.index_of]
+        # unit genre vectors of the cold titles, once: scoring them is one product per page
+        self._genre_position = {g: i for i, g in enumerate(catalog.genres)}
+        cold = np.zeros((len(self._cold), len(self._genre_position)))
+        for row, tid in enumerate(self._cold):
+            for g in catalog.titles[tid].genres:
+                cold[row, self._genre_position[g]] = 1.0
+        self._cold_genres = cold / np.maximum(np.linalg.norm(cold, axis=1, keepdims=True), 1e-12)
 
     def source_names(self) -> tuple[str, ...]:
         return (*self.model.source_names, *ROW_SOURCES)
@@ -297,25 +304,20 @@ class Retrieval:
         if not self._cold:
             return []
         catalog, cfg = self.catalog, self.config
-        genres = list(catalog.genres)
-        profile = np.zeros(len(genres))
-        position = {g: i for i, g in enumerate(genres)}
+        profile = np.zeros(len(self._genre_position))
         for rank, tid in enumerate(_history(ctx)[:50]):
-            for g in catalog.titles[tid].genres if tid in catalog.titles else ():
-                profile[position[g]] += np.exp(-rank / 20.0)
+            info = catalog.titles.get(tid)
+            for g in info.genres if info is not None else ():
+                profile[self._genre_position[g]] += np.exp(-rank / 20.0)
         for g in ctx.preferred_genres:
-            if g in position:
-                profile[position[g]] += 1.0
+            if g in self._genre_position:
+                profile[self._genre_position[g]] += 1.0
         norm = np.linalg.norm(profile)
-        out = []
-        for tid in self._cold:
-            vec = np.zeros(len(genres))
-            for g in catalog.titles[tid].genres:
-                vec[position[g]] = 1.0
-            match = float(vec @ profile / (norm * np.linalg.norm(vec))) if norm > 0 and vec.any() else 0.0
-            out.append((tid, cfg.cold_title_weight * match))
-        out.sort(key=lambda item: (-(item[1] + cfg.editorial_boost.get(item[0], 0.0)), item[0]))
-        return out[: cfg.cold_titles]
+        match = self._cold_genres @ profile / norm if norm > 0 else np.zeros(len(self._cold))
+        boost = np.array([cfg.editorial_boost.get(t, 0.0) for t in self._cold])
+        score = cfg.cold_title_weight * match
+        order = np.lexsort((self._cold, -(score + boost)))[: cfg.cold_titles]
+        return [(int(self._cold[i]), float(score[i])) for i in order]
 
 
 def _history(ctx: HomepageContext) -> tuple[int, ...]:
