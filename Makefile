@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/marquee bench ingest --json
 	$(BIN)/marquee bench features --json
 	$(BIN)/marquee bench train --json
+	$(BIN)/marquee bench serve --json
 
 clean:
 	rm -rf $(VENV) .marquee .pytest_cache
