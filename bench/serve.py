@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.report import emit, progress
+from marquee.cluster import SERVE_ENV
 
 Load = Callable[[str, int], dict]  # (base URL, clients) -> LoadResult.to_dict()
 TARGETS = {
@@ -246,8 +247,8 @@ def build_result(rows: list[dict], args: argparse.Namespace, *, setup_s: float |
         "data": args.data,
         "profile": args.profile,
         "setup_s": None if setup_s is None else round(setup_s, 1),
-        "env": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED"),
-                "cpus": os.cpu_count()},
+        # what the cluster of `marquee up` runs with (set by marquee.cluster unless overridden)
+        "env": {**{k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}, "cpus": os.cpu_count()},
         "loadgen": "bench.loadgen raw asyncio HTTP/1.1 client (uvloop when installed), one keep-alive "
                    "connection per client, in a spawned process",
         "notes": ("Closed loop: each client sends the next request when the previous body is fully read. "

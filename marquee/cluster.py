@@ -87,6 +87,7 @@ def use_cluster_auth(home: Path) -> None:
 # Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the client
 # server...) is picked free: another cluster on this machine may hold the defaults.
 NODE_ID_FILE = "head_node_id"
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # unless already set
 EXTRA_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
 
@@ -109,9 +110,8 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
     log = open(home / "ray-head.log", "ab")
     # Serve's throughput profile and its HAProxy ingress (measured: 69 -> 128 pages/s at 8
     # clients); HAProxy's stats and metrics ports default to fixed ones: pick free ones.
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port), "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port),
-           **os.environ, **auth_env(home)}
+    env = {**SERVE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+           "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port), **os.environ, **auth_env(home)}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     cluster = LocalCluster(
         pid=proc.pid, gcs_address=f"127.0.0.1:{gcs_port}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import types
@@ -182,7 +183,8 @@ def test_command_prints_one_json_object_and_stops_everything(stand_ins, tmp_path
         assert row["ratio_rps"] > 0
     assert result["summary"]["meets_targets"]["errors"] is True
     assert result["summary"]["ratio_at_8_clients"] == result["levels"][1]["ratio_rps"]
-    assert set(result["env"]) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "cpus"}
+    assert set(result["env"]) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY", "cpus"}
+    assert result["env"]["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
     assert stand_ins["bring_up"]["profile"] == "multi" and stand_ins["bring_up"]["home"] == tmp_path
     assert stand_ins["stopped"] == tmp_path
     assert all(p.poll() is not None for p in stand_ins["processes"])
