@@ -93,6 +93,16 @@ def _options(profile: str, name: str, cpu_scale: float) -> dict:
 API = make_api()
 
 
+def _handle_stages(retrieval: DeploymentHandle, ranker: DeploymentHandle):
+    """The split placement's stages: the same contracts, called through DeploymentHandles."""
+    async def retrieve(ctx):
+        return await retrieval.remote(ctx)
+
+    async def rank(version, features):
+        return await ranker.score.remote((version, features))
+    return retrieve, rank
+
+
 @serve.deployment(name="Gateway")
 @serve.ingress(API)
 class Gateway:
@@ -100,13 +110,8 @@ class Gateway:
 
     def __init__(self, settings: dict, retrieval: DeploymentHandle | None = None,
                  ranker: DeploymentHandle | None = None):
-        retrieve = rank = None
-        if retrieval is not None and ranker is not None:
-            async def retrieve(ctx):
-                return await retrieval.remote(ctx)
-
-            async def rank(version, features):
-                return await ranker.score.remote((version, features))
+        split = retrieval is not None and ranker is not None
+        retrieve, rank = _handle_stages(retrieval, ranker) if split else (None, None)
         self.service, self._reconfigure = build_service(
             Settings(**settings), member_state=ActorRef("marquee-member-state"), event_log=ActorRef("marquee-event-log"),
             retrieve=retrieve, rank=rank)

@@ -148,9 +148,6 @@ class Retrieval:
                 cold[row, self._genre_position[g]] = 1.0
         self._cold_genres = cold / np.maximum(np.linalg.norm(cold, axis=1, keepdims=True), 1e-12)
 
-    def source_names(self) -> tuple[str, ...]:
-        return (*self.model.source_names, *ROW_SOURCES)
-
     def _guarded(self, name: str, fn: Callable[[], object]) -> Callable[[], object]:
         fault = self.config.faults.get(name)
 

@@ -39,7 +39,7 @@ class ServingCatalog:
     as_of_ms: int
     genres: tuple[str, ...] = ()
     default_country: str = "US"  # for a member with no profile and no country in the request
-    popular_all: list[tuple[int, float]] = field(default_factory=list)  # every title ever played
+    plays_all: dict[int, float] = field(default_factory=dict)  # all-time plays of every played title
 
     def profile(self, member_id: int) -> MemberProfile | None:
         return self.members.get(member_id)
@@ -50,8 +50,7 @@ class ServingCatalog:
     def by_genre(self, genres: tuple[str, ...], limit: int = POPULAR_DEPTH) -> list[tuple[int, float]]:
         """Popular titles of the given genres (onboarding tastes of a member with no history)."""
         wanted = set(genres)
-        rank = {tid: plays for tid, plays in self.popular_all}
-        hits = [(tid, rank.get(tid, 0.0)) for tid, info in self.titles.items() if wanted & set(info.genres)]
+        hits = [(tid, self.plays_all.get(tid, 0.0)) for tid, info in self.titles.items() if wanted & set(info.genres)]
         hits.sort(key=lambda item: (-item[1], item[0]))
         return hits[:limit]
 
@@ -112,5 +111,5 @@ def load_catalog(dataset_dir: str | Path, *, trending_days: int = 7, country_day
         new_releases=released[:POPULAR_DEPTH],
         as_of_ms=as_of,
         genres=genres,
-        popular_all=_top(all_time, len(all_time)),
+        plays_all={int(t): float(c) for t, c in all_time.items()},
     )

@@ -59,7 +59,6 @@ class HomepageContext:
     continue_watching: tuple[int, ...] = ()
     my_list: tuple[int, ...] = ()
     recently_watched: tuple[int, ...] = ()
-    recent_ms: tuple[int, ...] = ()  # when each recently watched title was last played
     titles_played: int = 0
     first_event_ms: int | None = None
     preferred_genres: tuple[str, ...] = ()  # onboarding tastes (cold start)
@@ -78,10 +77,8 @@ class HomepageContext:
         if not isinstance(self.request_id, str):
             raise ValueError(f"request_id must be a string, got {type(self.request_id).__name__}")
         object.__setattr__(self, "watched", frozenset(_int_tuple("watched", self.watched)))
-        for name in ("continue_watching", "my_list", "recently_watched", "recent_ms", "liked"):
+        for name in ("continue_watching", "my_list", "recently_watched", "liked"):
             object.__setattr__(self, name, _int_tuple(name, getattr(self, name)))
-        if self.recent_ms and len(self.recent_ms) != len(self.recently_watched):
-            raise ValueError("recent_ms must be parallel to recently_watched")
         _check_int("titles_played", self.titles_played, minimum=0)
         if self.first_event_ms is not None:
             _check_int("first_event_ms", self.first_event_ms)

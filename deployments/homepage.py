@@ -149,13 +149,11 @@ class Homepage:
         fields: dict[str, Any] = {}
         if snapshot is not None and getattr(snapshot, "known", False):
             recent = [int(t) for t in snapshot.recently_watched]
-            recent_ms = [int(x) for x in getattr(snapshot, "recent_ms", ()) or ()]
             fields = {
                 "watched": frozenset(recent),
                 "continue_watching": tuple(int(c.title_id) for c in snapshot.continue_watching),
                 "my_list": tuple(int(t) for t in snapshot.my_list),
                 "recently_watched": tuple(recent),
-                "recent_ms": tuple(recent_ms) if len(recent_ms) == len(recent) else (),
                 "titles_played": int(getattr(snapshot, "titles_played", 0) or len(recent)),
                 "first_event_ms": getattr(snapshot, "first_event_ms", None),
                 "preferred_genres": tuple(getattr(snapshot, "preferred_genres", ()) or ()),

@@ -103,9 +103,8 @@ class ServingModel:
         return MemberBatch(histories, np.arange(len(members)), ids, np.array(played, dtype=np.int64),
                            np.array(firsts, dtype=np.int64))
 
-    def score_sources(self, histories: Histories, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        names = self.source_names if names is None else names
-        return {name: self.builder.sources[name].score_histories(histories) for name in names}
+    def score_sources(self, histories: Histories) -> dict[str, np.ndarray]:
+        return self.builder.source_scores(histories)
 
     def score_source(self, name: str, histories: Histories) -> np.ndarray:
         return self.builder.sources[name].score_histories(histories)

@@ -165,7 +165,7 @@ class MarqueeService:
         log_handle = self.event_log.get() if isinstance(self.event_log, ActorRef) else self.event_log
         if log_handle is None:
             raise ApiError(503, "the event log is not running", {"Retry-After": "5"})
-        result = await call_with_retry(lambda: _await(log_handle.append.remote(events)))
+        result = await call_with_retry(lambda: log_handle.append.remote(events))  # an ObjectRef awaits
         return result_as_dict(result)  # the gateway validated every event: `rejected` is normally empty
 
     def health(self) -> dict:
@@ -213,10 +213,6 @@ class MarqueeService:
             raise ApiError(503, "no Ray cluster of `marquee up` runs for this home", {"Retry-After": "5"})
         _, job, dashboard = started
         return {"job_id": job, "dashboard": dashboard, "status": "submitted", "argv": argv}
-
-
-async def _await(ref):
-    return await ref
 
 
 class ActorRef:

@@ -174,6 +174,10 @@ class MemberBatch:
 class FeatureBuilder:
     """Turns fitted candidate sources into ranker rows for a batch of members."""
 
+    # serving sets SnapshotFeatures at the model's as-of (a class default: pickles fitted before
+    # it existed still load)
+    snapshot: "SnapshotFeatures | None" = None
+
     def __init__(self, data: TrainData, sources: dict, depth: dict[str, int],
                  title_genres=None, strong: np.ndarray | None = None, store: StoreLink | None = None):
         self.data, self.sources, self.depth, self.store = data, sources, depth, store
@@ -256,9 +260,8 @@ class FeatureBuilder:
             strong = self._window_counts(self._strong_key, titles, now, 1e5)
             names.append("title_strong_rate")
             columns.append((strong + 1) / (ever + 2))
-        snapshot = getattr(self, "snapshot", None)  # serving: SnapshotFeatures at the model's as-of
-        if snapshot is not None:
-            store_names, store_columns = snapshot.features(batch.ids[rows], titles, now)
+        if self.snapshot is not None:
+            store_names, store_columns = self.snapshot.features(batch.ids[rows], titles, now)
             names += store_names
             columns += store_columns
         elif self.store is not None:

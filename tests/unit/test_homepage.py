@@ -35,7 +35,7 @@ def make_catalog() -> ServingCatalog:
         new_releases=[(t, 1.0) for t in range(1, 11)],
         as_of_ms=TS,
         genres=("Action", "Comedy", "Drama"),
-        popular_all=ranked,
+        plays_all=dict(ranked),
     )
 
 
