@@ -44,7 +44,12 @@ class EpsilonGreedyArtwork:
 
     def greedy(self, arms: Sequence[str]) -> str:
         """The best mean reward; ties (every arm untried at first) go to the first arm listed."""
-        return max(arms, key=lambda arm: (self._mean(arm), -arms.index(arm)))
+        best, best_mean = arms[0], self._mean(arms[0])
+        for arm in arms[1:]:  # strictly better only: a tie keeps the earlier arm
+            mean = self._mean(arm)
+            if mean > best_mean:
+                best, best_mean = arm, mean
+        return best
 
     def select(self, context: Mapping[str, Any], arms: Sequence[str]) -> tuple[str, float]:
         if not arms:

@@ -273,14 +273,15 @@ class Retrieval:
         """Which model sources put each candidate in their top `depth` (for the explanation),
         read from the rank features the ranker sees, so both agree on it."""
         depth = self.model.builder.depth
-        ranks = {name: candidates.features[:, candidates.names.index(f"{name}_rank")]
-                 for name in self.model.source_names if depth.get(name, 0) > 0}
-        out: dict[int, tuple[str, ...]] = {}
-        for row, title in enumerate(self.model.title_ids[candidates.titles].tolist()):
-            names = tuple(name for name, rank in ranks.items() if rank[row] < depth[name])
-            if names:
-                out[int(title)] = names
-        return out
+        names = [name for name in self.model.source_names if depth.get(name, 0) > 0]
+        if not names:
+            return {}
+        columns = [candidates.names.index(f"{name}_rank") for name in names]
+        within = candidates.features[:, columns] < np.array([depth[name] for name in names])
+        codes = within @ (1 << np.arange(len(names)))  # one bit per source: one code per row
+        named = {int(code): tuple(n for bit, n in enumerate(names) if code >> bit & 1) for code in np.unique(codes)}
+        titles = self.model.title_ids[candidates.titles].tolist()
+        return {title: named[code] for title, code in zip(titles, codes.tolist()) if code}
 
     def _because(self, histories, titles: np.ndarray) -> dict[int, str]:
         """For each candidate, the history title that contributes most through the item-item
@@ -288,12 +289,14 @@ class Retrieval:
         ease = self.model.builder.sources.get("recency_ease")
         if ease is None:
             return {}
-        out = {}
-        for title, seed in zip(titles.tolist(), ease.because_many(histories, titles).tolist()):
-            info = self.catalog.titles.get(int(self.model.title_ids[seed])) if seed >= 0 else None
-            if info is not None:
-                out[int(self.model.title_ids[title])] = f"because you watched {info.name}"
-        return out
+        seeds = ease.because_many(histories, titles)
+        text: dict[int, str | None] = {}
+        for seed in np.unique(seeds[seeds >= 0]).tolist():
+            info = self.catalog.titles.get(int(self.model.title_ids[seed]))
+            text[seed] = None if info is None else f"because you watched {info.name}"
+        candidate_ids = self.model.title_ids[titles].tolist()
+        return {tid: text[seed] for tid, seed in zip(candidate_ids, seeds.tolist())
+                if seed >= 0 and text[seed] is not None}
 
     def _cold_titles(self, ctx: HomepageContext) -> list[tuple[int, float]]:
         """Titles with no plays yet, by genre match (cosine, times cold_title_weight) to the

@@ -106,6 +106,8 @@ class TitleInfo:
     countries: frozenset[str] = frozenset()  # where it may be shown; empty means nowhere
     series_id: int | None = None  # seasons of one show share it
     release_date_ms: int | None = None
+    # the genres as a set, built once: the row builder tests and compares them for every title
+    genre_set: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_int("title_id", self.title_id)
@@ -115,6 +117,7 @@ class TitleInfo:
         if isinstance(self.genres, str):
             raise ValueError(f"TitleInfo {self.title_id}: genres must be a sequence of strings, not a string")
         object.__setattr__(self, "genres", tuple(self.genres))
+        object.__setattr__(self, "genre_set", frozenset(self.genres))
         if isinstance(self.countries, str):
             raise ValueError(f"TitleInfo {self.title_id}: countries must be a set of strings, not a string")
         object.__setattr__(self, "countries", frozenset(self.countries))
@@ -162,10 +165,13 @@ class Candidate:
     reason: str = ""  # e.g. "because you watched Heat"
 
     def __post_init__(self) -> None:
-        _check_int("Candidate.title_id", self.title_id)
-        if not isinstance(self.source, str) or not self.source:
+        # exact-type fast paths first: hundreds of these are built per homepage request
+        if type(self.title_id) is not int:
+            _check_int("Candidate.title_id", self.title_id)
+        if type(self.source) is not str or not self.source:
             raise ValueError(f"Candidate {self.title_id}: source must be a non-empty string")
-        _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
+        if type(self.score) is not float or not math.isfinite(self.score):
+            _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +184,14 @@ class ScoredItem:
     reasons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int("ScoredItem.title_id", self.title_id)
-        _check_score(f"ScoredItem {self.title_id}: score", self.score)
-        object.__setattr__(self, "sources", tuple(self.sources))
-        object.__setattr__(self, "reasons", tuple(self.reasons))
+        if type(self.title_id) is not int:  # exact-type fast paths, as in Candidate
+            _check_int("ScoredItem.title_id", self.title_id)
+        if type(self.score) is not float or not math.isfinite(self.score):
+            _check_score(f"ScoredItem {self.title_id}: score", self.score)
+        if type(self.sources) is not tuple:
+            object.__setattr__(self, "sources", tuple(self.sources))
+        if type(self.reasons) is not tuple:
+            object.__setattr__(self, "reasons", tuple(self.reasons))
 
     def with_score(self, score: float) -> "ScoredItem":
         """The same item re-scored (what the ranker returns)."""

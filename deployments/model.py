@@ -55,6 +55,7 @@ class ServingModel:
             booster.set_param({"nthread": 1})  # a replica owns a fraction of a CPU: no thread pool
         self._weights = (pipeline.config.play_weight, pipeline.config.completion_weight)
         self._similar = builder.sources.get("recency_ease")
+        self._similar_cache: dict[tuple[int, int], list[tuple[int, float]]] = {}  # the model never changes
         if builder.store is not None:  # the feature store at the model's as-of, as arrays
             from training.ranker_features import SnapshotFeatures
 
@@ -136,6 +137,12 @@ class ServingModel:
 
     def similar(self, title_id: int, k: int) -> list[tuple[int, float]]:
         """Titles most like `title_id` by the item-item model ("because you watched")."""
+        cached = self._similar_cache.get((title_id, k))
+        if cached is None:
+            cached = self._similar_cache[(title_id, k)] = self._top_similar(title_id, k)
+        return list(cached)
+
+    def _top_similar(self, title_id: int, k: int) -> list[tuple[int, float]]:
         if self._similar is None or title_id not in self.index_of:
             return []
         scores = np.asarray(self._similar.similar(self.index_of[title_id]), dtype=np.float64).copy()

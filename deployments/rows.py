@@ -297,6 +297,9 @@ class RowBuilder:
 # ---------------------------------------------------------------------------------------------
 
 
+_NO_GENRES: frozenset[str] = frozenset()
+
+
 def _check_sources(sources: Any) -> None:
     if not isinstance(sources, Mapping):
         raise TypeError(f"sources must be a mapping name -> list[ScoredItem], got {type(sources).__name__}")
@@ -321,7 +324,7 @@ def _row_size(spec: RowSpec, ctx: HomepageContext) -> int:
 
 def _genres(catalog: Mapping[int, TitleInfo], title_id: int) -> frozenset[str]:
     info = catalog.get(title_id)
-    return frozenset(info.genres) if info is not None else frozenset()
+    return info.genre_set if info is not None else _NO_GENRES
 
 
 def _series(catalog: Mapping[int, TitleInfo], title_id: int) -> int | None:

@@ -8,7 +8,7 @@ member watched a second ago, not from the matrix the model was fitted on.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -27,6 +27,9 @@ class Histories:
     position: np.ndarray
     now: np.ndarray
     n_titles: int
+    # (entry -> nonzero, column indices, indptr) of the rows x titles matrix, built once and
+    # shared by every weighting: each source weighs the same history its own way
+    _layout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rows = np.asarray(self.rows, dtype=np.int64)
@@ -69,10 +72,24 @@ class Histories:
 
     def weighted(self, tau: float, floor: float) -> sp.csr_matrix:
         """Rows x titles, each entry floor + exp(-position / tau); repeats of a title add up."""
+        entry_to_nonzero, columns, indptr = self._csr_layout()
         weights = floor + np.exp(-self.position / tau)
-        matrix = sp.csr_matrix((weights, (self.rows, self.titles)), shape=(self.n_rows, self.n_titles))
-        matrix.sum_duplicates()
-        return matrix
+        data = np.bincount(entry_to_nonzero, weights=weights, minlength=len(columns))
+        return sp.csr_matrix((data, columns, indptr), shape=(self.n_rows, self.n_titles))
+
+    def _csr_layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Canonical CSR structure (sorted columns, one nonzero per member x title) and which
+        nonzero each entry adds to. Building it directly skips scipy's COO round trip, which cost
+        more than the scoring itself for a one-member batch (every homepage request)."""
+        if self._layout is None:
+            keys = self.rows * self.n_titles + self.titles
+            nonzeros, entry_to_nonzero = np.unique(keys, return_inverse=True)
+            index_type = np.int32 if max(self.n_titles, len(nonzeros)) < 2**31 else np.int64
+            columns = (nonzeros % self.n_titles).astype(index_type)
+            indptr = np.zeros(self.n_rows + 1, dtype=index_type)
+            np.cumsum(np.bincount(nonzeros // self.n_titles, minlength=self.n_rows), out=indptr[1:])
+            self._layout = (entry_to_nonzero.reshape(-1), columns, indptr)
+        return self._layout
 
     def seen(self) -> np.ndarray:
         """Dense boolean rows x titles: what each member has already interacted with."""

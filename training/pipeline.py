@@ -27,8 +27,11 @@ from training.retrieval import (
 
 DEFAULT_PARAMS = {
     "objective": "binary:logistic",
-    "eta": 0.05,
-    "max_depth": 6,
+    # 100 rounds of depth-5 trees at eta 0.1: as good offline as 300 rounds of depth 6 at 0.05
+    # (ml-100k NDCG@10 0.1982 vs 0.1945; world 0.0728 vs 0.0735, within noise) and about 3.5x
+    # cheaper to score, which is the ranker's share of every homepage request.
+    "eta": 0.1,
+    "max_depth": 5,
     "min_child_weight": 5,
     "subsample": 0.8,
     "colsample_bytree": 0.8,
@@ -48,7 +51,7 @@ class PipelineConfig:
     # ranker, not only the heaviest ones (measured: 10-of-20 left the world's ranker 272 positives).
     holdout: int = 3
     min_interactions: int = 5
-    rounds: int = 300
+    rounds: int = 100
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     play_weight: float = 1.0
     completion_weight: float = 0.5

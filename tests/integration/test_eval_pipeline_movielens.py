@@ -1,5 +1,5 @@
 """The full pipeline on real MovieLens 100K under the fixed protocol must clearly beat the
-strongest simple peer, EASE (DESIGN.md section 6). Slow (the ranker trains 300 rounds twice),
+strongest simple peer, EASE (DESIGN.md section 6). Slow (the ranker trains two boosters),
 so it lives here and not among the unit tests; plain xgboost, no Ray needed."""
 
 from __future__ import annotations
