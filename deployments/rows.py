@@ -372,10 +372,22 @@ def _by_score(pool: Sequence[ScoredItem], want: int, cap: int, series: Counter,
     return chosen
 
 
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 0.0
-    return len(a & b) / len(a | b)
+def _jaccard(a: int, b: int) -> float:
+    """Jaccard similarity of two genre sets given as bit masks (one bit per genre)."""
+    union = a | b
+    return (a & b).bit_count() / union.bit_count() if union else 0.0
+
+
+def _genre_masks(genre_sets: Sequence[frozenset[str]]) -> list[int]:
+    """The sets as bit masks over the genres they use: set algebra on ints, not on frozensets."""
+    bit: dict[str, int] = {}
+    masks = []
+    for genres in genre_sets:
+        mask = 0
+        for genre in genres:
+            mask |= 1 << bit.setdefault(genre, len(bit))
+        masks.append(mask)
+    return masks
 
 
 def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, cap: int, series: Counter,
@@ -392,10 +404,11 @@ def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, cap: int, series: Co
     lo = min(i.score for i in pool)
     hi = max(i.score for i in pool)
     span = hi - lo
-    genres = [_genres(catalog, i.title_id) for i in pool]
+    masks = _genre_masks([_genres(catalog, i.title_id) for i in pool] + list(selected_genres))
+    genres, selected = masks[:len(pool)], masks[len(pool):]
     series_of = [_series(catalog, i.title_id) for i in pool]
     base = [lam * ((i.score - lo) / span if span > 0 else 1.0) for i in pool]
-    max_sim = [max((_jaccard(g, s) for s in selected_genres), default=0.0) for g in genres]
+    max_sim = [max((_jaccard(g, s) for s in selected), default=0.0) for g in genres]
     alive = [series_of[k] is None or series[series_of[k]] < cap for k in range(len(pool))]
     penalty = 1 - lam
     chosen: list[ScoredItem] = []
