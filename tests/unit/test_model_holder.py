@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 
@@ -50,6 +52,38 @@ def registry(tmp_path) -> Registry:
 
 
 # -- ModelHolder -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def frozen_gc():
+    """A process whose GC was frozen at start (as Serve replicas are); unfrozen afterwards."""
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+def test_swapped_in_model_joins_a_frozen_gc(registry, frozen_gc):
+    versions = register(registry, 2)
+    registry.promote(versions[0])
+    loader = FakeLoader()
+    holder = ModelHolder(registry.root, loader=loader)
+    assert holder.refresh()
+    registry.promote(versions[1])
+    assert holder.refresh()
+    # frozen objects are out of the collector's generations: full scans skip the new model
+    tracked = {id(obj) for obj in gc.get_objects()}
+    assert id(holder.model) not in tracked and id(holder.model.__dict__) not in tracked
+    assert gc.get_freeze_count() > 0
+
+
+def test_gc_left_alone_where_nothing_froze_it(registry):
+    versions = register(registry)
+    registry.promote(versions[0])
+    assert gc.get_freeze_count() == 0
+    holder = ModelHolder(registry.root, loader=FakeLoader())
+    assert holder.refresh()
+    assert gc.get_freeze_count() == 0
+    assert id(holder.model) in {id(obj) for obj in gc.get_objects()}
 
 
 def test_nothing_promoted_nothing_loaded(registry):
