@@ -252,8 +252,12 @@ class RowBuilder:
                     drafts.append(_Draft(f"{spec.row_id}:{seed}", title, spec, plan_index, sub_index, items))
             else:  # per_genre
                 pool = _ranked(sources.get(spec.source, ()))
+                in_genre: dict[str, list[ScoredItem]] = {}  # one pass over the pool, not one per genre
+                for item in pool:
+                    for genre in _genres(catalog, item.title_id):
+                        in_genre.setdefault(genre, []).append(item)
                 for sub_index, genre in enumerate(_top_genres(ctx, pool, catalog)):
-                    items = [i for i in pool if genre in _genres(catalog, i.title_id)]
+                    items = in_genre.get(genre, [])
                     title = spec.title.format_map({**fmt, "genre": genre})
                     drafts.append(_Draft(f"{spec.row_id}:{genre.lower()}", title, spec, plan_index,
                                          sub_index, items))
