@@ -6,12 +6,14 @@ signal, contiguous groups of ~50 rows) is generated ONCE; then each repeat train
 with the same params, after one untimed warm-up of each on a small slice. Prints one JSON
 object on stdout (progress on stderr): medians over --repeats, `overhead_ratio` =
 ray_train_s / plain_s (target <= 1.5 at 1 M rows), the Ray stage breakdown, and a check that
-both models agree (AUC of each on a held-out slice).
+both models agree (AUC of each on a held-out slice). It also records the Ray Train settings
+train_ray ran with and the 1-minute load average before and after: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -122,7 +124,7 @@ def run(
 ) -> dict:
     import ray
 
-    from training.xgb_train import TrainSpec, predict, train_local, train_ray
+    from training.xgb_train import RAY_TRAIN_DEFAULTS, TrainSpec, predict, train_local, train_ray
 
     holdout_rows = max(GROUP_SIZE * 20, min(rows // 10, 100_000))
     _progress(f"generating {rows} + {holdout_rows} held-out rows x {features} features (seed {seed})")
@@ -141,6 +143,7 @@ def run(
         seed=seed,
     )
 
+    load_at_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     _progress(f"ray.init(num_cpus={CLUSTER_CPUS})")
     t = time.perf_counter()
     ray.init(num_cpus=CLUSTER_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -165,6 +168,7 @@ def run(
             _progress(f"repeat {repeat + 1}/{repeats}: Ray Train {ray_result.seconds:.2f} s")
     finally:
         ray.shutdown()
+    load_at_end = os.getloadavg()[0]
 
     labels = holdout.column("label").to_numpy()
     plain_scores = predict(plain[-1].booster, holdout, spec.features)
@@ -199,4 +203,6 @@ def run(
         "auc_abs_diff": round(abs(auc_plain - auc_ray), 5),
         "prediction_correlation": round(float(np.corrcoef(plain_scores, ray_scores)[0, 1]), 6),
         "models_agree": abs(auc_plain - auc_ray) <= 0.005,
+        "ray_train_settings": {name: os.environ.get(name, value) for name, value in RAY_TRAIN_DEFAULTS.items()},
+        "load_avg_1m": [round(load_at_start, 2), round(load_at_end, 2)],
     }

@@ -12,14 +12,39 @@ Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md sec
     materialized dataset per worker, the worker reads whole blocks and feeds the Arrow table
     straight into a QuantileDMatrix (xgboost reads Arrow columns without a copy);
   * xgboost's nthread is set to the worker's CPUs;
+  * Ray Train's controller polls every 0.1 s and its preemption watcher is off
+    (`_ray_train_settings`, user-set values win);
   * checkpoints go to a temporary storage_path that is removed once the booster is loaded back.
 
+Where the fixed cost goes (raylet worker-launch log, GCS actor table, per-process CPU; 1 M
+rows, one worker, machine loaded ~3-5 by other work). Each fit starts fresh Python processes,
+one per actor; each costs ~1.2-1.3 CPU-s: ~0.4 s interpreter + `import ray`, ~0.9 s importing
+ray.train (its __init__ imports pandas, fsspec, ray.data). They cannot come from Ray's idle
+pool: the raylet prestarts only num_cpus workers, once, for the first driver, with an empty
+runtime_env, and never refills it; Ray Train gives its controller (and so every actor it
+creates) a runtime_env with env_vars, and a worker that ran a task never hosts an actor.
+  0.0-0.1 s  driver builds the trainer, submits the controller actor
+  0.1-1.5 s  TrainController process: start + import ray (0.6), import ray.train/xgboost (0.8)
+  1.5-3.6 s  PlacementGroupCleaner, SynchronizationActor and RayTrainWorker processes start
+             together (~3.8 CPU-s on 2 cores; the raylet starts at most num_cpus at once)
+  3.6-4.2 s  controller callbacks, rabit tracker, train fn shipped to the worker
+  3.7-4.9 s  DatasetManager process (created only once the workers are up): this is the
+             "shard hand-over" -- the worker waits for it, then reads its blocks in ~0.06 s
+  report -> fit() returns: 0.2-0.3 s (poll interval, worker group and placement group teardown)
+Before the watcher was turned off a sixth process (PreemptionWatcher, ~1.1 CPU-s) started at
+~4.5 s, alongside the DMatrix build. In the worker, DMatrix + xgb.train take about as long as
+in the driver (0-0.3 s more). None of these processes can be skipped by a Ray Train setting
+(the cleaner, sync actor and DatasetManager are unconditional in ray 2.60), and neither a
+larger worker_maximum_startup_concurrency nor a longer poll interval shortened the fit.
+
 Measured here (`marquee bench train`: 2 cores, 1 M rows x 30 features, 100 rounds, 1 worker x
-2 CPUs): plain 7.5 s, Ray Train 12.6 s (1.69x; the naive version took 22.7 s). Most of the
-difference, about 5 s, is a fixed cost that does not grow with the data: Ray Train starts four
-processes (controller, placement-group cleaner, worker, dataset manager) for each fit, which
-takes about 3.6 s, then 0.8 s to hand over the dataset shard and 0.3 s to tear down. At 2 M rows
-the ratio is 1.38x. For small tables train_local is faster.
+2 CPUs) with the machine shared (1-min load ~3): plain 10.0 s, Ray Train 15.4 s (1.54x). An
+A/B in one window (load 3.5-12): 10.3 vs 15.9 s with these settings, 10.1 vs 15.8 s with the
+watcher back on, so removing it saves CPU (~1.1 CPU-s per fit) but no wall time above this
+noise. The gap, ~5.4 s, is startup 4.2 + shard hand-over 0.9 + teardown 0.2 + DMatrix ~+0.1;
+it does not shrink when the machine is quiet, so the ratio is worse there: earlier, plain 7.5 s
+and Ray Train 12.6 s (1.69x; the naive version took 22.7 s); at 2 M rows 1.38x. For small
+tables train_local is faster.
 
 Sharding and ranking: with a ranking objective (rank:ndcg, rank:pairwise, rank:map) every group
 (query) must live whole on one worker, or its pairs are lost and NDCG is computed on fragments.
@@ -50,7 +75,14 @@ MODEL_FILENAME = "model.ubj"  # same name RayTrainReportCallback uses, so its ge
 RANKING_OBJECTIVE_PREFIX = "rank:"
 _DATASET_PREFIX = "train_"
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # ray.train.v2 constants
-_POLL_INTERVAL_S = 0.1
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Ray Train settings train_ray applies for the duration of a fit unless the user set them (why: see
+# _ray_train_settings). Ray Train reads them in the driver and hands them to its controller and
+# workers through their runtime_env, so they work the same on `ray start` clusters.
+RAY_TRAIN_DEFAULTS = {
+    HEALTH_CHECK_INTERVAL_ENV: "0.1",
+    PREEMPTION_WATCHER_ENV: "0",
+}
 
 
 @dataclass
@@ -367,18 +399,27 @@ def _shard_dataset(ds: "ray.data.Dataset", spec: TrainSpec, num_workers: int) ->
 
 
 @contextmanager
-def _controller_poll_interval(seconds: float):
-    """Ray Train's controller polls its workers every 2 s by default, so a finished run waited
-    about 1-2 s to be noticed (measured here: report-to-result 3.1 s; 0.4 s at 0.2 s). The
-    controller reads the interval from this env var when fit() starts; a value the user set wins."""
-    if HEALTH_CHECK_INTERVAL_ENV in os.environ:
-        yield
-        return
-    os.environ[HEALTH_CHECK_INTERVAL_ENV] = str(seconds)
+def _ray_train_settings(defaults: dict[str, str] = RAY_TRAIN_DEFAULTS):
+    """Set Ray Train's env-var settings for one fit; a value the user already set wins.
+
+    * RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.1: the controller polls its workers every 2 s by
+      default, so a finished run waited 1-2 s to be noticed (report-to-result 3.1 s; 0.2-0.3 s
+      at 0.1 s). 0.25-1 s intervals did not shorten a 1 M-row fit: each poll is cheap, and the
+      teardown wait grows by one to two intervals.
+    * RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0: the watcher is a sixth actor process per fit that
+      only logs node drains (spot preemption) and flags workers for get_preemption_info; it
+      starts while the worker builds its DMatrix and burns ~1.1 CPU-s importing ray.train.
+
+    Ray Train reads these from os.environ when fit() starts and propagates them to its
+    controller and workers. Not thread-safe: concurrent fits in one process share os.environ."""
+    added = [name for name in defaults if name not in os.environ]
+    for name in added:
+        os.environ[name] = defaults[name]
     try:
         yield
     finally:
-        os.environ.pop(HEALTH_CHECK_INTERVAL_ENV, None)
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _read_shard_as_arrow(shard) -> list[pa.Table]:
@@ -486,7 +527,7 @@ def train_ray(
             dataset_config=ray.train.DataConfig(datasets_to_split=[]),
         )
         fit_started_at = time.time()
-        with _controller_poll_interval(_POLL_INTERVAL_S):
+        with _ray_train_settings():
             result = trainer.fit()
         fit_ended_at = time.time()
 

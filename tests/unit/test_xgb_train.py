@@ -4,6 +4,7 @@ groups whole, and everything is deterministic under a seed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -191,6 +192,21 @@ def test_shard_bounds_cut_on_group_boundaries():
         shard_bounds(40, 7, groups)
     with pytest.raises(ValueError, match="2 row"):
         shard_bounds(2, 3)
+
+
+def test_ray_train_settings_apply_for_one_fit_and_never_override_the_user(monkeypatch):
+    from training.xgb_train import HEALTH_CHECK_INTERVAL_ENV, PREEMPTION_WATCHER_ENV, _ray_train_settings
+
+    monkeypatch.delenv(PREEMPTION_WATCHER_ENV, raising=False)
+    monkeypatch.setenv(HEALTH_CHECK_INTERVAL_ENV, "3")  # the user's choice
+    with _ray_train_settings():
+        assert os.environ[PREEMPTION_WATCHER_ENV] == "0"
+        assert os.environ[HEALTH_CHECK_INTERVAL_ENV] == "3"
+    assert PREEMPTION_WATCHER_ENV not in os.environ  # only what it added is removed
+    assert os.environ[HEALTH_CHECK_INTERVAL_ENV] == "3"
+    with pytest.raises(RuntimeError), _ray_train_settings():
+        raise RuntimeError("fit failed")
+    assert PREEMPTION_WATCHER_ENV not in os.environ
 
 
 # ------------------------------------------------------------------------------ validation
