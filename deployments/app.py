@@ -103,7 +103,10 @@ def _handle_stages(retrieval: DeploymentHandle, ranker: DeploymentHandle):
 
     async def rank(version, features):
         return await ranker.score.remote((version, features))
-    return retrieve, rank
+
+    async def model_status():
+        return await retrieval.status.remote()
+    return retrieve, rank, model_status
 
 
 @serve.deployment(name="Gateway")
@@ -114,10 +117,10 @@ class Gateway:
     def __init__(self, settings: dict, retrieval: DeploymentHandle | None = None,
                  ranker: DeploymentHandle | None = None):
         split = retrieval is not None and ranker is not None
-        retrieve, rank = _handle_stages(retrieval, ranker) if split else (None, None)
+        retrieve, rank, model_status = _handle_stages(retrieval, ranker) if split else (None, None, None)
         self.service, self._reconfigure = build_service(
             Settings(**settings), member_state=ActorRef("marquee-member-state"), event_log=ActorRef("marquee-event-log"),
-            retrieve=retrieve, rank=rank)
+            retrieve=retrieve, rank=rank, model_status=model_status)
         set_service(self.service)
 
     def reconfigure(self, user_config: dict) -> None:
@@ -145,6 +148,10 @@ class RetrievalDeployment:
 
     def __call__(self, ctx):
         return self.stage(ctx)
+
+    def status(self) -> dict:
+        """The model this stage serves (the gateway's /healthz in split placement)."""
+        return self.holder.status()
 
 
 @serve.deployment(name="Ranker")

@@ -57,7 +57,7 @@ class GatewayService(Protocol):
 
     def has_title(self, title_id: int) -> bool: ...
 
-    def health(self) -> dict: ...
+    async def health(self) -> dict: ...
 
     def admin(self, action: str, version: str | None = None, options: Any = None) -> dict: ...
 
@@ -222,8 +222,8 @@ def make_api(service_of: Any = current_service) -> FastAPI:
         return {"member_id": member_id, "genres": prefs.genres, "titles": prefs.titles, **result}
 
     @api.get("/healthz", summary="Liveness and what is being served")
-    def healthz(svc: GatewayService = Depends(service)):
-        return svc.health()
+    async def healthz(svc: GatewayService = Depends(service)):
+        return await svc.health()
 
     @api.post("/v1/admin/models/{version}/promote", summary="Promote a registered model version")
     def promote(version: str = Path(..., pattern=VERSION_PATTERN), svc: GatewayService = Depends(admin)):

@@ -30,6 +30,7 @@ log = logging.getLogger("marquee.service")
 SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
 TOKEN_FILE = "admin_token"
 PLACEMENTS = ("fused", "split")
+HEALTH_STAGE_TIMEOUT_S = 2.0  # /healthz asks the retrieval stage for its model; a hung stage must not hang it
 
 
 @dataclass
@@ -137,9 +138,11 @@ class MarqueeService:
     """Implements deployments.gateway.GatewayService."""
 
     def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage,
-                 holder: ModelHolder | None, event_log: Any, placement: str):
+                 holder: ModelHolder | None, event_log: Any, placement: str,
+                 model_status: Callable[[], Awaitable[dict]] | None = None):
         self.settings, self.catalog, self.homepage_stage = settings, catalog, homepage
         self.holder, self.event_log, self.placement = holder, event_log, placement
+        self.model_status = model_status  # split placement: the model lives in the retrieval stage
         self.admin_token = settings.admin_token
 
     async def homepage(self, request: HomepageRequest) -> dict:
@@ -168,8 +171,16 @@ class MarqueeService:
         result = await call_with_retry(lambda: log_handle.append.remote(events))  # an ObjectRef awaits
         return result_as_dict(result)  # the gateway validated every event: `rejected` is normally empty
 
-    def health(self) -> dict:
-        model = self.holder.status() if self.holder is not None else {"version": None}
+    async def health(self) -> dict:
+        if self.holder is not None:
+            model = self.holder.status()
+        elif self.model_status is not None:
+            try:
+                model = await asyncio.wait_for(self.model_status(), HEALTH_STAGE_TIMEOUT_S)
+            except Exception as exc:  # still alive: say what could not be read
+                model = {"version": None, "last_error": f"the retrieval stage did not answer ({type(exc).__name__})"}
+        else:
+            model = {"version": None}
         return {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
                 "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
 
@@ -204,6 +215,10 @@ class MarqueeService:
         unknown = sorted(set(settings) - set(PipelineConfig.__dataclass_fields__) - {"engine"})
         if unknown:
             raise ApiError(422, f"set: unknown pipeline setting(s) {unknown}", fields=["set"])
+        try:  # the values too, here, not minutes later in the job
+            PipelineConfig(**{key: value for key, value in settings.items() if key != "engine"})
+        except (TypeError, ValueError) as exc:
+            raise ApiError(422, f"set: {exc}", fields=["set"]) from None
         argv = ["--dataset", f"world:{self.settings.dataset}", "--json"]
         argv += [f"--set={key}={json.dumps(value)}" for key, value in settings.items()]
         if getattr(options, "skip_features", False):
@@ -252,7 +267,9 @@ def apply_hot(hot: HotConfig, holder: ModelHolder, stage: RetrievalStage) -> Non
 def build_service(settings: Settings, *, member_state: Any, event_log: Any,
                   retrieve: Callable[[HomepageContext], Awaitable[Retrieved]] | None = None,
                   rank: Callable[[str, np.ndarray], Awaitable[np.ndarray]] | None = None,
-                  catalog: ServingCatalog | None = None) -> tuple[MarqueeService, Callable[[dict], None]]:
+                  catalog: ServingCatalog | None = None,
+                  model_status: Callable[[], Awaitable[dict]] | None = None,
+                  ) -> tuple[MarqueeService, Callable[[dict], None]]:
     """The service and its `reconfigure(user_config)`. Fused when `retrieve`/`rank` are None
     (stages run here, on a model holder that follows the registry); split otherwise."""
     hot = HotConfig(settings.hot)
@@ -282,7 +299,7 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
             return await asyncio.to_thread(ranker.score, version, features)
 
     homepage = Homepage(catalog, RowBuilder(hot.row_plan), artwork, member_reader(member_state), retrieve, rank)
-    service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement)
+    service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement, model_status)
 
     def reconfigure(user_config: dict) -> None:
         new = HotConfig(user_config)  # raises on a bad value: nothing below changes

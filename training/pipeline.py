@@ -9,6 +9,8 @@ on the world, rated 4+ on MovieLens); the final score is a weighted sum of both 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,12 +61,28 @@ class PipelineConfig:
     seed: int = 7
 
     def __post_init__(self) -> None:
+        # every value checked here, so `retrain --set` and the admin API refuse a bad one at once
+        # instead of a training job failing minutes later
         if self.engine not in ("local", "ray"):
             raise ValueError(f"engine: expected 'local' or 'ray', got {self.engine!r}")
+        for name in ("holdout", "min_interactions", "rounds", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}: expected an integer, got {value!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds: expected at least 1, got {self.rounds}")
         if self.holdout < 1 or self.min_interactions < self.holdout:
             raise ValueError("holdout must be >= 1 and min_interactions >= holdout")
-        if not self.depth or min(self.depth.values()) < 0:
-            raise ValueError("depth: give each source a non-negative candidate count")
+        if (not isinstance(self.depth, dict) or not self.depth
+                or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                           for k, v in self.depth.items())):
+            raise ValueError(f"depth: give each source a non-negative integer candidate count, got {self.depth!r}")
+        if not isinstance(self.params, dict):
+            raise ValueError(f"params: expected a dict of xgboost parameters, got {self.params!r}")
+        for name in ("play_weight", "completion_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def build_sources(content: TitleContent | None, seed: int) -> dict:

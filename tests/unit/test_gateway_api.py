@@ -54,7 +54,7 @@ class FakeService:
     def has_title(self, title_id: int) -> bool:
         return title_id in TITLES
 
-    def health(self) -> dict:
+    async def health(self) -> dict:
         return {"status": "ok"}
 
     def admin(self, action: str, version: str | None = None, options=None) -> dict:

@@ -135,6 +135,14 @@ def test_holdout_last_with_lower_threshold_and_no_strong_flags():
     ({"holdout": 5, "min_interactions": 4}, "min_interactions >= holdout"),
     ({"depth": {}}, "depth: give each source"),
     ({"depth": {"sequence": 10, "trending": -1}}, "depth: give each source"),
+    ({"depth": {"sequence": "ten"}}, "depth: give each source"),
+    ({"rounds": "abc"}, "rounds: expected an integer"),
+    ({"rounds": 0}, "rounds: expected at least 1"),
+    ({"rounds": 2.5}, "rounds: expected an integer"),
+    ({"seed": True}, "seed: expected an integer"),
+    ({"params": [1, 2]}, "params: expected a dict"),
+    ({"play_weight": -1}, "play_weight: expected a finite number >= 0"),
+    ({"completion_weight": float("nan")}, "completion_weight: expected a finite number >= 0"),
 ])
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):

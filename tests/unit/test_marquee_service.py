@@ -1,0 +1,82 @@
+"""MarqueeService without Ray: /healthz names the served model in both placements (fused from
+the replica's own holder, split by asking the retrieval stage; a stage that does not answer is
+reported, not a hang), and the admin retrain call refuses a bad pipeline setting with a 422
+naming it before any job is submitted (a job failing minutes later is the wrong place to learn it)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deployments.gateway import ApiError, RetrainOptions
+from deployments.service import MarqueeService, Settings
+
+
+class _Catalog:
+    titles = {1: object(), 2: object()}
+
+
+def service(tmp_path, placement: str = "split", **kwargs) -> MarqueeService:
+    (tmp_path / "world").mkdir(exist_ok=True)
+    (tmp_path / "world" / "manifest.json").write_text("{}")  # Settings only checks it is a dataset
+    settings = Settings(home=str(tmp_path), dataset=str(tmp_path / "world"))
+    return MarqueeService(settings, _Catalog(), homepage=None, event_log=None, placement=placement, **kwargs)
+
+
+# -- health --------------------------------------------------------------------------------------
+
+
+def test_split_health_reads_the_model_from_the_retrieval_stage(tmp_path):
+    async def status():
+        return {"version": "v0003", "target": "promoted", "last_error": None}
+
+    body = asyncio.run(service(tmp_path, holder=None, model_status=status).health())
+    assert body["placement"] == "split" and body["model"]["version"] == "v0003" and body["titles"] == 2
+
+
+def test_a_stage_that_does_not_answer_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr("deployments.service.HEALTH_STAGE_TIMEOUT_S", 0.05)
+
+    async def hung():
+        await asyncio.sleep(10)
+
+    body = asyncio.run(service(tmp_path, holder=None, model_status=hung).health())
+    assert body["status"] == "ok" and body["model"]["version"] is None
+    assert "did not answer (TimeoutError)" in body["model"]["last_error"]
+
+
+def test_without_a_holder_or_a_stage_the_version_is_unknown(tmp_path):
+    body = asyncio.run(service(tmp_path, holder=None).health())
+    assert body["model"] == {"version": None}
+
+
+# -- admin retrain -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fused(tmp_path, monkeypatch) -> MarqueeService:
+    submitted = []
+    monkeypatch.setattr("training.retrain.start_job", lambda paths, argv: submitted.append(argv) or None)
+    svc = service(tmp_path, placement="fused", holder=None)
+    svc.submitted = submitted
+    return svc
+
+
+@pytest.mark.parametrize("settings, named", [
+    ({"rounds": "many"}, "rounds: expected an integer"),
+    ({"play_weight": -2}, "play_weight"),
+    ({"depth": {"sequence": -5}}, "depth"),
+    ({"learning_rate": 0.1}, "unknown pipeline setting(s) ['learning_rate']"),
+])
+def test_bad_settings_are_refused_before_a_job_starts(fused, settings, named):
+    with pytest.raises(ApiError) as raised:
+        fused.admin("retrain", options=RetrainOptions(set=settings))
+    assert raised.value.status == 422 and named in str(raised.value) and fused.submitted == []
+
+
+def test_good_settings_reach_the_job(fused):
+    with pytest.raises(ApiError) as raised:  # no cluster runs in a unit test: 503 after submitting
+        fused.admin("retrain", options=RetrainOptions(set={"rounds": 50}))
+    assert raised.value.status == 503
+    assert fused.submitted and "--set=rounds=50" in fused.submitted[0]
