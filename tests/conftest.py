@@ -26,8 +26,46 @@ def ray_cluster():
             log_to_driver=False,
             configure_logging=False,
         )
+    raylets = _raylet_pids()
     yield ray
     ray.shutdown()
+    _kill_leftover_workers(raylets)
+
+
+def _raylet_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.name() == "raylet"}
+
+
+def _kill_leftover_workers(raylets: set[int], grace_s: float = 3.0) -> None:
+    """Ray workers exit when their raylet goes; one seldom hangs after its core worker shut down
+    (seen once in CI: a Ray Train controller outlived the session, re-parented to init). Kill any
+    process of this session's raylets still alive after a grace period, so no run leaves one."""
+    import time
+
+    import psutil
+
+    if not raylets:
+        return
+    wanted = {str(pid) for pid in raylets}
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.environ().get("RAY_RAYLET_PID") in wanted:
+                    left.append(proc)
+            except (psutil.Error, OSError):
+                continue
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
 
 
 @pytest.fixture(scope="session")
