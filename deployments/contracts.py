@@ -19,7 +19,8 @@ _EPOCH_ORDINAL_MS = 719_163 * DAY_MS  # date(1970, 1, 1).toordinal() days, in ms
 
 
 def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    # exact types first: hundreds of records are checked per homepage request
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ValueError(f"{name} must be an int, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -28,6 +29,8 @@ def _check_int(name: str, value: Any, *, minimum: int | None = None, maximum: in
 
 
 def _check_score(name: str, value: Any) -> None:
+    if type(value) is float and math.isfinite(value):
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
 
@@ -165,13 +168,10 @@ class Candidate:
     reason: str = ""  # e.g. "because you watched Heat"
 
     def __post_init__(self) -> None:
-        # exact-type fast paths first: hundreds of these are built per homepage request
-        if type(self.title_id) is not int:
-            _check_int("Candidate.title_id", self.title_id)
-        if type(self.source) is not str or not self.source:
+        _check_int("Candidate.title_id", self.title_id)
+        if not isinstance(self.source, str) or not self.source:
             raise ValueError(f"Candidate {self.title_id}: source must be a non-empty string")
-        if type(self.score) is not float or not math.isfinite(self.score):
-            _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
+        _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +184,10 @@ class ScoredItem:
     reasons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if type(self.title_id) is not int:  # exact-type fast paths, as in Candidate
-            _check_int("ScoredItem.title_id", self.title_id)
-        if type(self.score) is not float or not math.isfinite(self.score):
-            _check_score(f"ScoredItem {self.title_id}: score", self.score)
-        if type(self.sources) is not tuple:
-            object.__setattr__(self, "sources", tuple(self.sources))
-        if type(self.reasons) is not tuple:
-            object.__setattr__(self, "reasons", tuple(self.reasons))
+        _check_int("ScoredItem.title_id", self.title_id)
+        _check_score(f"ScoredItem {self.title_id}: score", self.score)
+        object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "reasons", tuple(self.reasons))
 
     def with_score(self, score: float) -> "ScoredItem":
         """The same item re-scored (what the ranker returns)."""

@@ -10,7 +10,6 @@ on the world, rated 4+ on MovieLens); the final score is a weighted sum of both 
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass, field
 
 import numpy as np
