@@ -120,7 +120,7 @@ class _SameUrl:
 class _Recorder:
     """Sorts each finished request into the window's counters; cheap per call."""
 
-    def __init__(self, window_start: float, window_end: float):
+    def __init__(self, window_start: float, window_end: float, honor_retry_after: bool = True):
         self.window_start = window_start
         self.window_end = window_end
         self.ok_latencies: list[float] = []
@@ -133,7 +133,7 @@ class _Recorder:
         self.warmup_errors = 0
         self.reconnects = 0
         self.examples: list[str] = []
-        self.honor_retry_after = True
+        self.honor_retry_after = honor_retry_after
 
     async def back_off(self, status: int, retry_after: float | None) -> None:
         """A well-behaved client waits as a 503's Retry-After asks (RFC 9110) before its next
@@ -420,8 +420,7 @@ def _retry_after_s(value) -> float | None:
 async def _drive(url_for: UrlFor, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
                  method: str, client: str, honor_retry_after: bool = True) -> _Recorder:
     start = time.perf_counter()
-    rec = _Recorder(start + warmup_s, start + warmup_s + duration_s)
-    rec.honor_retry_after = honor_retry_after
+    rec = _Recorder(start + warmup_s, start + warmup_s + duration_s, honor_retry_after)
     counter = iter(range(1 << 62))
     next_index = counter.__next__
     worker = _WORKERS[client]

@@ -50,7 +50,7 @@ class ServingCatalog:
     def by_genre(self, genres: tuple[str, ...], limit: int = POPULAR_DEPTH) -> list[tuple[int, float]]:
         """Popular titles of the given genres (onboarding tastes of a member with no history)."""
         wanted = set(genres)
-        hits = [(tid, self.plays_all.get(tid, 0.0)) for tid, info in self.titles.items() if wanted & set(info.genres)]
+        hits = [(tid, self.plays_all.get(tid, 0.0)) for tid, info in self.titles.items() if wanted & info.genre_set]
         hits.sort(key=lambda item: (-item[1], item[0]))
         return hits[:limit]
 
