@@ -299,7 +299,7 @@ class FeatureStore:
     def publish(self, store_dir: Path | str, version: str | None = None) -> str:
         """Load the latest snapshot of every entity of an offline version: stage on every shard,
         then commit on every shard. Returns the version now served."""
-        from training.offline_store import defaults_for, features_as_of, read_manifest, resolve_version_dir
+        from features.offline_store import defaults_for, features_as_of, read_manifest, resolve_version_dir
 
         version_dir = resolve_version_dir(store_dir, version)
         manifest = read_manifest(version_dir)

@@ -810,7 +810,7 @@ def start_member_state(
     """Start (or connect to, if it already runs) the named member-state actor. It restarts
     forever on failure and rebuilds itself from its snapshot plus the log."""
     if snapshot_dir is None:
-        from marquee.config import Paths
+        from marquee.home import Paths
 
         snapshot_dir = Paths().member_state
     actor_class = __getattr__("MemberStateActor")

@@ -789,7 +789,7 @@ def start_registry(
     register, rollback and gc are not (not idempotent): a caller that gets RayActorError from
     one should re-read list() / promoted_version() before trying again."""
     if root is None:
-        from marquee.config import Paths
+        from marquee.home import Paths
 
         root = Paths().registry
     return start_bound_actor(_remote_class(), root, name=name, namespace=namespace,
@@ -820,7 +820,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from marquee.config import Paths
+    from marquee.home import Paths
 
     command = args.registry_command
     registry = Registry(args.root or Paths().registry, read_only=command in ("list", "history"))

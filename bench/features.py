@@ -86,7 +86,7 @@ def ensure_world(workdir: Path, members: int, titles: int, days: int, seed: int,
     if (path / "manifest.json").exists():
         _say(f"reusing world {path}")
         return path, None
-    from marquee.world import generate_world
+    from producers.world.generate import generate_world
 
     _say(f"generating world ({members} members, {titles} titles, {days} days, ~{events} events) ...")
     start = time.perf_counter()

@@ -588,7 +588,7 @@ def calibrate(clients_levels=(1, 8), duration_s: float = 5.0, warmup_s: float = 
     """Raw vs httpx requests/s against a trivial server started in its own process."""
     import multiprocessing
 
-    from marquee.ports import free_port
+    from ops.local.ports import free_port
 
     ctx = multiprocessing.get_context("spawn")
     port = free_port()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from bench.report import emit, progress
-from marquee.cluster import SERVE_ENV
+from marquee.home import SERVE_ENV
 
 Load = Callable[[str, int], dict]  # (base URL, clients) -> LoadResult.to_dict()
 TARGETS = {
@@ -82,9 +82,9 @@ def cli_main(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, levels: list[int]) -> dict:
     """Bring both servers up, load them level by level, always tear them down."""
     from bench.loadgen import CycleUrls, run_load
-    from marquee.config import Paths
-    from marquee.ports import free_port
-    from marquee.up import _stop, bring_up
+    from marquee.home import Paths
+    from ops.local.ports import free_port
+    from ops.local.up import _stop, bring_up
 
     paths = Paths(args.home) if args.home else Paths(Paths().home / "bench-serve")
     port = args.port or free_port()
@@ -247,7 +247,7 @@ def build_result(rows: list[dict], args: argparse.Namespace, *, setup_s: float |
         "data": args.data,
         "profile": args.profile,
         "setup_s": None if setup_s is None else round(setup_s, 1),
-        # what the cluster of `marquee up` runs with (set by marquee.cluster unless overridden)
+        # what the cluster of `marquee up` runs with (set by ops.local.cluster unless overridden)
         "env": {**{k: os.environ.get(k, v) for k, v in SERVE_ENV.items()}, "cpus": os.cpu_count()},
         "loadgen": "bench.loadgen raw asyncio HTTP/1.1 client (uvloop when installed), one keep-alive "
                    "connection per client, in a spawned process",

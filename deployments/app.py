@@ -75,7 +75,7 @@ class AppArgs(BaseModel):
 
 
 def _settings(args: AppArgs) -> dict:
-    from marquee.config import Paths
+    from marquee.home import Paths
 
     home = args.home or str(Paths().home)
     placement = args.placement or PROFILES[args.profile]["placement"]
@@ -276,8 +276,8 @@ def _settled(status) -> bool:
 def serve_inprocess(home: str, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
     """The same service under plain uvicorn in its own process (it joins the home's Ray cluster
     only to reach member state and the event log)."""
-    from marquee.cluster import auth_env
-    from marquee.config import PROJECT_ROOT
+    from marquee.home import auth_env
+    from marquee.home import PROJECT_ROOT
 
     env = {**os.environ, **auth_env(Path(home)), "MARQUEE_HOME": str(home),
            "PYTHONPATH": str(PROJECT_ROOT)}

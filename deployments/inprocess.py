@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", default="fused", choices=["fused"])
     args = parser.parse_args(argv)
 
-    from marquee.cluster import LocalCluster, use_cluster_auth
+    from marquee.home import LocalCluster, use_cluster_auth
 
     use_cluster_auth(args.home)  # before ray is imported
     import ray

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.histories import Histories
-from training.ranker_features import Candidates, MemberBatch
+from models.histories import Histories
+from models.ranker_features import Candidates, MemberBatch
 
 MS = 1000
 
@@ -57,7 +57,7 @@ class ServingModel:
         self._similar = builder.sources.get("recency_ease")
         self._similar_cache: dict[tuple[int, int], list[tuple[int, float]]] = {}  # the model never changes
         if builder.store is not None:  # the feature store at the model's as-of, as arrays
-            from training.ranker_features import SnapshotFeatures
+            from models.ranker_features import SnapshotFeatures
 
             builder.snapshot = SnapshotFeatures(builder.store, self.as_of_s)
 

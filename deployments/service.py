@@ -207,9 +207,9 @@ class MarqueeService:
     def _retrain(self, options: Any = None) -> dict:
         import shlex
 
-        from marquee.config import Paths
-        from training.pipeline import PipelineConfig
-        from training.retrain import start_job
+        from marquee.home import Paths
+        from models.pipeline_config import PipelineConfig
+        from actors.jobs import start_job
 
         settings = dict(getattr(options, "set", None) or {})
         unknown = sorted(set(settings) - set(PipelineConfig.__dataclass_fields__) - {"engine"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from marquee.config import data_root
+from marquee.home import data_root
 
 
 @pytest.fixture(scope="session")
@@ -81,9 +81,9 @@ def movielens_100k() -> Path:
 def serve_home(ray_cluster, tmp_path_factory):
     """A small world with features, the stateful actors and a promoted model, on the shared
     cluster: what `marquee up` prepares before it deploys the app."""
-    from marquee.config import Paths
-    from marquee.up import prepare_system
-    from marquee.world import generate_world
+    from marquee.home import Paths
+    from ops.local.up import prepare_system
+    from producers.world.generate import generate_world
 
     paths = Paths(tmp_path_factory.mktemp("serve-home"))
     generate_world(members=300, titles=300, days=14, seed=5, out=paths.world)
@@ -101,7 +101,7 @@ def serve_app(serve_home):
 
     from deployments.app import deploy
     from deployments.service import admin_token
-    from marquee.ports import free_port
+    from ops.local.ports import free_port
 
     paths, system = serve_home
     url = deploy({"home": str(paths.home), "profile": "single"}, free_port())

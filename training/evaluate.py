@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from training.protocol import evaluate, temporal_split
-from training.ranker_features import StoreLink
-from training.retrieval import TitleContent
+from models.protocol import evaluate, temporal_split
+from models.ranker_features import StoreLink
+from models.retrieval import TitleContent
 
 
 @dataclass
@@ -40,7 +40,7 @@ def load_eval_data(spec: str) -> EvalData:
     if not location or kind not in ("movielens", "world"):
         raise ValueError(f"--dataset: expected 'movielens:PATH' or 'world:DIR', got {spec!r}")
     if kind == "movielens":
-        from marquee.movielens import load_movielens
+        from producers.movielens.importer import load_movielens
 
         ml = load_movielens(location)
         ratings = ml.ratings
@@ -102,8 +102,9 @@ def title_content(titles: pa.Table, title_ids: np.ndarray) -> TitleContent:
 def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local", seed: int = 7,
              features: str | Path | None = None, progress=None) -> dict:
     """Fit every model on the same split and evaluate; returns the JSON-ready report."""
-    from training.peers import default_peers
-    from training.pipeline import Pipeline, PipelineConfig
+    from models.peers import default_peers
+    from models.pipeline_config import PipelineConfig
+    from training.pipeline import Pipeline
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     say = progress or (lambda message: None)

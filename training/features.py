@@ -1,6 +1,6 @@
 """The feature job: dataset events -> versioned point-in-time snapshots in the offline store.
 
-Two engines run the SAME partial and combine functions (training.feature_defs):
+Two engines run the SAME partial and combine functions (features.definitions):
 - "ray": Ray Data reads the day files (column projection, few large blocks) and applies
   `partial_aggregate` per block with map_batches in Arrow; the driver combines the small partials.
 - "arrow": the identical partial function over the same files, one process (the baseline).
@@ -8,7 +8,7 @@ Ray Data's shuffle groupby is deliberately not used: at this size a per-block Ar
 Arrow combine is an order of magnitude faster (DESIGN.md section 4).
 
 The as-of expansion then writes a snapshot per day of the events' range plus the day after the
-last ("latest"); see training.offline_store for the layout and the point-in-time reads.
+last ("latest"); see features.offline_store for the layout and the point-in-time reads.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from marquee.dataset import load_dataset
 from marquee.schema import EVENTS_DIR
-from training.feature_defs import (
+from features.definitions import (
     ENTITIES,
     EVENT_COLUMNS,
     Combined,
@@ -43,7 +43,7 @@ from training.feature_defs import (
     partial_aggregate,
     snapshot,
 )
-from training.offline_store import (  # re-exported: Part 2 imports them from here
+from features.offline_store import (  # re-exported: Part 2 imports them from here
     VersionWriter,
     features_as_of,
     join_point_in_time,
@@ -279,7 +279,7 @@ def _manifest(dataset, engine: str, spec: FeatureSpec, vocab: Vocab, combined: C
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    from marquee.config import Paths
+    from marquee.home import Paths
 
     paths = Paths()
     parser.add_argument("--dataset", type=Path, default=paths.world,

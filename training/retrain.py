@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from marquee.config import Paths
+from actors.jobs import start_job
+from marquee.home import Paths
 
 STEPS = ("features", "train", "evaluate", "gate", "register", "promote")
 
@@ -52,7 +53,7 @@ def _dataset_dir(spec: str, paths: Paths) -> Path | None:
     if kind == "world":
         return Path(location)
     from marquee.dataset import load_dataset
-    from marquee.movielens import import_movielens
+    from producers.movielens.importer import import_movielens
 
     target = paths.home / "movielens" / Path(location).resolve().name
     try:
@@ -82,9 +83,10 @@ def retrain(
 
     from actors.registry import Registry
     from training.evaluate import load_eval_data, title_content
-    from training.pipeline import Pipeline, PipelineConfig
-    from training.protocol import evaluate, temporal_split
-    from training.ranker_features import StoreLink
+    from models.pipeline_config import PipelineConfig
+    from training.pipeline import Pipeline
+    from models.protocol import evaluate, temporal_split
+    from models.ranker_features import StoreLink
 
     paths = paths or Paths()
     registry = Registry(paths.registry)
@@ -110,7 +112,7 @@ def retrain(
 
     def features():
         from training.features import run_feature_job
-        from training.offline_store import read_manifest
+        from features.offline_store import read_manifest
 
         source = _dataset_dir(dataset, paths)
         store_dir = paths.features / source.name
@@ -229,25 +231,6 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--submit", action="store_true",
                         help="run as a Ray job on the cluster of `marquee up` and follow its logs")
-
-
-def start_job(paths: Paths, argv: list[str]):
-    """Submit `marquee retrain ARGV` as a Ray job on the home's running cluster; returns
-    (client, job id, dashboard url), or None when no cluster runs for that home."""
-    from marquee.cluster import LocalCluster, auth_env, use_cluster_auth
-    from marquee.config import PROJECT_ROOT
-
-    cluster = LocalCluster.load(paths.home)
-    if cluster is None or not cluster.alive():
-        return None
-    use_cluster_auth(paths.home)
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(cluster.dashboard_url)
-    entrypoint = " ".join([sys.executable, "-m", "marquee.cli", "retrain", *argv])
-    env = {"MARQUEE_HOME": str(paths.home), "PYTHONPATH": str(PROJECT_ROOT), **auth_env(paths.home)}
-    job = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env})
-    return client, job, cluster.dashboard_url
 
 
 def submit_as_job(paths: Paths, argv: list[str], timeout_s: float = 1800.0) -> int:

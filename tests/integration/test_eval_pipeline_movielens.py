@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from marquee.cli import main
+from ops.cli import main
 
 pytestmark = pytest.mark.movielens
 

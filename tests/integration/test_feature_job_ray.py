@@ -8,7 +8,7 @@ from datetime import date, timedelta
 import pytest
 
 from feature_data import random_dataset
-from training.feature_defs import ENTITIES
+from features.definitions import ENTITIES
 from training.features import features_as_of, read_manifest, run_feature_job
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors.registry import Registry
-from marquee.config import Paths
-from marquee.world import generate_world
+from marquee.home import Paths
+from producers.world.generate import generate_world
 from training.retrain import retrain
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ def test_marquee_retrain_on_movielens_end_to_end(movielens_100k, tmp_path):
     """The command a user runs: a fresh home, Ray started by the job itself, a promoted version
     whose evaluation beats EASE's protocol figure (0.1445) by at least 10%."""
     env = {**os.environ, "MARQUEE_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "marquee.cli", "retrain", "--dataset",
+    out = subprocess.run([sys.executable, "-m", "ops.cli", "retrain", "--dataset",
                           f"movielens:{movielens_100k}", "--json"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

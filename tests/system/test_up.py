@@ -16,15 +16,15 @@ import httpx
 import psutil
 import pytest
 
-from marquee.ports import free_port
+from ops.local.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-MARQUEE = [sys.executable, "-m", "marquee.cli"]
+MARQUEE = [sys.executable, "-m", "ops.cli"]
 
 PROBE = r"""
 import json, os, sys, time
 from pathlib import Path
-from marquee.cluster import LocalCluster, use_cluster_auth
+from marquee.home import LocalCluster, use_cluster_auth
 home = Path(os.environ["MARQUEE_HOME"])
 use_cluster_auth(home)
 import ray

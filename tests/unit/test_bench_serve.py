@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import marquee.up
+import ops.local.up
 from bench import serve
 from bench.loadgen import LoadResult
 
@@ -153,8 +153,8 @@ def stand_ins(monkeypatch):
         return process
 
     seen["inprocess_process"] = _trivial_server
-    monkeypatch.setattr(marquee.up, "bring_up", bring_up)
-    monkeypatch.setattr(marquee.up, "_stop", stop)
+    monkeypatch.setattr(ops.local.up, "bring_up", bring_up)
+    monkeypatch.setattr(ops.local.up, "_stop", stop)
     monkeypatch.setitem(sys.modules, "deployments.app", types.SimpleNamespace(serve_inprocess=serve_inprocess))
     yield seen
     for process in seen["processes"]:

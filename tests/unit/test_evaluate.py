@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from marquee.cli import main
+from ops.cli import main
 from training.evaluate import load_eval_data, title_content
 
 METRICS = {"ndcg@10", "recall@20", "coverage@10", "novelty@10", "diversity@10", "fit_s"}
@@ -55,7 +55,7 @@ def test_movielens_popularity_and_ease_match_the_protocol_figures(capsys, moviel
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-    from marquee.world import generate_world
+    from producers.world.generate import generate_world
 
     out = tmp_path_factory.mktemp("world") / "tiny"
     generate_world(members=150, titles=120, days=10, seed=3, out=out)
@@ -79,7 +79,7 @@ def test_tiny_world_evaluates_as_one_strict_json_object(capsys, tiny_world):
 
 
 def test_longer_world_evaluates_members(tmp_path):
-    from marquee.world import generate_world
+    from producers.world.generate import generate_world
     from training.evaluate import run_eval
 
     generate_world(members=150, titles=120, days=30, seed=3, out=tmp_path / "w")

@@ -13,9 +13,9 @@ import pyarrow.compute as pc
 import pytest
 
 from feature_data import events_table, members_table, ms, random_dataset, titles_table, write
-from marquee.cli import main as marquee_main
+from ops.cli import main as marquee_main
 from marquee.dataset import load_dataset
-from training.feature_defs import (
+from features.definitions import (
     ENTITIES,
     FeatureError,
     FeatureSpec,
@@ -26,7 +26,7 @@ from training.feature_defs import (
     partial_aggregate,
 )
 from training.features import FeatureJobResult, features_as_of, join_point_in_time, run_feature_job
-from training.offline_store import FeatureStoreError, read_manifest, snapshot_path
+from features.offline_store import FeatureStoreError, read_manifest, snapshot_path
 
 GENRES = {1: ["Action"], 2: ["Comedy", "Drama"], 3: ["Sci-Fi"], 4: ["Drama"]}
 HAND_EVENTS = [
@@ -292,7 +292,7 @@ def test_sparse_and_dense_top_k_agree():
     neighbour (ties at the k boundary are the only place the dense path may pick differently)."""
     from scipy import sparse
 
-    from training.feature_defs import SnapshotBuilder
+    from features.definitions import SnapshotBuilder
 
     plays = sparse.random(300, 40, density=0.1, random_state=5, format="csr")
     plays.data[:] = 1

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.histories import Histories
+from models.histories import Histories
 
 
 def reference(h: Histories, tau: float, floor: float) -> sp.csr_matrix:

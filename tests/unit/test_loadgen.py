@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from bench.loadgen import CycleUrls, LoadGenError, LoadResult, percentile, run_load
-from marquee.ports import free_port
+from ops.local.ports import free_port
 
 BIG = b"x" * 150_000  # bigger than any socket buffer: a partial read would desync the next answer
 

@@ -57,7 +57,7 @@ def test_without_a_holder_or_a_stage_the_version_is_unknown(tmp_path):
 @pytest.fixture
 def fused(tmp_path, monkeypatch) -> MarqueeService:
     submitted = []
-    monkeypatch.setattr("training.retrain.start_job", lambda paths, argv: submitted.append(argv) or None)
+    monkeypatch.setattr("actors.jobs.start_job", lambda paths, argv: submitted.append(argv) or None)
     svc = service(tmp_path, placement="fused", holder=None)
     svc.submitted = submitted
     return svc

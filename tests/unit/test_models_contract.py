@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from training.peers import ALS, BPR, EASE, ItemKNN, Popularity
-from training.protocol import TrainData
-from training.retrieval import (
+from models.peers import ALS, BPR, EASE, ItemKNN, Popularity
+from models.protocol import TrainData
+from models.retrieval import (
     DAY_S,
     ContentBased,
     Embeddings,

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from marquee.cli import main
+from ops.cli import main
 from marquee.dataset import load_dataset
-from marquee.movielens import (
+from producers.movielens.importer import (
     MovieLensError,
     artwork_themes_for_genres,
     default_out,

@@ -8,10 +8,11 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from training.peers import Popularity
-from training.pipeline import Pipeline, PipelineConfig, holdout_last
-from training.protocol import TrainData, evaluate, temporal_split
-from training.retrieval import DAY_S, TitleContent
+from models.peers import Popularity
+from models.pipeline_config import PipelineConfig
+from training.pipeline import Pipeline, holdout_last
+from models.protocol import TrainData, evaluate, temporal_split
+from models.retrieval import DAY_S, TitleContent
 
 T0 = 1_700_000_000
 CLUSTERS, PER_CLUSTER, MEMBERS = 4, 20, 80

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from training.protocol import evaluate, temporal_split, top_k
+from models.protocol import evaluate, temporal_split, top_k
 
 
 def interactions(rows):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.protocol import TrainData
-from training.ranker_features import WINDOWS_DAYS, Candidates, FeatureBuilder, ranks_of
-from training.retrieval import DAY_S
+from models.protocol import TrainData
+from models.ranker_features import WINDOWS_DAYS, Candidates, FeatureBuilder, ranks_of
+from models.retrieval import DAY_S
 
 T0 = 1_700_000_000
 N_MEMBERS, N_TITLES = 4, 8

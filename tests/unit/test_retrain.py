@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from actors.registry import Registry
-from marquee.config import Paths
-from marquee.world import generate_world
+from marquee.home import Paths
+from producers.world.generate import generate_world
 from training.retrain import RetrainError, retrain
 
 

@@ -19,10 +19,11 @@ from deployments.model import LiveMember, ModelLoadError, ServingModel
 from feature_data import random_dataset
 from training.evaluate import load_eval_data, title_content
 from training.features import run_feature_job
-from training.histories import Histories
-from training.pipeline import Pipeline, PipelineConfig
-from training.protocol import temporal_split
-from training.ranker_features import SnapshotFeatures, StoreLink, store_features
+from models.histories import Histories
+from models.pipeline_config import PipelineConfig
+from training.pipeline import Pipeline
+from models.protocol import temporal_split
+from models.ranker_features import SnapshotFeatures, StoreLink, store_features
 
 
 @pytest.fixture(scope="module")

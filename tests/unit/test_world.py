@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from marquee.cli import main as marquee_main
+from ops.cli import main as marquee_main
 from marquee.dataset import load_dataset
 from marquee.schema import EVENT_TYPES, STORED_EVENT_SCHEMA, Event
-from marquee.world import GENRES, generate_world
+from producers.world.generate import GENRES, generate_world
 
 SMALL = dict(members=200, titles=150, days=7, seed=11)
 START = date(2026, 1, 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from marquee.schema import ARTWORK_THEMES
-from marquee.world_sampling import unit
+from producers.world.sampling import unit
 
 # Genre -> relative frequency among titles and tastes (drama and comedy dominate, as in catalogs).
 GENRE_WEIGHTS: dict[str, float] = {

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 
 from marquee.schema import ARTWORK_THEMES, DEVICES, MEMBER_SCHEMA
-from marquee.world_sampling import unit, weighted_subset
-from marquee.world_vocabulary import (
+from producers.world.sampling import unit, weighted_subset
+from producers.world.vocabulary import (
     COUNTRIES,
     COUNTRY_WEIGHTS,
     DEVICE_WEIGHTS,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
-from training.protocol import TrainData
+from models.protocol import TrainData
 
 
 class Recommender(Protocol):

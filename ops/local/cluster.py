@@ -9,87 +9,27 @@ that process group only.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from marquee.ports import free_ports
+from marquee.home import SERVE_ENV, ClusterError, LocalCluster, Paths, auth_env
+from ops.local.ports import free_ports
 
 
-class ClusterError(RuntimeError):
-    """The local head could not be started or reached."""
-
-
-@dataclass
-class LocalCluster:
-    pid: int
-    gcs_address: str
-    dashboard_url: str
-    temp_dir: str
-    home: str
-
-    @property
-    def state_file(self) -> Path:
-        return Path(self.home) / "cluster.json"
-
-    def alive(self) -> bool:
-        import psutil
-
-        try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    def save(self) -> None:
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, self.state_file)
-
-    @classmethod
-    def load(cls, home: Path) -> "LocalCluster | None":
-        path = Path(home) / "cluster.json"
-        if not path.exists():
-            return None
-        return cls(**json.loads(path.read_text()))
+# Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the client
+# server...) is picked free: another cluster on this machine may hold the defaults.
+EXTRA_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+               "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
 
 
 def _temp_dir(home: Path) -> str:
     # Unix socket paths are limited to ~107 bytes, so keep Ray's temp dir short.
     digest = hashlib.sha1(str(home.resolve()).encode()).hexdigest()[:8]
     return f"/tmp/marquee-{digest}"
-
-
-def auth_env(home: Path) -> dict[str, str]:
-    """Ray's token authentication for this home's cluster: our own token file, so the head and
-    every client of it (this process, `marquee down`, scripts) agree without touching ~/.ray."""
-    import secrets
-
-    token_file = Path(home) / "ray_auth_token"
-    if not token_file.exists():
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
-
-
-def use_cluster_auth(home: Path) -> None:
-    """Set this process's environment so ray.init can authenticate to the home's head."""
-    os.environ.update(auth_env(home))
-
-
-# Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the client
-# server...) is picked free: another cluster on this machine may hold the defaults.
-NODE_ID_FILE = "head_node_id"
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}  # unless already set
-EXTRA_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-               "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port")
 
 
 def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60.0) -> LocalCluster:
@@ -107,7 +47,7 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
         *(f"--{name}={port}" for name, port in zip(EXTRA_PORTS, more_ports)),
     ]
     home.mkdir(parents=True, exist_ok=True)
-    log = open(home / "ray-head.log", "ab")
+    log = open(Paths(home).head_log, "ab")
     # Serve's throughput profile and its HAProxy ingress (measured: 69 -> 128 pages/s at 8
     # clients); HAProxy's stats and metrics ports default to fixed ones: pick free ones.
     env = {**SERVE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
@@ -157,7 +97,7 @@ def stop_head(home: Path, timeout_s: float = 8.0) -> bool:
         if cluster.alive():
             os.killpg(cluster.pid, signal.SIGKILL)
     markers = [cluster.temp_dir]
-    node_file = Path(home) / NODE_ID_FILE
+    node_file = Paths(Path(home)).head_node_id
     if node_file.exists():  # Serve's HAProxy outlives the head: it names the node's id instead
         markers.append(f"haproxy-serve/{node_file.read_text().strip()}")
     _kill_leftovers(*markers)
@@ -168,7 +108,7 @@ def stop_head(home: Path, timeout_s: float = 8.0) -> bool:
 
 def record_head_node(home: Path, node_id: str) -> None:
     """Remember the head's node id, so stop_head can find what Serve started outside Ray's tree."""
-    (Path(home) / NODE_ID_FILE).write_text(node_id)
+    (Paths(Path(home)).head_node_id).write_text(node_id)
 
 
 def _kill_leftovers(*markers: str) -> None:

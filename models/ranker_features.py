@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from training.histories import Histories
-from training import offline_store
-from training.offline_store import join_point_in_time
-from training.protocol import TrainData
-from training.retrieval import DAY_S
+from models.histories import Histories
+from features import offline_store
+from features.offline_store import join_point_in_time
+from models.protocol import TrainData
+from models.retrieval import DAY_S
 
 WINDOWS_DAYS = (1, 7, 30, 365)
 

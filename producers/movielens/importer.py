@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from marquee.config import Paths
+from marquee.home import Paths
 from marquee.dataset import Dataset, DatasetError, load_dataset, write_dataset
 from marquee.schema import (
     ARTWORK_SCHEMA,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from training.protocol import TrainData
+from models.protocol import TrainData
 
 
 @dataclass

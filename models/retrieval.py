@@ -18,9 +18,9 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
-from training.histories import Histories
-from training.peers import ALS, EASE
-from training.protocol import TrainData
+from models.histories import Histories
+from models.peers import ALS, EASE
+from models.protocol import TrainData
 
 DAY_S = 86_400
 

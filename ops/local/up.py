@@ -1,6 +1,6 @@
 """`marquee up` / `marquee down`: bring the whole local system up from nothing, or stop it.
 
-Up is idempotent and cached: it starts a Ray head for this home (marquee.cluster), builds the
+Up is idempotent and cached: it starts a Ray head for this home (ops.local.cluster), builds the
 default world (or imports MovieLens) only if it is missing, runs the feature job only if no
 feature version exists for that dataset, starts the stateful actors (event log, member state,
 feature store) as detached named actors, trains and promotes a model only if none is promoted,
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from marquee.config import Paths
+from marquee.home import Paths
 
 NAMESPACE = "marquee"
 # Titles per member that member state hands the homepage: its history for scoring and the
@@ -76,7 +76,7 @@ def down_cli_main(args: argparse.Namespace) -> int:
 
 
 def _stop(paths: Paths) -> bool:
-    from marquee.cluster import stop_head
+    from ops.local.cluster import stop_head
 
     return stop_head(paths.home)
 
@@ -96,12 +96,12 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
     if (out / "manifest.json").exists() and not rebuild:
         return out
     if data == "world":
-        from marquee.world import generate_world
+        from producers.world.generate import generate_world
 
         print(f"Generating the synthetic world into {out} ...", flush=True)
         generate_world(seed=seed, out=out, progress=True)
     else:
-        from marquee.movielens import import_movielens
+        from producers.movielens.importer import import_movielens
 
         location = data.partition(":")[2]
         print(f"Importing MovieLens from {location} into {out} ...", flush=True)
@@ -112,7 +112,8 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
 def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: int = 7,
              port: int | None = None, profile: str = "single", serve_app: bool = True) -> dict:
     """Start (or reuse) every part of the local system; returns what to print."""
-    from marquee.cluster import record_head_node, start_head, use_cluster_auth
+    from marquee.home import use_cluster_auth
+    from ops.local.cluster import record_head_node, start_head
 
     use_cluster_auth(paths.home)  # before ray is imported: Ray reads its auth mode once
     import ray
@@ -126,7 +127,7 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
     system.update({"ray_address": cluster.gcs_address, "dashboard": cluster.dashboard_url})
     if serve_app:
         from deployments.app import deploy
-        from marquee.ports import free_port, port_is_free
+        from ops.local.ports import free_port, port_is_free
 
         port = port or (8000 if port_is_free(8000) else free_port())
         print(f"Deploying the homepage app (profile {profile}) on port {port} ...", flush=True)
@@ -191,7 +192,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
 
 def _feature_version(features_dir: Path) -> str | None:
     """The complete feature version already in `features_dir`, if any (LATEST is written last)."""
-    from training.offline_store import FeatureStoreError, read_manifest
+    from features.offline_store import FeatureStoreError, read_manifest
 
     try:
         return read_manifest(features_dir)["version"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marquee.world_vocabulary import GENRES
+from producers.world.vocabulary import GENRES
 
 MAX_ROWS = 5  # rows a member scrolls through in one session, at most
 MAX_POSITIONS = 10  # titles per row a member looks at, at most

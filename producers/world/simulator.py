@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from marquee.schema import DEVICES, EVENT_TYPES, STORED_EVENT_SCHEMA, TIMESTAMP
-from marquee.world_behaviour import (
+from producers.world.behaviour import (
     HOUR_P,
     MAX_BINGE,
     MAX_POSITIONS,
@@ -37,12 +37,12 @@ from marquee.world_behaviour import (
     ROW_TREND,
     Behaviour,
 )
-from marquee.world_catalog import Catalog
-from marquee.world_event_columns import EPISODE_PAYLOADS, TYPE_CODE, EventColumns, take
-from marquee.world_members import Members
-from marquee.world_sampling import group_cumsum, group_starts, gumbel, sigmoid
-from marquee.world_viewing_state import ViewingState
-from marquee.world_vocabulary import COUNTRIES, GENRES
+from producers.world.catalog import Catalog
+from producers.world.event_columns import EPISODE_PAYLOADS, TYPE_CODE, EventColumns, take
+from producers.world.members import Members
+from producers.world.sampling import group_cumsum, group_starts, gumbel, sigmoid
+from producers.world.viewing_state import ViewingState
+from producers.world.vocabulary import COUNTRIES, GENRES
 
 DAY_MS = 86_400_000
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from marquee.schema import ARTWORK_SCHEMA, ARTWORK_THEMES, MAX_MATURITY, TITLE_SCHEMA
-from marquee.world_sampling import unit, weighted_subset
-from marquee.world_vocabulary import (
+from producers.world.sampling import unit, weighted_subset
+from producers.world.vocabulary import (
     COUNTRIES,
     GENRE_WEIGHTS,
     GENRES,

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from training.feature_defs import (
+from features.definitions import (
     ENTITIES,
     ENTITY_KEYS,
     MS_PER_DAY,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from marquee.dataset import write_dataset
 from marquee.schema import STORED_EVENT_SCHEMA
-from marquee.world_behaviour import (
+from producers.world.behaviour import (
     DEFAULT_BEHAVIOUR,
     HOUR_P,
     HOUR_WEIGHTS,
@@ -46,10 +46,10 @@ from marquee.world_behaviour import (
     ROW_NAMES,
     Behaviour,
 )
-from marquee.world_catalog import build_catalog
-from marquee.world_members import build_members
-from marquee.world_simulator import DAY_MS, Simulator, calibrate
-from marquee.world_vocabulary import (
+from producers.world.catalog import build_catalog
+from producers.world.members import build_members
+from producers.world.simulator import DAY_MS, Simulator, calibrate
+from producers.world.vocabulary import (
     COUNTRIES,
     COUNTRY_WEIGHTS,
     DEVICE_WEIGHTS,
@@ -64,7 +64,7 @@ from marquee.world_vocabulary import (
 )
 
 # The public API, plus the vocabularies and behaviour model re-exported so oracles and tests can
-# keep reading them from marquee.world.
+# keep reading them from producers.world.generate.
 __all__ = [
     "generate_world", "WorldTables", "WorldEvents", "configure_cli", "cli_main",
     "Behaviour", "DEFAULT_BEHAVIOUR", "GENRES", "GENRE_WEIGHTS", "GENRE_THEMES", "KIDS_GENRES",
@@ -213,7 +213,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    from marquee.config import Paths
+    from marquee.home import Paths
 
     out = args.out if args.out is not None else Paths().world
     began = time.perf_counter()
