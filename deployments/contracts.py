@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from marquee.names import DAY_MS
 from marquee.schema import DEVICES, MATURITY_LABELS, MAX_MATURITY
 
-DAY_MS = 86_400_000
 _EPOCH_ORDINAL_MS = 719_163 * DAY_MS  # date(1970, 1, 1).toordinal() days, in ms
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from marquee.names import DAY_MS as MS_PER_DAY  # noqa: F401 (offline_store reads it here)
 from marquee.schema import DEVICES, EVENT_TYPES
 
-MS_PER_DAY = 86_400_000
 MS_PER_HOUR = 3_600_000
 EPOCH = date(1970, 1, 1)
 

@@ -18,11 +18,10 @@ from typing import Protocol
 import numpy as np
 import scipy.sparse as sp
 
+from marquee.names import DAY_S
 from models.histories import Histories
 from models.peers import ALS, EASE
 from models.protocol import TrainData
-
-DAY_S = 86_400
 
 
 class RecencyEASE:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
+from marquee.dataset_spec import DatasetSpec
 from models.protocol import evaluate, temporal_split
 from models.ranker_features import StoreLink
 from models.retrieval import TitleContent
@@ -36,10 +37,9 @@ class EvalData:
 
 def load_eval_data(spec: str) -> EvalData:
     """`movielens:PATH` or `world:DIR` (any Marquee dataset directory)."""
-    kind, _, location = spec.partition(":")
-    if not location or kind not in ("movielens", "world"):
-        raise ValueError(f"--dataset: expected 'movielens:PATH' or 'world:DIR', got {spec!r}")
-    if kind == "movielens":
+    parsed = DatasetSpec.parse(spec, allow_bare_world=False)
+    location = str(parsed.location)
+    if parsed.kind == "movielens":
         from producers.movielens.importer import load_movielens
 
         ml = load_movielens(location)

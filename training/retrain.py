@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from actors.jobs import start_job
+from marquee.dataset_spec import DatasetSpec
 from marquee.home import Paths
 
 STEPS = ("features", "train", "evaluate", "gate", "register", "promote")
@@ -49,13 +50,14 @@ class RetrainReport:
 
 def _dataset_dir(spec: str, paths: Paths) -> Path | None:
     """The Marquee dataset directory behind `spec` (importing raw MovieLens once), for features."""
-    kind, _, location = spec.partition(":")
-    if kind == "world":
-        return Path(location)
+    parsed = DatasetSpec.parse(spec, allow_bare_world=False)
+    target = parsed.directory(paths)
+    if parsed.kind == "world":
+        return target
+    location = parsed.location
     from marquee.dataset import load_dataset
     from producers.movielens.importer import import_movielens
 
-    target = paths.home / "movielens" / Path(location).resolve().name
     try:
         load_dataset(target)
     except Exception:

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from marquee.dataset_spec import DatasetSpec
 from marquee.home import Paths
 
 NAMESPACE = "marquee"
@@ -82,12 +83,10 @@ def _stop(paths: Paths) -> bool:
 
 
 def dataset_dir(paths: Paths, data: str) -> Path:
-    if data == "world":
-        return paths.world
-    kind, _, location = data.partition(":")
-    if kind != "movielens" or not location:
-        raise SystemExit(f"--data: expected 'world' or 'movielens:PATH', got {data!r}")
-    return paths.home / "movielens" / Path(location).resolve().name
+    try:
+        return DatasetSpec.parse(data, option="--data").directory(paths)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path:
@@ -103,7 +102,7 @@ def ensure_dataset(paths: Paths, data: str, *, rebuild: bool, seed: int) -> Path
     else:
         from producers.movielens.importer import import_movielens
 
-        location = data.partition(":")[2]
+        location = DatasetSpec.parse(data, option="--data").location
         print(f"Importing MovieLens from {location} into {out} ...", flush=True)
         import_movielens(location, out)
     return out

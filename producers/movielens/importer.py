@@ -713,7 +713,7 @@ def _iso(seconds: int | None) -> str | None:
 
 def default_out(path: Path | str) -> Path:
     """Where `import-movielens` writes by default: MARQUEE_HOME/movielens/<folder name>."""
-    return Paths().home / "movielens" / Path(path).resolve().name
+    return Paths().movielens(path)
 
 
 def _check_replaceable(out: Path, source: Path) -> None:

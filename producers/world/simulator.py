@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from marquee.names import DAY_MS
 from marquee.schema import DEVICES, EVENT_TYPES, STORED_EVENT_SCHEMA, TIMESTAMP
 from producers.world.behaviour import (
     HOUR_P,
@@ -38,13 +39,16 @@ from producers.world.behaviour import (
     Behaviour,
 )
 from producers.world.catalog import Catalog
-from producers.world.event_columns import EPISODE_PAYLOADS, TYPE_CODE, EventColumns, take
+from producers.world.event_columns import (
+    EPISODE_PAYLOADS,
+    TYPE_CODE,
+    EventColumns,
+    take,
+)
 from producers.world.members import Members
 from producers.world.sampling import group_cumsum, group_starts, gumbel, sigmoid
 from producers.world.viewing_state import ViewingState
 from producers.world.vocabulary import COUNTRIES, GENRES
-
-DAY_MS = 86_400_000
 
 
 def epoch_ms(day: date) -> int:
