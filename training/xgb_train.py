@@ -383,8 +383,17 @@ def _shard_dataset(ds: "ray.data.Dataset", spec: TrainSpec, num_workers: int) ->
 
     if not isinstance(ds, MaterializedDataset):
         # Run the pipeline here, while the CPUs are free: inside a Train worker that holds every
-        # CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever.
-        ds = ds.select_columns(spec.columns).materialize()
+        # CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever. Keep
+        # the input's row order (Ray Data may reorder blocks otherwise): a ranking group's rows
+        # must stay contiguous.
+        import ray.data
+
+        options = ray.data.DataContext.get_current().execution_options
+        kept, options.preserve_order = options.preserve_order, True
+        try:
+            ds = ds.select_columns(spec.columns).materialize()
+        finally:
+            options.preserve_order = kept
     if num_workers == 1:
         return {f"{_DATASET_PREFIX}0": ds}
     groups = None

@@ -5,9 +5,6 @@ groups whole, and everything is deterministic under a seed."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -258,13 +255,6 @@ def test_bad_specs_say_what_is_wrong(overrides, message):
 
 
 # ------------------------------------------------------------------------------ module hygiene
-
-
-def test_importing_the_engine_does_not_import_ray():
-    code = "import sys, training.xgb_train; print('ray' in sys.modules)"
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 def test_bench_table_is_seeded_with_contiguous_groups_and_a_learnable_label():
