@@ -1,11 +1,14 @@
-"""What every stateful actor here shares: a @ray.remote class built on first use (importing an
-actor module never imports Ray), and a named, restart-forever actor bound to one directory that
-another process can find again, refusing to be bound to a second directory."""
+"""The one get-or-create helper for named actors, and a @ray.remote class built on first use
+(importing an actor module never imports Ray). Every stateful actor here is named, restarts
+forever, and is bound to one directory: another process finds it again by name, and it refuses to
+be bound to a second directory."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
+
+from marquee.names import NAMESPACE
 
 
 def lazy_remote(build: Callable[[], Any]) -> Callable[[], Any]:
@@ -20,12 +23,13 @@ def lazy_remote(build: Callable[[], Any]) -> Callable[[], Any]:
     return remote_class
 
 
-def start_bound_actor(remote_class, root: Path | str, *args, name: str, namespace: str,
-                      lifetime: str | None, error: type[Exception] = ValueError,
+def start_bound_actor(remote_class, root: Path | str, *args, name: str, namespace: str = NAMESPACE,
+                      lifetime: str | None = None, error: type[Exception] = ValueError,
                       **options) -> Any:
     """Get or create the named actor serving `root` (it restarts forever and rebuilds from that
     directory); raise `error` if an actor of that name already serves another directory. The
-    actor class must have a `root()` method and take `root` as its first argument."""
+    actor class must have a `root()` method and take `root` as its first argument; `args` and
+    `options` (Ray actor options) apply only when it is created."""
     import ray
 
     root = str(Path(root).resolve())

@@ -108,7 +108,7 @@ def _summary(events: int, elapsed: list[float], latencies: list[float]) -> dict:
 
 
 def _in_process(batches: list[list[dict]], root: Path, fsync: bool) -> tuple[float, list[float], int]:
-    from actors.events import EventLog
+    from state.eventlog import EventLog
 
     latencies = []
     accepted = 0

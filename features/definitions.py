@@ -638,7 +638,7 @@ ENTITY_KEYS = {"member": "member_id", "title": "title_id", "cowatch": "title_id"
 def entity_defaults(entity: str, n_genres: int, n_countries: int, hour_buckets: int,
                     n_devices: int = len(DEVICES)) -> dict:
     """The row served for a key with no features (cold start): counts 0, shares all 0, rates and
-    recencies unknown (None). Same values offline (join) and online (FeatureStore)."""
+    recencies unknown (None). Same values in the point-in-time join and in serving's snapshot arrays."""
     if entity == "member":
         return {
             "country": None, "genre_affinity": [0.0] * n_genres, "hour_share": [0.0] * hour_buckets,

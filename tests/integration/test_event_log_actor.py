@@ -128,7 +128,7 @@ def test_append_with_retry_resends_the_same_events_after_a_lost_ack(ray_cluster,
         Defined here so Ray pickles it by value (workers cannot import test modules)."""
 
         def __init__(self, root: str):
-            from actors.events import EventLog
+            from state.eventlog import EventLog
 
             self.log = EventLog(root)
 

@@ -7,15 +7,21 @@ so these tests do not depend on actors/events.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
 from actors.member_state import start_member_state
+from marquee.names import NAMESPACE
 from marquee.schema import Event, events_to_table
+from state.member_state import MemberStateError
 
 T0 = 1_700_000_000_000
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_events(start_seq: int, count: int) -> pa.Table:
@@ -122,6 +128,16 @@ def test_start_member_state_is_a_named_actor_in_the_marquee_namespace(ray_cluste
     ray.get(actor.ping.remote())
     again = start_member_state(tmp_path, None, name="member-state-test-named")  # connects
     assert ray.get(again.applied_seq.remote()) == -1
-    found = ray.get_actor("member-state-test-named", namespace="marquee")
+    found = ray.get_actor("member-state-test-named", namespace=NAMESPACE)
     assert ray.get(found.ping.remote())
+    with pytest.raises(MemberStateError, match="already serves"):  # one actor name, one directory
+        start_member_state(tmp_path / "elsewhere", None, name="member-state-test-named")
     ray.kill(actor, no_restart=True)
+
+
+@pytest.mark.parametrize("module", ["actors.member_state", "actors.events", "state.member_state", "state.eventlog"])
+def test_importing_a_state_module_does_not_import_ray(module):
+    # A fresh interpreter per module (a process start: not a unit test).
+    code = f"import sys, {module}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", f"importing {module} imported ray"

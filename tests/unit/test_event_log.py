@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import actors.events as events_module
-from actors.events import AppendResult, EventLog, LogCorruption, LogLocked, Rejection
+import state.eventlog.seen_ids as seen_ids_module
 from marquee.dataset import events_dataset
 from marquee.schema import STORED_EVENT_SCHEMA, Event, EventError
+from state.eventlog import AppendResult, EventLog, LogCorruption, LogLocked, Rejection
 
 DAY_MS = 86_400_000
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -146,7 +146,7 @@ def test_replay_is_detected_after_reopen_and_after_compaction(root):
 def test_a_hash_collision_with_a_compacted_id_never_drops_a_new_event(root, monkeypatch):
     # Every id hashes to 0: each new event collides with every compacted one and must be
     # confirmed against the Parquet event ids (not found -> accepted).
-    monkeypatch.setattr(events_module, "_id_hashes", lambda ids, n: np.zeros(n, dtype=np.int64))
+    monkeypatch.setattr(seen_ids_module, "id_hashes", lambda ids, n: np.zeros(n, dtype=np.int64))
     with EventLog(root) as log:
         log.append(batch(0, 10))
         log.compact(include_active=True)

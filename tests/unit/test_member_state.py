@@ -10,15 +10,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from actors import member_state as ms
-from actors.member_state import (
+from marquee.schema import TITLE_SCHEMA, Event, events_to_table
+from state.member_state import (
     ContinueWatching,
     MemberSnapshot,
     MemberState,
     MemberStateError,
     MemberStateService,
 )
-from marquee.schema import TITLE_SCHEMA, Event, events_to_table
 
 T0 = 1_700_000_000_000  # a fixed epoch-ms origin; offsets below are in seconds
 
@@ -369,7 +368,7 @@ def test_crash_mid_save_leaves_the_old_snapshot_readable(tmp_path, monkeypatch):
         where.write(b"PAR1 half a file")
         raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(ms.pq, "write_table", crash)
+    monkeypatch.setattr(pq, "write_table", crash)
     with pytest.raises(KeyboardInterrupt):
         newer.save(path)
     monkeypatch.undo()
@@ -381,7 +380,7 @@ def test_crash_before_rename_leaves_the_old_snapshot_readable(tmp_path, monkeypa
     path = tmp_path / "s.parquet"
     old = state_of(Log().add(7, 1, "my_list_add", 0))
     old.save(path)
-    monkeypatch.setattr(ms.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk gone")))
     with pytest.raises(OSError):
         state_of(rich_log()).save(path)
     monkeypatch.undo()
@@ -454,15 +453,6 @@ def test_service_survives_a_failing_source(tmp_path):
 def test_service_rejects_nonsense_settings(tmp_path):
     with pytest.raises(MemberStateError, match="poll_interval_s"):
         MemberStateService(tmp_path, None, poll_interval_s=0)
-
-
-def test_importing_the_module_does_not_import_ray():
-    import subprocess
-    import sys
-
-    code = "import sys, actors.member_state; print('ray' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
 
 
 # -- serving extras: recent times, first event, played counter, preferences --------------------------
