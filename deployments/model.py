@@ -1,25 +1,26 @@
 """A promoted model version, loaded for serving: live histories in, candidates and scores out.
 
-The registry holds the fitted Pipeline (training/pipeline.py). Serving uses its fitted sources
-and boosters through the same feature code as training (FeatureBuilder.build_batch), but the
-member side comes from live member state: what they watched a second ago counts, and a member
-who joined after the fit still gets a ranked page.
+The registry holds the model as an explicit bundle (models/bundle.py: XGBoost's own format and
+.npy arrays, each checked against its sha256; never a pickle). Serving uses its fitted sources and
+boosters through the same feature code as training (FeatureBuilder.build_batch), but the member
+side comes from live member state: what they watched a second ago counts, and a member who joined
+after the fit still gets a ranked page. A bundle trained on another catalog than the replica
+serves is refused (ModelLoadError), so the old version keeps serving and /healthz says why.
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from marquee.names import MS
+from models.bundle import BUNDLE_DIR, LEGACY_PICKLE, DatasetIdentity, ModelBundle, load_bundle
 from models.histories import Histories
 from models.ranker_features import Candidates, MemberBatch
-
-MS = 1000
+from state.registry import Registry
 
 
 class ModelLoadError(RuntimeError):
@@ -39,39 +40,42 @@ class LiveMember:
 class ServingModel:
     """One registered version: sources, feature builder and the two boosters."""
 
-    def __init__(self, pipeline, version: str, title_ids: Sequence[int]):
-        builder = pipeline.serving_
-        self.pipeline, self.version, self.builder = pipeline, version, builder
-        self.title_ids = np.asarray(title_ids, dtype=np.int64)  # title index -> title_id
-        if len(self.title_ids) != builder.data.shape[1]:
-            raise ModelLoadError(f"{version}: {len(self.title_ids)} title ids for a model of "
-                                 f"{builder.data.shape[1]} titles")
+    def __init__(self, bundle: ModelBundle, version: str):
+        builder = bundle.builder
+        self.bundle, self.version, self.builder = bundle, version, builder
+        self.dataset: DatasetIdentity = bundle.dataset
+        self.title_ids = bundle.title_ids  # title index -> title_id
         self.index_of = {int(t): i for i, t in enumerate(self.title_ids)}
-        self.as_of_s = int(builder.data.timestamps.max()) if len(builder.data.timestamps) else 0
+        self.as_of_s = bundle.as_of_s
         self.source_names = tuple(builder.sources)
-        self.feature_names = tuple(pipeline.feature_names_)
-        self._boosters = pipeline.boosters_
+        self.feature_names = tuple(bundle.feature_names)
+        self._boosters = bundle.boosters
         for booster in self._boosters.values():
             booster.set_param({"nthread": 1})  # a replica owns a fraction of a CPU: no thread pool
-        self._weights = (pipeline.config.play_weight, pipeline.config.completion_weight)
+        self._weights = (bundle.config.play_weight, bundle.config.completion_weight)
         self._similar = builder.sources.get("recency_ease")
         self._similar_cache: dict[tuple[int, int], list[tuple[int, float]]] = {}  # the model never changes
-        if builder.store is not None:  # the feature store at the model's as-of, as arrays
-            from models.ranker_features import SnapshotFeatures
-
-            builder.snapshot = SnapshotFeatures(builder.store, self.as_of_s)
 
     @classmethod
-    def load(cls, registry_root: str | Path, version: str) -> "ServingModel":
-        """Verify the version's checksums, then unpickle it; any failure is a ModelLoadError."""
-        from actors.registry import Registry
-
+    def load(cls, registry_root: str | Path, version: str, *,
+             catalog: DatasetIdentity | None = None) -> "ServingModel":
+        """Verify the version's files, check it was trained on `catalog` (the catalog this
+        replica serves; None: unchecked, e.g. a ranker that only scores features made by a
+        checked stage), then build it from its bundle; any failure is a ModelLoadError."""
         try:
             registry = Registry(registry_root, read_only=True)
+            files = registry.get(version).files
+            if not any(name.startswith(f"{BUNDLE_DIR}/") for name in files):
+                if LEGACY_PICKLE in files:
+                    raise ModelLoadError(
+                        f"{version} was written in the previous format ({LEGACY_PICKLE}), which serving "
+                        "no longer loads (a pickle can run code when loaded): retrain to register a "
+                        "bundle (`marquee retrain`)")
+                raise ModelLoadError(f"{version} holds no model bundle ({BUNDLE_DIR}/); it has {', '.join(files)}")
             registry.verify(version)
-            pipeline = pickle.loads(registry.read_artifact(version, "pipeline.pkl"))
-            title_ids = json.loads(registry.read_artifact(version, "title_ids.json"))
-            model = cls(pipeline, version, title_ids)
+            bundle = load_bundle(Path(registry.get(version).path) / BUNDLE_DIR, expect=catalog,
+                                 subject=version, server="this replica")
+            model = cls(bundle, version)
             model.warm_up()
         except ModelLoadError:
             raise

@@ -3,7 +3,9 @@
 A replica follows the registry's promoted pointer (or a version pinned through user_config).
 A new version is loaded and warmed up on a background thread while the old one keeps serving;
 the swap is one reference assignment, so no request is dropped or sees half a model. A version
-that fails to load is recorded and skipped: the old one stays.
+that fails to load is recorded and skipped: the old one stays. So is a version trained on another
+catalog than the one this replica serves (`catalog`): it is refused at load, and status() (the
+/healthz model block) names both catalogs.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from deployments.model import ModelLoadError, ServingModel
+from models.bundle import DatasetIdentity
+from state.registry import POINTER_FILE, RegistryReader
 
 log = logging.getLogger("marquee.model")
 FOLLOW_PROMOTED = "promoted"
@@ -23,9 +27,11 @@ FOLLOW_PROMOTED = "promoted"
 
 class ModelHolder:
     def __init__(self, registry_root: str | Path, target: str = FOLLOW_PROMOTED,
-                 loader: Callable[[str | Path, str], ServingModel] = ServingModel.load, poll_s: float = 0.5):
+                 loader: Callable[..., ServingModel] = ServingModel.load, poll_s: float = 0.5,
+                 catalog: DatasetIdentity | None = None):
         self.registry_root = Path(registry_root)
         self.target = target
+        self.catalog = catalog  # what this replica serves; passed to the loader, which refuses others
         self.loader, self.poll_s = loader, poll_s
         self.model: ServingModel | None = None
         self.last_error: str | None = None
@@ -43,11 +49,9 @@ class ModelHolder:
     def wanted(self) -> str | None:
         if self.target != FOLLOW_PROMOTED:
             return self.target
-        from actors.registry import Registry
-
-        if not (self.registry_root / "PROMOTED").exists():
+        if not (self.registry_root / POINTER_FILE).exists():
             return None
-        return Registry(self.registry_root, read_only=True).promoted_version()
+        return RegistryReader(self.registry_root).promoted_version()
 
     def retarget(self, target: str) -> None:
         """Follow the promoted pointer ("promoted") or pin a version; takes effect on the next
@@ -68,7 +72,7 @@ class ModelHolder:
                 return False
             started = time.monotonic()
             try:
-                model = self.loader(self.registry_root, wanted)
+                model = self.loader(self.registry_root, wanted, catalog=self.catalog)
             except ModelLoadError as exc:
                 self.failed.add(wanted)
                 self.last_error = str(exc)
@@ -98,7 +102,13 @@ class ModelHolder:
 
     def status(self) -> dict:
         return {"version": self.version, "target": self.target, "last_error": self.last_error,
-                "failed_versions": sorted(self.failed), "swaps": self.swaps}
+                "failed_versions": sorted(self.failed), "swaps": self.swaps,
+                "catalog": self.catalog.to_dict() if self.catalog is not None else None}
+
+
+def served_catalog(dataset_dir: str | Path, title_ids) -> DatasetIdentity:
+    """The catalog a replica serves: its dataset's name and the fingerprint of its title ids."""
+    return DatasetIdentity.of_dataset_dir(dataset_dir, title_ids)
 
 
 def refreeze_gc() -> None:

@@ -102,6 +102,29 @@ class SnapshotFeatures:
             in_country[:, c] = joined.column("title_plays_7d_in_country").to_numpy()
         self._in_country = in_country  # last column: unknown country -> 0
 
+    def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Settings (JSON-able) and arrays: what a model bundle stores so a served model reads
+        the features it was trained with, not whatever the store holds when a replica starts."""
+        params = {"now_s": self.now_s, "names": list(self.names), "member_columns": list(self._member_cols),
+                  "title_columns": list(self._title_cols)}
+        arrays = {"member_ids": self.member_ids, "affinity": self._affinity, "title_genres": self._title_genres,
+                  "member_country": self._member_country, "in_country": self._in_country,
+                  **{f"member.{name}": column for name, column in self._member_cols.items()},
+                  **{f"title.{name}": column for name, column in self._title_cols.items()}}
+        return params, arrays
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> "SnapshotFeatures":
+        snapshot = cls.__new__(cls)  # the computed state as stored: no offline store is read
+        snapshot.link, snapshot.now_s, snapshot.names = None, int(params["now_s"]), list(params["names"])
+        snapshot.member_ids = arrays["member_ids"]
+        snapshot._member_row = {int(m): i for i, m in enumerate(snapshot.member_ids)}
+        snapshot._member_cols = {name: arrays[f"member.{name}"] for name in params["member_columns"]}
+        snapshot._title_cols = {name: arrays[f"title.{name}"] for name in params["title_columns"]}
+        snapshot._affinity, snapshot._title_genres = arrays["affinity"], arrays["title_genres"]
+        snapshot._member_country, snapshot._in_country = arrays["member_country"], arrays["in_country"]
+        return snapshot
+
     def features(self, member_ids: np.ndarray, titles: np.ndarray, now_s: np.ndarray) -> tuple[list[str], list[np.ndarray]]:
         rows = np.fromiter((self._member_row.get(int(m), -1) for m in member_ids), dtype=np.int64,
                            count=len(member_ids))
@@ -174,13 +197,13 @@ class MemberBatch:
 class FeatureBuilder:
     """Turns fitted candidate sources into ranker rows for a batch of members."""
 
-    # serving sets SnapshotFeatures at the model's as-of (a class default: pickles fitted before
-    # it existed still load)
-    snapshot: "SnapshotFeatures | None" = None
-
     def __init__(self, data: TrainData, sources: dict, depth: dict[str, int],
-                 title_genres=None, strong: np.ndarray | None = None, store: StoreLink | None = None):
+                 title_genres=None, strong: np.ndarray | None = None, store: StoreLink | None = None,
+                 snapshot: "SnapshotFeatures | None" = None):
         self.data, self.sources, self.depth, self.store = data, sources, depth, store
+        # the store's features precomputed at one time (a served model's as-of): read instead of
+        # joining the store per request
+        self.snapshot = snapshot
         order = np.lexsort((data.timestamps, data.titles))
         self._title_time_key = data.titles[order].astype(np.int64) * (1 << 40) + data.timestamps[order]
         first = np.full(data.shape[1], np.iinfo(np.int64).max, dtype=np.int64)

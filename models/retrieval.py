@@ -6,8 +6,12 @@ offline evaluation, the ranker's candidate generation and (later) serving use th
 - SequentialCooccurrence: titles watched close together in members' sequences (sessions).
 - Embeddings: matrix-factorization member and title vectors behind a VectorIndex (exact dot
   product here; an ANN index can replace it through the same interface).
-- RecentPopularity (trending), PopularityByCountry, NewReleases, ContentBased (genres, year,
-  maturity: reaches titles with no history at all).
+- RecentPopularity (trending), ContentBased (genres, year, maturity: reaches titles with no
+  history at all).
+
+Each fitted source also turns into plain arrays and back (`to_arrays` / `from_arrays`: settings
+as a JSON-able dict, fitted state as numpy arrays), so a served model is a set of explicit files
+(models/bundle.py), never a pickle.
 """
 
 from __future__ import annotations
@@ -23,8 +27,25 @@ from models.histories import Histories
 from models.peers import ALS, EASE
 from models.protocol import TrainData
 
+Arrays = dict[str, np.ndarray]  # a fitted state: name -> array (names become file names)
+
+
+def csr_to_arrays(prefix: str, matrix: sp.spmatrix) -> Arrays:
+    matrix = sp.csr_matrix(matrix)
+    return {f"{prefix}.data": matrix.data, f"{prefix}.indices": matrix.indices,
+            f"{prefix}.indptr": matrix.indptr, f"{prefix}.shape": np.array(matrix.shape, dtype=np.int64)}
+
+
+def csr_from_arrays(prefix: str, arrays: Arrays) -> sp.csr_matrix:
+    shape = tuple(int(n) for n in arrays[f"{prefix}.shape"])
+    return sp.csr_matrix((arrays[f"{prefix}.data"], arrays[f"{prefix}.indices"], arrays[f"{prefix}.indptr"]),
+                         shape=shape)
+
 
 class RecencyEASE:
+    """EASE item-item weights over a recency-weighted history (`tau`: how fast older titles fade;
+    `floor`: what even the oldest title keeps)."""
+
     def __init__(self, l2: float = 300.0, tau: float = 10.0, floor: float = 0.3):
         self.l2, self.tau, self.floor = l2, tau, floor
 
@@ -32,6 +53,15 @@ class RecencyEASE:
         self.weights_ = EASE(self.l2).fit(data).weights_
         self.data_ = data
         return self
+
+    def to_arrays(self) -> tuple[dict, Arrays]:
+        return {"l2": self.l2, "tau": self.tau, "floor": self.floor}, {"weights": self.weights_}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: Arrays, data: TrainData) -> "RecencyEASE":
+        source = cls(**params)
+        source.weights_, source.data_ = arrays["weights"], data
+        return source
 
     def score_histories(self, histories: Histories) -> np.ndarray:
         return np.asarray(histories.weighted(self.tau, self.floor) @ self.weights_)
@@ -86,6 +116,17 @@ class SequentialCooccurrence:
         self.data_ = data
         return self
 
+    def to_arrays(self) -> tuple[dict, Arrays]:
+        params = {"window": self.window, "step_decay": self.step_decay, "pop_exponent": self.pop_exponent,
+                  "tau": self.tau}
+        return params, {"affinity": self.affinity_}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: Arrays, data: TrainData) -> "SequentialCooccurrence":
+        source = cls(**params)
+        source.affinity_, source.data_ = arrays["affinity"], data
+        return source
+
     def score_histories(self, histories: Histories) -> np.ndarray:
         return np.asarray(histories.weighted(self.tau, 0.0) @ self.affinity_)
 
@@ -134,6 +175,20 @@ class Embeddings:
         self.gram_ = items.T @ items + als.regularization * np.eye(items.shape[1])
         return self
 
+    def to_arrays(self) -> tuple[dict, Arrays]:
+        params = {"factors": self.factors, "seed": self.seed, "alpha": float(self.alpha_),
+                  "regularization": float(self.regularization_)}
+        return params, {"member_vectors": self.member_vectors_, "title_vectors": self.index_.vectors,
+                        "gram": self.gram_}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: Arrays, data: TrainData) -> "Embeddings":
+        source = cls(factors=params["factors"], seed=params["seed"])
+        source.alpha_, source.regularization_ = params["alpha"], params["regularization"]
+        source.member_vectors_, source.gram_ = arrays["member_vectors"], arrays["gram"]
+        source.index_ = ExactDotIndex(arrays["title_vectors"])
+        return source
+
     def fold_in(self, histories: Histories) -> np.ndarray:
         """Member vectors for each history row: (YtY + reg I + (a-1) Ys^T Ys)^-1 a Ys^T 1."""
         items = self.index_.vectors.astype(np.float64)
@@ -169,6 +224,17 @@ class RecentPopularity:
         self.now_, self.n_titles_ = data.last_ts, data.shape[1]
         return self
 
+    def to_arrays(self) -> tuple[dict, Arrays]:
+        return ({"days": self.days, "n_titles": int(self.n_titles_)},
+                {"times": self.times_, "titles": self.titles_, "now": self.now_})
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: Arrays, data: TrainData) -> "RecentPopularity":
+        source = cls(days=params["days"])
+        source.times_, source.titles_, source.now_ = arrays["times"], arrays["titles"], arrays["now"]
+        source.n_titles_ = params["n_titles"]
+        return source
+
     def at(self, now: np.ndarray) -> np.ndarray:
         """Plays of every title in the `days` before each `now` (seconds)."""
         out = np.zeros((len(now), self.n_titles_))
@@ -184,41 +250,6 @@ class RecentPopularity:
         return self.at(self.now_[np.asarray(members)])
 
 
-class PopularityByCountry:
-    """Top titles among members of the same country (country code per member index)."""
-
-    def __init__(self, member_country: np.ndarray):
-        self.member_country = np.asarray(member_country)
-
-    def fit(self, data: TrainData) -> "PopularityByCountry":
-        codes, inverse = np.unique(self.member_country, return_inverse=True)
-        onehot = sp.csr_matrix((np.ones(len(inverse)), (inverse, np.arange(len(inverse)))),
-                               shape=(len(codes), len(inverse)))
-        self.by_country_ = np.asarray((onehot @ data.matrix).todense())
-        self.code_of_member_ = inverse
-        return self
-
-    def score(self, members: np.ndarray) -> np.ndarray:
-        return self.by_country_[self.code_of_member_[members]]
-
-
-class NewReleases:
-    """Recently released titles, newest first, within `days` of the member's now."""
-
-    def __init__(self, release_ts: np.ndarray, days: float = 60.0):
-        self.release_ts = np.asarray(release_ts, dtype=np.float64)  # NaN when unknown
-        self.days = days
-
-    def fit(self, data: TrainData) -> "NewReleases":
-        self.now_ = data.last_ts
-        return self
-
-    def score(self, members: np.ndarray) -> np.ndarray:
-        age_days = (self.now_[members, None] - self.release_ts[None, :]) / DAY_S
-        fresh = (age_days >= 0) & (age_days <= self.days)
-        return np.where(fresh, self.days - age_days, 0.0)
-
-
 @dataclass
 class TitleContent:
     """What a title is, independent of who watched it: for cold-start titles and features."""
@@ -230,6 +261,13 @@ class TitleContent:
     @classmethod
     def empty(cls, n_titles: int) -> "TitleContent":
         return cls(sp.csr_matrix((n_titles, 1)), np.full(n_titles, np.nan), np.zeros(n_titles, dtype=int))
+
+    def to_arrays(self) -> Arrays:
+        return {**csr_to_arrays("genres", self.genres), "release_year": self.release_year, "maturity": self.maturity}
+
+    @classmethod
+    def from_arrays(cls, arrays: Arrays) -> "TitleContent":
+        return cls(csr_from_arrays("genres", arrays), arrays["release_year"], arrays["maturity"])
 
 
 class ContentBased:
@@ -248,6 +286,20 @@ class ContentBased:
         self.data_ = data
         return self
 
+    def to_arrays(self) -> tuple[dict, Arrays]:
+        arrays = {**{f"content.{k}": v for k, v in self.content.to_arrays().items()},
+                  **csr_to_arrays("title_genres", self.title_genres_), "years": self.years_}
+        return {"tau": self.tau}, arrays
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: Arrays, data: TrainData) -> "ContentBased":
+        content = TitleContent.from_arrays({k[len("content."):]: v for k, v in arrays.items()
+                                            if k.startswith("content.")})
+        source = cls(content, tau=params["tau"])
+        source.title_genres_, source.years_ = csr_from_arrays("title_genres", arrays), arrays["years"]
+        source.data_ = data
+        return source
+
     def score_profiles(self, profile: np.ndarray, member_year: np.ndarray) -> np.ndarray:
         """Scores from genre profiles (rows x genres, any scale) and preferred release years."""
         profile = np.asarray(profile, dtype=np.float64)
@@ -265,3 +317,8 @@ class ContentBased:
 
     def score(self, members: np.ndarray) -> np.ndarray:
         return self.score_histories(Histories.from_data(self.data_, members))
+
+
+# The kinds of fitted source a model bundle can hold, by the name its manifest records.
+SOURCE_KINDS = {cls.__name__: cls for cls in
+                (RecencyEASE, SequentialCooccurrence, Embeddings, RecentPopularity, ContentBased)}

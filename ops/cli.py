@@ -39,7 +39,7 @@ def _retrain():
 
 
 def _registry():
-    from actors import registry as module
+    from ops import registry_cli as module
     return module.configure_cli, module.cli_main
 
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from models.bundle import ModelBundle
 from models.pipeline_config import PipelineConfig
 from models.protocol import TrainData
-from models.ranker_features import Candidates, FeatureBuilder, StoreLink
+from models.ranker_features import Candidates, FeatureBuilder, SnapshotFeatures, StoreLink
 from models.retrieval import (
     ContentBased,
     Embeddings,
@@ -24,6 +25,7 @@ from models.retrieval import (
     SequentialCooccurrence,
     TitleContent,
 )
+
 
 def build_sources(content: TitleContent | None, seed: int) -> dict:
     sources = {
@@ -121,6 +123,23 @@ class Pipeline:
             self.training_["seconds"][objective] = round(result.seconds, 3)
         self.serving_ = self._builder(data)
         return self
+
+    def bundle(self, dataset_name: str, catalog_title_ids: np.ndarray, title_ids: np.ndarray,
+               member_ids: np.ndarray) -> ModelBundle:
+        """What serving needs of this fitted pipeline, bound to the catalog it was trained on
+        (`catalog_title_ids`: every title of that catalog; `title_ids`/`member_ids`: the fitted
+        indices' external ids). The feature store, if linked, is frozen into a snapshot at the
+        model's as-of, so the served model reads the features it was trained with."""
+        builder = self.serving_
+        snapshot = None
+        if builder.store is not None:
+            as_of = int(builder.data.timestamps.max()) if len(builder.data.timestamps) else 0
+            snapshot = SnapshotFeatures(builder.store, as_of)
+        served = FeatureBuilder(builder.data, builder.sources, builder.depth,
+                                strong=builder.data.strong if builder._strong_key is not None else None,
+                                store=builder.store, snapshot=snapshot)
+        return ModelBundle(self.feature_names_, self.config, self.boosters_, served, title_ids, member_ids,
+                           catalog_title_ids, dataset_name, dict(getattr(self, "training_", {})))
 
     def rank(self, members: np.ndarray) -> tuple[Candidates, np.ndarray]:
         """Candidates for `members` and their blended ranker scores."""

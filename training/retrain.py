@@ -6,17 +6,20 @@ version's recorded config is refit on this split, so a candidate is never judged
 from other data. Promotion is the last step and a single atomic pointer write in the registry, so
 a failure anywhere before it leaves the serving version untouched; serving replicas watch the
 registry's pointer (Registry.watch) and hot-swap.
+
+The model is registered as a bundle (models/bundle.py: XGBoost's own format, .npy arrays, a
+manifest with a sha256 per file), bound to the catalog it was trained on. A dataset whose catalog
+is not the one the registry serves is refused before training unless `--no-promote` is given
+(then it is only registered: the registry will never promote it here).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
 import json
-import pickle
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,10 +68,6 @@ def _dataset_dir(spec: str, paths: Paths) -> Path | None:
     return target
 
 
-def feature_schema_hash(names: list[str]) -> str:
-    return hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
-
-
 def retrain(
     dataset: str,
     *,
@@ -83,7 +82,8 @@ def retrain(
     """Run every step; raises RetrainError (naming the step) after leaving serving untouched."""
     from tqdm import tqdm
 
-    from actors.registry import Registry
+    from models.bundle import DatasetIdentity, dataset_name, feature_schema_hash, registry_files, write_bundle
+    from state.registry import Registry
     from training.evaluate import load_eval_data, title_content
     from models.pipeline_config import PipelineConfig
     from training.pipeline import Pipeline
@@ -135,13 +135,24 @@ def retrain(
 
     def train():
         data, split, train_data, content = load_split()
+        parsed = DatasetSpec.parse(dataset, allow_bare_world=False)  # a Marquee dataset names itself
+        name = dataset_name(parsed.location) if parsed.kind == "world" else data.name
+        dataset_id = DatasetIdentity.of_titles(name, data.titles.column("title_id").to_numpy())
+        served = registry.catalog()
+        if promote and served is not None and not dataset_id.same_catalog(served):
+            raise RetrainError(
+                f"retrain: {dataset} is {dataset_id.describe()}, but this home's registry serves "
+                f"{served.describe()}: a model ranks the catalog it was trained on, so this one could "
+                f"never be promoted here. Nothing was trained; serving version "
+                f"{report.serving_before or '(none)'} is untouched (--no-promote registers it anyway, "
+                "as a candidate this registry will not promote)")
         features = state.get("features")
         store = (StoreLink(features["store_dir"], split.member_ids, split.title_ids, features["version"])
                  if features else None)
         config = PipelineConfig(**{**(config_overrides or {}), "engine": engine})
         model = Pipeline(config, content, store).fit(train_data)
         return {"data": data, "split": split, "train": train_data, "content": content,
-                "model": model, "config": config, "store": store}
+                "model": model, "config": config, "store": store, "dataset": dataset_id}
 
     def assess():
         t = state["train"]
@@ -168,27 +179,22 @@ def retrain(
 
     def register():
         t = state["train"]
-        model = t["model"]
-        buffer = io.BytesIO()
-        pickle.dump(model, buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        files = {
-            "pipeline.pkl": buffer.getvalue(),
-            "ranker_play.json": bytes(model.boosters_["play"].save_raw("json")),
-            "ranker_completion.json": bytes(model.boosters_["completion"].save_raw("json")),
-            "title_ids.json": json.dumps([int(x) for x in t["split"].title_ids]).encode(),
-            "member_ids.json": json.dumps([int(x) for x in t["split"].member_ids]).encode(),
-        }
+        model, split = t["model"], t["split"]
+        bundle = model.bundle(t["dataset"].name, t["data"].titles.column("title_id").to_numpy(),
+                              split.title_ids, split.member_ids)
         config = dataclasses.asdict(t["config"])
         config.pop("engine", None)
-        version = registry.register(
-            files,
-            metrics={**state["evaluate"], "config": config, "gate": state["gate"],
-                     "training": model.training_},
-            data_window={"dataset": dataset, "features_version": report.features_version,
-                         "train_interactions": int(t["split"].train.nnz)},
-            feature_schema_hash=feature_schema_hash(model.feature_names_),
-            parent=report.serving_before,
-        )
+        with tempfile.TemporaryDirectory(prefix="marquee-bundle-") as out:
+            write_bundle(bundle, out)
+            version = registry.register(
+                registry_files(out),
+                metrics={**state["evaluate"], "config": config, "gate": state["gate"],
+                         "training": model.training_},
+                data_window={"dataset": dataset, "features_version": report.features_version,
+                             "train_interactions": int(split.train.nnz)},
+                feature_schema_hash=feature_schema_hash(model.feature_names_),
+                parent=report.serving_before,
+            )
         report.candidate = version.version
         return version.version
 

@@ -2,8 +2,8 @@
 
 Up is idempotent and cached: it starts a Ray head for this home (ops.local.cluster), builds the
 default world (or imports MovieLens) only if it is missing, runs the feature job only if no
-feature version exists for that dataset, starts the stateful actors (event log, member state,
-feature store) as detached named actors, trains and promotes a model only if none is promoted,
+feature version exists for that dataset, starts the stateful actors (event log, member state)
+as detached named actors, trains and promotes a model only if none is promoted,
 deploys the Serve app on `--port`, and prints where to look.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 
 from marquee.dataset_spec import DatasetSpec
 from marquee.home import Paths
+from marquee.names import NAMESPACE
 
-NAMESPACE = "marquee"
 # Titles per member that member state hands the homepage: its history for scoring and the
 # watched filter (the heaviest MovieLens members rated ~700 titles).
 RECENT_LIMIT = 1000
@@ -141,9 +141,9 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
     import ray
 
     from actors.events import start_event_log
-    from actors.features import FeatureStore
     from actors.member_state import start_member_state
-    from actors.registry import Registry
+    from models.bundle import DatasetIdentity
+    from state.registry import Registry, RegistryError
     from deployments.service import SERVING_FILE, TOKEN_FILE, admin_token
     from marquee.durable import write_atomic
     from training.features import run_feature_job
@@ -158,17 +158,20 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         # The log is the memory of record: history enters it once, live events follow it.
         print("Loading the dataset's history into the event log ...", flush=True)
         ray.get(event_log.import_events_dir.remote(str(dataset / "events")))
-    store = FeatureStore.create(detached=True)
-    store.publish(features_dir, version)
     member_state = start_member_state(
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
         lifetime="detached", recent_limit=RECENT_LIMIT)
     applied = ray.get(member_state.sync.remote())
     registry = Registry(paths.registry)
-    if registry.promoted_version() is None:
+    try:  # one home serves one catalog: its models rank that catalog's titles
+        registry.bind_catalog(DatasetIdentity.of_dataset_dir(dataset), reason="marquee up")
+    except RegistryError as exc:
+        raise SystemExit(f"marquee up: {exc}") from None
+    missing = registry.why_not_servable()  # nothing promoted, or a previous-format version
+    if missing is not None:
         from training.retrain import retrain
 
-        print("Training the first model (Ray Train) ...", flush=True)
+        print(f"Training a model (Ray Train): {missing} ...", flush=True)
         report = retrain(f"world:{dataset}", paths=paths, engine="ray", run_features=False,
                          config_overrides=train_overrides, progress=False)
         if not report.promoted:
@@ -210,7 +213,7 @@ def _print_where_to_look(system: dict) -> None:
         ]
     lines += [
         f"  Ray dashboard     {system['dashboard']}",
-        f"  Ray address       {system['ray_address']}  (ray.init(address=..., namespace='marquee'))",
+        f"  Ray address       {system['ray_address']}  (ray.init(address=..., namespace={NAMESPACE!r}))",
         f"  Dataset           {system['dataset']}  ({system['dataset_source']}, {system['events']} events)",
         f"  Features          version {system['features_version']}",
         f"  Model             {system.get('model_version')}",

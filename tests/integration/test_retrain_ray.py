@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.registry import Registry
+from state.registry import Registry
 from marquee.home import Paths
 from producers.world.generate import generate_world
 from training.retrain import retrain

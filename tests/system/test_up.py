@@ -137,7 +137,7 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
                              json={"skip_features": True})  # same config as serving: the gate passes
         assert started.status_code == 202, started.text
         job = started.json()["job_id"]
-        from actors.registry import Registry
+        from state.registry import Registry
 
         registry = Registry(home / "registry", read_only=True)
         deadline = time.monotonic() + 400

@@ -7,10 +7,11 @@ import gc
 import numpy as np
 import pytest
 
-from actors.registry import Registry
+from bundle_fakes import WORLD, manifest_only
 from deployments.model import ModelLoadError
 from deployments.model_holder import FOLLOW_PROMOTED, ModelHolder
 from deployments.ranking import Ranker
+from state.registry import Registry
 
 
 class FakeModel:
@@ -31,18 +32,21 @@ class FakeLoader:
     def __init__(self, broken: tuple[str, ...] = ()):
         self.broken = set(broken)
         self.calls: list[str] = []
+        self.catalogs: list = []  # what each load was asked to check
         self.models: dict[str, FakeModel] = {}
 
-    def __call__(self, root, version: str) -> FakeModel:
+    def __call__(self, root, version: str, catalog=None) -> FakeModel:
         self.calls.append(version)
+        self.catalogs.append(catalog)
         if version in self.broken:
-            raise ModelLoadError(f"{version}: pipeline.pkl does not match its sha256")
+            raise ModelLoadError(f"{version}: model/boosters/play.ubj does not match its sha256")
         model = self.models[version] = FakeModel(version, scale=float(version[1:]))
         return model
 
 
 def register(registry: Registry, n: int = 1) -> list[str]:
-    return [registry.register({"pipeline.pkl": f"model {i}".encode()}, metrics={"auc": 0.7},
+    return [registry.register({"model/manifest.json": manifest_only(), "model/x.npy": f"model {i}".encode()},
+                              metrics={"auc": 0.7},
                               data_window={"days": 7}, feature_schema_hash="h").version for i in range(n)]
 
 
@@ -178,12 +182,14 @@ def test_unreadable_registry_is_recorded_not_raised(registry):
 def test_status(registry):
     (v1,) = register(registry)
     registry.promote(v1)
-    holder = ModelHolder(registry.root, loader=FakeLoader())
+    loader = FakeLoader()
+    holder = ModelHolder(registry.root, loader=loader, catalog=WORLD)
     assert holder.status() == {"version": None, "target": FOLLOW_PROMOTED, "last_error": None,
-                               "failed_versions": [], "swaps": 0}
+                               "failed_versions": [], "swaps": 0, "catalog": WORLD.to_dict()}
     holder.refresh()
     assert holder.status() == {"version": v1, "target": FOLLOW_PROMOTED, "last_error": None,
-                               "failed_versions": [], "swaps": 1}
+                               "failed_versions": [], "swaps": 1, "catalog": WORLD.to_dict()}
+    assert loader.catalogs == [WORLD]  # the loader is told which catalog to insist on
 
 
 # -- Ranker ----------------------------------------------------------------------------------------

@@ -21,10 +21,9 @@ from models.retrieval import (
     ContentBased,
     Embeddings,
     ExactDotIndex,
-    NewReleases,
-    PopularityByCountry,
     RecencyEASE,
     RecentPopularity,
+    SOURCE_KINDS,
     SequentialCooccurrence,
     TitleContent,
 )
@@ -236,34 +235,6 @@ class TestRecentPopularity(ModelContract):
         assert scores[1, 4] == 3  # member 3's now is day 12: all three plays are before it
 
 
-class TestPopularityByCountry(ModelContract):
-    def make_model(self):
-        return PopularityByCountry(np.where(np.arange(N_MEMBERS) < GROUP_MEMBERS, "US", "BR"))
-
-    def test_top_titles_are_those_of_the_members_country(self, board):
-        data, _ = board
-        scores = self.make_model().fit(data).score(np.arange(N_MEMBERS))
-        for member in range(N_MEMBERS):
-            top = np.argsort(-scores[member], kind="stable")[:HALF]
-            assert {group_of_title(t) for t in top} == {group_of_member(member)}
-
-
-class TestNewReleases(ModelContract):
-    def make_model(self):
-        release = np.full(N_TITLES, np.nan)
-        release[:4] = T0 - np.array([5, 30, 90, 1]) * DAY_S
-        release[4] = T0 + 10 * DAY_S  # released 10 days after member 0's now
-        return NewReleases(release, days=60)
-
-    def test_only_titles_released_in_the_window_before_now_score(self):
-        data = plays([(0, 0, 0)], shape=(1, N_TITLES))  # member 0's now is T0
-        scores = self.make_model().fit(data).score(np.array([0]))[0]
-        fresh = {0, 1, 3}  # 5, 30 and 1 days old
-        assert set(np.flatnonzero(scores > 0).tolist()) == fresh
-        assert scores[3] > scores[0] > scores[1]  # newest first
-        assert scores[2] == 0 and scores[4] == 0  # too old; not released yet at now
-
-
 class TestContentBased(ModelContract):
     def make_model(self):
         return ContentBased(content_by_group())
@@ -282,3 +253,37 @@ class TestContentBased(ModelContract):
         content = TitleContent.empty(5)
         scores = ContentBased(content).fit(plays([(0, 0, 0), (1, 1, 0)])).score(np.arange(4))
         assert np.isfinite(scores).all()
+
+
+# -- the array form every served source has (models/bundle.py builds served models from it) -------
+
+SERVED_SOURCES = {
+    "RecencyEASE": RecencyEASE,
+    "SequentialCooccurrence": SequentialCooccurrence,
+    "Embeddings": lambda: Embeddings(factors=8, seed=7),
+    "RecentPopularity": lambda: RecentPopularity(days=7),
+    "ContentBased": lambda: ContentBased(content_by_group()),
+}
+
+
+def test_every_source_kind_a_bundle_can_hold_is_checked_here():
+    assert set(SERVED_SOURCES) == set(SOURCE_KINDS)
+
+
+@pytest.mark.parametrize("kind", sorted(SERVED_SOURCES))
+def test_array_form_scores_exactly_like_the_fitted_source(board, kind):
+    """Settings through JSON, state as plain arrays: the rebuilt source scores bit for bit alike."""
+    import json
+
+    from models.histories import Histories
+
+    data, _ = board
+    fitted = SERVED_SOURCES[kind]().fit(data)
+    params, arrays = fitted.to_arrays()
+    assert all(isinstance(a, np.ndarray) and a.dtype != object for a in arrays.values())
+    rebuilt = SOURCE_KINDS[kind].from_arrays(json.loads(json.dumps(params)),
+                                             {name: np.array(a, copy=True) for name, a in arrays.items()}, data)
+    members = np.array([0, 5, 11])
+    np.testing.assert_array_equal(rebuilt.score(members), fitted.score(members))
+    histories = Histories.from_lists([[1, 2], [], [7, 8, 9]], [T0, T0, T0 + DAY_S], N_TITLES)
+    np.testing.assert_array_equal(rebuilt.score_histories(histories), fitted.score_histories(histories))

@@ -12,17 +12,20 @@ from pathlib import Path
 
 import pytest
 
-import actors.registry as registry_module
-from actors.registry import ModelVersion, Registry, RegistryError, UnknownVersionError
+from bundle_fakes import MOVIELENS, WORLD, manifest_only
+from models.bundle import DatasetIdentity
+from state.registry import (CatalogMismatchError, LegacyFormatError, ModelVersion, Registry, RegistryError,
+                            UnknownVersionError, layout)
 
 WINDOW = {"start": "2024-01-01T00:00:00+00:00", "end": "2024-02-01T00:00:00+00:00", "dataset": "/data/x"}
 
 
-def register(reg: Registry, payload: bytes = b"model", **kw) -> ModelVersion:
+def register(reg: Registry, payload: bytes = b"model", dataset: DatasetIdentity = WORLD, **kw) -> ModelVersion:
+    """A version with an artifact and a bundle manifest naming `dataset` (what promote checks)."""
     kw.setdefault("metrics", {"ndcg@10": 0.1})
     kw.setdefault("data_window", WINDOW)
     kw.setdefault("feature_schema_hash", "abc123")
-    return reg.register({"model.bin": payload}, **kw)
+    return reg.register({"model.bin": payload, "model/manifest.json": manifest_only(dataset)}, **kw)
 
 
 def fork_context():
@@ -267,12 +270,81 @@ def test_verify_detects_a_corrupted_artifact(tmp_path):
         reg.verify(model.version)
 
 
+# -- the served catalog ----------------------------------------------------------------------------
+
+
+def test_first_promotion_binds_the_catalog_and_another_catalog_is_refused(tmp_path):
+    reg = Registry(tmp_path)
+    register(reg)
+    register(reg, dataset=MOVIELENS)
+    assert reg.catalog() is None
+    reg.promote("v0001")
+    assert reg.catalog() == WORLD
+    assert json.loads((tmp_path / "CATALOG").read_text())["fingerprint"] == WORLD.fingerprint
+    with pytest.raises(CatalogMismatchError) as info:
+        reg.promote("v0002")
+    message = str(info.value)
+    assert message.startswith("cannot promote v0002: v0002 was trained on movielens:ml-100k (catalog fingerprint "
+                              f"{MOVIELENS.fingerprint[:16]}")
+    assert f"this registry serves world:world (catalog fingerprint {WORLD.fingerprint[:16]}" in message
+    assert reg.promoted_version() == "v0001"
+    assert [e["action"] for e in reg.history()] == ["register", "register", "bind-catalog", "promote"]
+
+
+def test_rollback_to_another_catalog_is_refused(tmp_path):
+    reg = Registry(tmp_path)
+    register(reg, dataset=MOVIELENS)
+    reg.promote("v0001")  # binds movielens
+    register(reg)
+    with pytest.raises(CatalogMismatchError, match="cannot roll back to v0002"):
+        reg.rollback(to="v0002")
+
+
+def test_bind_catalog_keeps_the_same_and_refuses_another(tmp_path):
+    reg = Registry(tmp_path)
+    assert reg.bind_catalog(WORLD, reason="marquee up") == WORLD
+    same = DatasetIdentity(WORLD.name + "-renamed", WORLD.fingerprint, WORLD.titles)
+    assert reg.bind_catalog(same) == WORLD  # the fingerprint decides, the first record stays
+    with pytest.raises(CatalogMismatchError, match="serves world:world .* not movielens:ml-100k"):
+        reg.bind_catalog(MOVIELENS)
+    register(reg, dataset=MOVIELENS)
+    with pytest.raises(CatalogMismatchError, match="cannot promote v0001"):
+        reg.promote("v0001")  # bound before any promotion: `marquee up` set it
+    assert Registry(tmp_path, read_only=True).catalog() == WORLD
+
+
+def test_a_previous_format_version_is_listed_but_never_promoted(tmp_path):
+    reg = Registry(tmp_path)
+    old = reg.register({"pipeline.pkl": b"\x80\x04", "title_ids.json": b"[1]"}, metrics={}, data_window={},
+                       feature_schema_hash="h")
+    assert [m.version for m in reg.list()] == [old.version]
+    with pytest.raises(LegacyFormatError, match=r"cannot promote v0001: v0001 was written in the previous "
+                                                r"format \(pipeline.pkl\).*retrain"):
+        reg.promote(old.version)
+    plain = reg.register({"notes.txt": b"x"}, metrics={}, data_window={}, feature_schema_hash="h")
+    with pytest.raises(RegistryError, match="holds no model bundle"):
+        reg.promote(plain.version)
+
+
+def test_why_not_servable_names_a_previous_format_promoted_version(tmp_path):
+    """What `marquee up` asks to decide whether to train: a registry of the old format (its
+    PROMOTED written back then) names a version serving refuses."""
+    reg = Registry(tmp_path)
+    assert reg.why_not_servable() == "no version is promoted"
+    reg.register({"pipeline.pkl": b"\x80\x04"}, metrics={}, data_window={}, feature_schema_hash="h")
+    layout.write_pointer(reg.pointer_path, "v0001", [])  # as the previous code promoted it
+    assert "previous format (pipeline.pkl)" in reg.why_not_servable()
+    register(reg)
+    reg.promote("v0002")
+    assert reg.why_not_servable() is None
+
+
 # -- atomicity -------------------------------------------------------------------------------------
 
 
 def test_exception_mid_register_leaves_nothing_visible(tmp_path, monkeypatch):
     reg = Registry(tmp_path)
-    real = registry_module._write_artifact
+    real = layout.write_artifact
     calls = []
 
     def fail_on_second(path, source):
@@ -281,7 +353,7 @@ def test_exception_mid_register_leaves_nothing_visible(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real(path, source)
 
-    monkeypatch.setattr(registry_module, "_write_artifact", fail_on_second)
+    monkeypatch.setattr(layout, "write_artifact", fail_on_second)
     with pytest.raises(OSError, match="disk full"):
         reg.register({"a": b"1", "b": b"2", "c": b"3"}, metrics={}, data_window={}, feature_schema_hash="h")
     monkeypatch.undo()
@@ -317,7 +389,7 @@ def test_crash_before_rename_leaves_no_version_and_next_register_cleans_up(tmp_p
 
 def _stage_and_wait(root: str, staged, release) -> None:
     """Child: hold a registration in staging until told to finish."""
-    real = registry_module._write_artifact
+    real = layout.write_artifact
 
     def slow(path, source):
         meta = real(path, source)
@@ -325,7 +397,7 @@ def _stage_and_wait(root: str, staged, release) -> None:
         release.wait(30)
         return meta
 
-    registry_module._write_artifact = slow
+    layout.write_artifact = slow
     Registry(root).register({"a": b"1"}, metrics={}, data_window={}, feature_schema_hash="h")
 
 
@@ -354,7 +426,7 @@ def test_crash_before_pointer_rename_keeps_the_old_promoted_version(tmp_path, mo
     def crash(src, dst):
         raise SystemExit("killed between writing PROMOTED's temp file and renaming it")
 
-    monkeypatch.setattr(registry_module.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(SystemExit):
         reg.promote("v0002")
     monkeypatch.undo()
@@ -415,7 +487,7 @@ def test_torn_history_line_is_skipped_and_the_next_append_starts_a_new_line(tmp_
     with open(tmp_path / "history.jsonl", "ab") as fh:
         fh.write(b'{"action": "prom')  # a crash mid-append
     reg.promote(1)
-    assert [e["action"] for e in reg.history()] == ["register", "promote"]
+    assert [e["action"] for e in reg.history()] == ["register", "bind-catalog", "promote"]
 
 
 def _register_many(root: str, count: int, queue) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors.registry import Registry
 from marquee.home import Paths
+from models.bundle import BUNDLE_DIR, load_bundle, read_manifest
+from state.registry import Registry
 from producers.world.generate import generate_world
 from training.retrain import RetrainError, retrain
 
@@ -28,7 +29,9 @@ def test_promote_then_refuse_a_worse_candidate(world, tmp_path):
     registry = Registry(paths.registry)
     manifest = registry.get(first.candidate)
     assert manifest.metrics["config"]["rounds"] == 40 and manifest.feature_schema_hash
-    assert (registry.artifact_path(first.candidate, "ranker_play.json")).stat().st_size > 0
+    assert registry.artifact_path(first.candidate, f"{BUNDLE_DIR}/boosters/play.ubj").stat().st_size > 0
+    assert not any(name.endswith(".pkl") for name in manifest.files)  # a bundle, no pickle
+    assert registry.catalog() == registry.dataset_of(first.candidate)  # the first promotion bound it
 
     worse = retrain(world, paths=paths, engine="local", run_features=False, progress=False,
                     config_overrides={"rounds": 1, "depth": {"trending": 10}})
@@ -54,14 +57,32 @@ def test_a_failed_step_leaves_serving_untouched(world, tmp_path):
 def test_the_ranker_reads_the_offline_feature_store(world, tmp_path):
     """With the feature step on, the ranker's features include the store's member and title
     features (joined as of each member's now), and the version records which store it read."""
-    import pickle
-
     paths = Paths(tmp_path / "home")
     report = retrain(world, paths=paths, engine="local", run_features=True, progress=False,
                      config_overrides={"rounds": 20})
     assert report.features_version
     registry = Registry(paths.registry)
-    model = pickle.loads(registry.read_artifact(report.candidate, "pipeline.pkl"))
-    store_columns = [n for n in model.feature_names_ if n.startswith("store_")]
+    bundle_dir = registry.artifact_path(report.candidate, f"{BUNDLE_DIR}/manifest.json").parent
+    store_columns = [n for n in read_manifest(bundle_dir)["features"]["names"] if n.startswith("store_")]
     assert "store_genre_match" in store_columns and "store_member_cold_start" in store_columns
     assert registry.get(report.candidate).data_window["features_version"] == report.features_version
+    assert load_bundle(bundle_dir).builder.snapshot is not None  # the store's features, frozen in
+
+
+def test_a_dataset_of_another_catalog_is_refused_before_training(world, tmp_path):
+    """The issue's bug: a home serving one catalog retrained on another must not train a model
+    for promotion; the message names both catalogs."""
+    other = tmp_path / "other"
+    generate_world(members=200, titles=120, days=20, seed=5, out=other)
+    paths = Paths(tmp_path / "home")
+    first = retrain(world, paths=paths, engine="local", run_features=False, progress=False,
+                    config_overrides={"rounds": 10})
+    registry = Registry(paths.registry)
+    served = registry.catalog()
+    with pytest.raises(RetrainError) as info:
+        retrain(f"world:{other}", paths=paths, engine="local", run_features=False, progress=False)
+    message = str(info.value)
+    assert f"world:other (catalog fingerprint" in message and "120 titles" in message
+    assert f"serves {served.name} (catalog fingerprint {served.fingerprint[:16]}" in message
+    assert "Nothing was trained" in message
+    assert registry.promoted_version() == first.candidate and registry.versions() == [first.candidate]

@@ -1,22 +1,19 @@
 """Serving a registered pipeline from live histories: no train/serve skew.
 
 A small random dataset goes through the real feature job (arrow engine), the pipeline fits with
-the offline store linked, and the version is registered; ServingModel then scores histories
-given as plain lists, the way member state hands them over.
+the offline store linked, and the version is registered as a bundle; ServingModel then scores
+histories given as plain lists, the way member state hands them over.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import pickle
-
 import numpy as np
 import pytest
 
-from actors.registry import Registry
 from deployments.model import LiveMember, ModelLoadError, ServingModel
 from feature_data import random_dataset
+from models.bundle import registry_files, write_bundle
+from state.registry import Registry
 from training.evaluate import load_eval_data, title_content
 from training.features import run_feature_job
 from models.histories import Histories
@@ -36,12 +33,11 @@ def served(tmp_path_factory):
     link = StoreLink(str(root / "features"), split.member_ids, split.title_ids, result.version)
     config = PipelineConfig(rounds=8, depth={"sequence": 8, "recency_ease": 8, "embedding": 5, "trending": 3, "content": 3})
     pipeline = Pipeline(config, title_content(data.titles, split.title_ids), link).fit(split.train_data())
-    buffer = io.BytesIO()
-    pickle.dump(pipeline, buffer)
+    bundle = pipeline.bundle(data.name, data.titles.column("title_id").to_numpy(), split.title_ids, split.member_ids)
+    write_bundle(bundle, root / "bundle")
     registry = Registry(root / "registry")
-    version = registry.register({"pipeline.pkl": buffer.getvalue(),
-                                 "title_ids.json": json.dumps([int(t) for t in split.title_ids]).encode()},
-                                metrics={}, data_window={}, feature_schema_hash="test").version
+    version = registry.register(registry_files(root / "bundle"), metrics={}, data_window={},
+                                feature_schema_hash="test").version
     return registry, version, pipeline, split
 
 
@@ -148,8 +144,20 @@ def test_unknown_member_and_unknown_titles_still_get_candidates(served):
     assert len(candidates.titles) > 0
 
 
-def test_a_corrupt_version_fails_to_load_with_a_clear_error(served, tmp_path):
-    registry, _, _, _ = served
-    bad = registry.register({"pipeline.pkl": b"not a pickle", "title_ids.json": b"[1, 2]"}, metrics={}, data_window={}, feature_schema_hash="test").version
-    with pytest.raises(ModelLoadError, match=bad):
+def test_a_corrupt_version_fails_to_load_with_a_clear_error(served):
+    registry, version, _, _ = served
+    files = {name: registry.read_artifact(version, name) for name in registry.get(version).files}
+    booster = "model/boosters/play.ubj"
+    bad = registry.register({**files, booster: files[booster][:-7] + b"corrupt"}, metrics={}, data_window={},
+                            feature_schema_hash="test").version
+    with pytest.raises(ModelLoadError, match=f"{bad}.*boosters/play.ubj does not match its sha256"):
         ServingModel.load(registry.root, bad)
+
+
+def test_a_version_of_the_previous_format_is_refused_and_says_retrain(served):
+    """A pickle is never loaded: the message says the version must be retrained."""
+    registry, _, _, _ = served
+    old = registry.register({"pipeline.pkl": b"\x80\x04 a pickle", "title_ids.json": b"[1, 2]"}, metrics={},
+                            data_window={}, feature_schema_hash="test").version
+    with pytest.raises(ModelLoadError, match=rf"{old} was written in the previous format \(pipeline.pkl\).*retrain"):
+        ServingModel.load(registry.root, old)
