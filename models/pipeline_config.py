@@ -4,8 +4,19 @@ below both."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+
+from marquee.settings import (
+    assign,
+    check_choice,
+    check_int,
+    check_int_map,
+    check_mapping,
+    check_number,
+    fail,
+)
+
+ENGINES = ("local", "ray")
 
 DEFAULT_PARAMS = {
     "objective": "binary:logistic",
@@ -22,7 +33,7 @@ DEFAULT_PARAMS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class PipelineConfig:
     """Which sources propose how many candidates, and how the ranker is trained and blended."""
 
@@ -37,29 +48,20 @@ class PipelineConfig:
     params: dict = field(default_factory=lambda: dict(DEFAULT_PARAMS))
     play_weight: float = 1.0
     completion_weight: float = 0.5
-    engine: str = "local"  # "local": xgboost.train in process; "ray": Ray Train XGBoostTrainer
+    engine: str = "local"  # one of ENGINES; "local": xgboost.train in process; "ray": Ray Train XGBoostTrainer
     seed: int = 7
 
     def __post_init__(self) -> None:
         # every value checked here, so `retrain --set` and the admin API refuse a bad one at once
         # instead of a training job failing minutes later
-        if self.engine not in ("local", "ray"):
-            raise ValueError(f"engine: expected 'local' or 'ray', got {self.engine!r}")
-        for name in ("holdout", "min_interactions", "rounds", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}: expected an integer, got {value!r}")
-        if self.rounds < 1:
-            raise ValueError(f"rounds: expected at least 1, got {self.rounds}")
-        if self.holdout < 1 or self.min_interactions < self.holdout:
-            raise ValueError("holdout must be >= 1 and min_interactions >= holdout")
-        if (not isinstance(self.depth, dict) or not self.depth
-                or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                           for k, v in self.depth.items())):
-            raise ValueError(f"depth: give each source a non-negative integer candidate count, got {self.depth!r}")
-        if not isinstance(self.params, dict):
-            raise ValueError(f"params: expected a dict of xgboost parameters, got {self.params!r}")
-        for name in ("play_weight", "completion_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        check_choice("engine", self.engine, ENGINES)
+        assign(self, "holdout", check_int("holdout", self.holdout, ge=1))
+        assign(self, "min_interactions", check_int("min_interactions", self.min_interactions))
+        if self.min_interactions < self.holdout:
+            raise fail("min_interactions", f"an integer >= holdout ({self.holdout})", self.min_interactions)
+        assign(self, "rounds", check_int("rounds", self.rounds, ge=1))
+        assign(self, "seed", check_int("seed", self.seed))
+        assign(self, "depth", check_int_map("depth", self.depth, ge=0))
+        check_mapping("params", self.params, "a dict of xgboost parameters")
+        check_number("play_weight", self.play_weight, ge=0)
+        check_number("completion_weight", self.completion_weight, ge=0)

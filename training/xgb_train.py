@@ -68,6 +68,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xgboost
 
+from marquee.settings import (
+    assign,
+    check_int,
+    check_mapping,
+    check_names,
+    check_number,
+    check_text,
+    fail,
+)
+
 if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
     import ray.data
 
@@ -85,7 +95,7 @@ RAY_TRAIN_DEFAULTS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainSpec:
     """What to train: which columns are features, label, group (query id) and weight, plus
     xgboost params. Rows of one group must be contiguous (ranking objectives need a group)."""
@@ -101,39 +111,27 @@ class TrainSpec:
     early_stopping_rounds: int | None = None  # needs eval_fraction > 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.features, str) or not isinstance(self.features, (list, tuple)):
-            raise TypeError(f"TrainSpec.features must be a list of column names, got {self.features!r}")
-        self.features = list(self.features)
-        if not self.features:
-            raise ValueError("TrainSpec.features is empty: name at least one feature column")
-        if not all(isinstance(f, str) and f for f in self.features):
-            raise TypeError(f"TrainSpec.features must hold non-empty strings, got {self.features!r}")
-        duplicates = sorted({f for f in self.features if self.features.count(f) > 1})
-        if duplicates:
-            raise ValueError(f"TrainSpec.features names these columns twice: {duplicates}")
-        if not isinstance(self.label, str) or not self.label:
-            raise TypeError(f"TrainSpec.label must be a column name, got {self.label!r}")
+        assign(self, "features", check_names("features", self.features, "column names"))
+        check_text("label", self.label)
+        for role in ("group", "weight"):
+            if getattr(self, role) is not None:
+                check_text(role, getattr(self, role))
         for role in ("label", "group", "weight"):
             column = getattr(self, role)
             if column is not None and column in self.features:
-                raise ValueError(f"TrainSpec.{role} column {column!r} is also listed as a feature")
-        if not isinstance(self.params, dict):
-            raise TypeError(f"TrainSpec.params must be a dict of xgboost params, got {type(self.params).__name__}")
-        if not isinstance(self.num_boost_round, int) or self.num_boost_round < 1:
-            raise ValueError(f"TrainSpec.num_boost_round must be an int >= 1, got {self.num_boost_round!r}")
-        if not 0.0 <= float(self.eval_fraction) < 1.0:
-            raise ValueError(f"TrainSpec.eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+                raise fail(role, "a column that is not also a feature", column)
+        check_mapping("params", self.params, "a dict of xgboost params")
+        assign(self, "num_boost_round", check_int("num_boost_round", self.num_boost_round, ge=1))
+        check_number("eval_fraction", self.eval_fraction, ge=0.0, lt=1.0)
+        assign(self, "seed", check_int("seed", self.seed))
         if self.early_stopping_rounds is not None:
-            if not isinstance(self.early_stopping_rounds, int) or self.early_stopping_rounds < 1:
-                raise ValueError(
-                    f"TrainSpec.early_stopping_rounds must be an int >= 1, got {self.early_stopping_rounds!r}"
-                )
+            assign(self, "early_stopping_rounds", check_int("early_stopping_rounds", self.early_stopping_rounds, ge=1))
             if self.eval_fraction <= 0:
-                raise ValueError("TrainSpec.early_stopping_rounds needs eval_fraction > 0 (a held-out set to watch)")
+                raise fail("early_stopping_rounds", "eval_fraction > 0 (a held-out set to watch)",
+                           self.early_stopping_rounds)
         if self.is_ranking and self.group is None:
-            raise ValueError(
-                f"objective {self.objective!r} is a ranking objective: set TrainSpec.group to the query id column"
-            )
+            raise fail("group", f"the query id column (objective {self.objective!r} is a ranking "
+                       "objective, so set group)", self.group)
 
     @property
     def objective(self) -> str:

@@ -11,11 +11,12 @@ Everything is drawn from numpy Generators seeded from `seed`: the same arguments
 byte-identical tables. Events are simulated day by day (member state kept sparse) so they come out
 in global timestamp order with `seq` = 0..N-1 and memory stays bounded by one day of events.
 
-This module is the public entry (`generate_world`, `WorldTables`, `WorldEvents`, the `marquee
-world` command); the parts live beside it: world_vocabulary (genres, countries, devices),
-world_catalog (titles, series, artwork), world_members (members, tastes, activity),
-world_behaviour (the behaviour model's coefficients and homepage shape), world_simulator (the
-day-by-day sessions and events, with world_event_columns and world_viewing_state).
+This module is the public entry (`WorldSettings`, `generate_world` / `generate_world_from`,
+`WorldTables`, `WorldEvents`, the `marquee world` command); the parts live beside it:
+world_vocabulary (genres, countries, devices), world_catalog (titles, series, artwork),
+world_members (members, tastes, activity), world_behaviour (the behaviour model's coefficients
+and homepage shape), world_simulator (the day-by-day sessions and events, with
+world_event_columns and world_viewing_state).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 
 from marquee.dataset import write_dataset
 from marquee.schema import STORED_EVENT_SCHEMA
+from marquee.settings import assign, check_int, fail
 from producers.world.behaviour import (
     DEFAULT_BEHAVIOUR,
     HOUR_P,
@@ -66,7 +68,8 @@ from producers.world.vocabulary import (
 # The public API, plus the vocabularies and behaviour model re-exported so oracles and tests can
 # keep reading them from producers.world.generate.
 __all__ = [
-    "generate_world", "WorldTables", "WorldEvents", "configure_cli", "cli_main",
+    "generate_world", "generate_world_from", "WorldSettings", "WorldTables", "WorldEvents",
+    "configure_cli", "cli_main",
     "Behaviour", "DEFAULT_BEHAVIOUR", "GENRES", "GENRE_WEIGHTS", "GENRE_THEMES", "KIDS_GENRES",
     "COUNTRIES", "COUNTRY_WEIGHTS", "TITLE_ORIGIN_WEIGHTS", "LANGUAGES", "DEVICE_WEIGHTS",
     "LATENT_DIM", "MAX_ROWS", "MAX_POSITIONS", "MAX_BINGE", "DAY_MS", "ROW_NAMES", "HOUR_WEIGHTS",
@@ -93,26 +96,62 @@ class WorldTables:
     path: Path | None = None
 
 
+def _parse_start(start: str | date) -> date:
+    if isinstance(start, datetime):
+        return start.date()
+    if isinstance(start, date):
+        return start
+    try:
+        return date.fromisoformat(str(start))
+    except ValueError:
+        raise fail("start", "an ISO date like 2026-01-01", start) from None
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """The world's size, span and seed: validated once here, recorded in its manifest."""
+
+    members: int = 2000
+    titles: int = 1500  # each season counts
+    days: int = 30
+    seed: int = 7
+    start: date | str = "2026-01-01"  # first simulated day; an ISO string is parsed to a date
+    events_target: int | None = None  # scale members' activity to about this many events in total
+
+    def __post_init__(self) -> None:
+        for name in ("members", "titles", "days"):
+            assign(self, name, check_int(name, getattr(self, name), ge=1))
+        if self.events_target is not None:
+            assign(self, "events_target", check_int("events_target", self.events_target, ge=1))
+        assign(self, "seed", check_int("seed", self.seed, ge=0))
+        assign(self, "start", _parse_start(self.start))
+
+
+_DEFAULT = WorldSettings()
+
+
 def generate_world(
-    members: int = 2000,
-    titles: int = 1500,
-    days: int = 30,
-    seed: int = 7,
-    start: str | date = "2026-01-01",
+    members: int = _DEFAULT.members,
+    titles: int = _DEFAULT.titles,
+    days: int = _DEFAULT.days,
+    seed: int = _DEFAULT.seed,
+    start: str | date = _DEFAULT.start,
     out: Path | str | None = None,
     progress: bool = False,
-    events_target: int | None = None,
+    events_target: int | None = _DEFAULT.events_target,
     behaviour: Behaviour = DEFAULT_BEHAVIOUR,
 ) -> WorldTables:
     """Build a world; with `out`, also write it as a dataset directory (plus latent_*.parquet)."""
-    for name, value in (("members", members), ("titles", titles), ("days", days)):
-        _require_positive_int(name, value)
-    if events_target is not None:
-        _require_positive_int("events_target", events_target)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    start_date = _parse_start(start)
-    seed = int(seed)
+    settings = WorldSettings(members=members, titles=titles, days=days, seed=seed, start=start,
+                             events_target=events_target)
+    return generate_world_from(settings, out=out, progress=progress, behaviour=behaviour)
+
+
+def generate_world_from(settings: WorldSettings, *, out: Path | str | None = None, progress: bool = False,
+                        behaviour: Behaviour = DEFAULT_BEHAVIOUR) -> WorldTables:
+    """Build the world `settings` describe; with `out`, also write it as a dataset directory."""
+    members, titles, days, seed = settings.members, settings.titles, settings.days, settings.seed
+    start_date, events_target = settings.start, settings.events_target
 
     genre_vecs = genre_vectors(seed)
     catalog = build_catalog(np.random.default_rng([seed, 1]), titles, start_date, days, genre_vecs)
@@ -166,22 +205,6 @@ def _write(world: WorldTables, out: Path) -> Path:
     return path
 
 
-def _require_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _parse_start(start: str | date) -> date:
-    if isinstance(start, datetime):
-        return start.date()
-    if isinstance(start, date):
-        return start
-    try:
-        return date.fromisoformat(str(start))
-    except ValueError:
-        raise ValueError(f"start must be an ISO date like 2026-01-01, got {start!r}") from None
-
-
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
@@ -198,13 +221,16 @@ def _positive(text: str) -> int:
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--members", type=_positive, default=2000, help="number of members (default 2000)")
-    parser.add_argument("--titles", type=_positive, default=1500,
-                        help="number of titles; each season counts (default 1500)")
-    parser.add_argument("--days", type=_positive, default=30, help="days to simulate (default 30)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed; same seed, same bytes (default 7)")
-    parser.add_argument("--start", default="2026-01-01",
-                        help="first simulated day, ISO date (default 2026-01-01)")
+    parser.add_argument("--members", type=_positive, default=_DEFAULT.members,
+                        help=f"number of members (default {_DEFAULT.members})")
+    parser.add_argument("--titles", type=_positive, default=_DEFAULT.titles,
+                        help=f"number of titles; each season counts (default {_DEFAULT.titles})")
+    parser.add_argument("--days", type=_positive, default=_DEFAULT.days,
+                        help=f"days to simulate (default {_DEFAULT.days})")
+    parser.add_argument("--seed", type=int, default=_DEFAULT.seed,
+                        help=f"random seed; same seed, same bytes (default {_DEFAULT.seed})")
+    parser.add_argument("--start", default=_DEFAULT.start.isoformat(),
+                        help=f"first simulated day, ISO date (default {_DEFAULT.start.isoformat()})")
     parser.add_argument("--events-target", type=_positive, default=None,
                         help="scale members' activity to produce about this many events in total")
     parser.add_argument("--out", type=Path, default=None,

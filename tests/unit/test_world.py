@@ -11,10 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ops.cli import main as marquee_main
 from marquee.dataset import load_dataset
 from marquee.schema import EVENT_TYPES, STORED_EVENT_SCHEMA, Event
-from producers.world.generate import GENRES, generate_world
+from marquee.settings import SettingsError
+from ops.cli import main as marquee_main
+from producers.world.generate import (
+    GENRES,
+    WorldSettings,
+    generate_world,
+    generate_world_from,
+)
 
 SMALL = dict(members=200, titles=150, days=7, seed=11)
 START = date(2026, 1, 1)
@@ -305,6 +311,36 @@ def test_non_positive_sizes_are_rejected_by_name(name, bad):
 def test_bad_start_is_rejected():
     with pytest.raises(ValueError, match="start"):
         generate_world(**SMALL, start="January")
+
+
+@pytest.mark.parametrize("field, bad, message", [
+    ("members", 0, r"members: expected an integer >= 1, got 0"),
+    ("days", 2.0, r"days: expected an integer >= 1, got 2.0"),
+    ("titles", True, r"titles: expected an integer >= 1, got True"),
+    ("seed", -1, r"seed: expected an integer >= 0, got -1"),
+    ("events_target", 0, r"events_target: expected an integer >= 1, got 0"),
+    ("start", "2026-13-01", r"start: expected an ISO date like 2026-01-01, got '2026-13-01'"),
+])
+def test_world_settings_name_the_bad_field(field, bad, message):
+    with pytest.raises(SettingsError, match=message):
+        WorldSettings(**{**SMALL, field: bad})
+
+
+def test_world_settings_normalize_what_they_accept():
+    settings = WorldSettings(members=np.int64(5), start="2026-02-03")
+    assert settings.members == 5 and type(settings.members) is int
+    assert settings.start == date(2026, 2, 3)
+    with pytest.raises(AttributeError):
+        settings.members = 6  # frozen: validated once, never changed after
+
+
+def test_generate_world_from_settings_is_generate_world(tmp_path):
+    small = dict(members=60, titles=40, days=2, seed=4)
+    by_kwargs = generate_world(**small)
+    by_settings = generate_world_from(WorldSettings(**small))
+    assert by_kwargs.manifest == by_settings.manifest
+    assert by_kwargs.titles.equals(by_settings.titles) and by_kwargs.members.equals(by_settings.members)
+    assert by_kwargs.events.to_table().equals(by_settings.events.to_table())
 
 
 def test_cli_writes_a_loadable_world(tmp_path, capsys):

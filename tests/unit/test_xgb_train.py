@@ -12,6 +12,7 @@ import pytest
 import xgboost
 
 from bench.train import auc, make_table
+from marquee.settings import SettingsError
 from training.xgb_train import (
     TrainResult,
     TrainSpec,
@@ -239,18 +240,21 @@ def test_null_labels_and_empty_tables_are_rejected():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        ({"features": []}, "features is empty"),
+        ({"features": []}, r"features: expected at least one of the column names, got \[\]"),
         ({"features": "f0"}, "list of column names"),
         ({"features": ["f0", "f0"]}, "twice"),
-        ({"label": "f0"}, "label column 'f0' is also listed as a feature"),
-        ({"num_boost_round": 0}, "num_boost_round"),
+        ({"label": "f0"}, "label: expected a column that is not also a feature, got 'f0'"),
+        ({"num_boost_round": 0}, "num_boost_round: expected an integer >= 1, got 0"),
+        ({"num_boost_round": True}, "num_boost_round: expected an integer"),
+        ({"weight": ""}, "weight: expected a non-empty string"),
+        ({"eval_fraction": "0.1"}, "eval_fraction: expected a finite number >= 0.0 and < 1.0"),
         ({"eval_fraction": 1.0}, "eval_fraction"),
-        ({"early_stopping_rounds": 5}, "needs eval_fraction > 0"),
-        ({"params": None}, "params must be a dict"),
+        ({"early_stopping_rounds": 5}, r"early_stopping_rounds: expected eval_fraction > 0"),
+        ({"params": None}, "params: expected a dict of xgboost params, got None"),
     ],
 )
 def test_bad_specs_say_what_is_wrong(overrides, message):
-    with pytest.raises((TypeError, ValueError), match=message):
+    with pytest.raises(SettingsError, match=message):
         spec(**overrides)
 
 
