@@ -27,6 +27,7 @@ from pathlib import Path
 from actors.jobs import start_job
 from marquee.dataset_spec import DatasetSpec
 from marquee.home import Paths
+from marquee.settings import SettingsError, from_overrides, parse_assignments
 
 STEPS = ("features", "train", "evaluate", "gate", "register", "promote")
 
@@ -82,13 +83,19 @@ def retrain(
     """Run every step; raises RetrainError (naming the step) after leaving serving untouched."""
     from tqdm import tqdm
 
-    from models.bundle import DatasetIdentity, dataset_name, feature_schema_hash, registry_files, write_bundle
-    from state.registry import Registry
-    from training.evaluate import load_eval_data, title_content
+    from models.bundle import (
+        DatasetIdentity,
+        dataset_name,
+        feature_schema_hash,
+        registry_files,
+        write_bundle,
+    )
     from models.pipeline_config import PipelineConfig
-    from training.pipeline import Pipeline
     from models.protocol import evaluate, temporal_split
     from models.ranker_features import StoreLink
+    from state.registry import Registry
+    from training.evaluate import load_eval_data, title_content
+    from training.pipeline import Pipeline
 
     paths = paths or Paths()
     registry = Registry(paths.registry)
@@ -113,8 +120,8 @@ def retrain(
         bar.update(1)
 
     def features():
-        from training.features import run_feature_job
         from features.offline_store import read_manifest
+        from training.features import run_feature_job
 
         source = _dataset_dir(dataset, paths)
         store_dir = paths.features / source.name
@@ -149,7 +156,7 @@ def retrain(
         features = state.get("features")
         store = (StoreLink(features["store_dir"], split.member_ids, split.title_ids, features["version"])
                  if features else None)
-        config = PipelineConfig(**{**(config_overrides or {}), "engine": engine})
+        config = from_overrides(PipelineConfig, {**(config_overrides or {}), "engine": engine})
         model = Pipeline(config, content, store).fit(train_data)
         return {"data": data, "split": split, "train": train_data, "content": content,
                 "model": model, "config": config, "store": store, "dataset": dataset_id}
@@ -272,14 +279,11 @@ def cli_main(args: argparse.Namespace) -> int:
         argv = [a for a in sys.argv[2:] if a != "--submit"] if len(sys.argv) > 2 else []
         return submit_as_job(paths, [shlex.quote(a) for a in argv])
     dataset = args.dataset or f"world:{paths.world}"
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            print(f"marquee retrain: --set {item!r}: the value must be JSON", file=sys.stderr)
-            return 2
+    try:
+        overrides = parse_assignments(args.set)
+    except SettingsError as exc:
+        print(f"marquee retrain: {exc}", file=sys.stderr)
+        return 2
     try:
         report = retrain(dataset, paths=paths, engine=args.engine, tolerance=args.tolerance,
                          promote=not args.no_promote, config_overrides=overrides,
