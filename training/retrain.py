@@ -98,6 +98,8 @@ def retrain(
     from training.pipeline import Pipeline
 
     paths = paths or Paths()
+    # the settings first: a bad --set is refused before minutes of feature work, not after
+    config = from_overrides(PipelineConfig, {**(config_overrides or {}), "engine": engine})
     registry = Registry(paths.registry)
     report = RetrainReport(dataset=dataset)
     serving = registry.promoted()
@@ -156,7 +158,6 @@ def retrain(
         features = state.get("features")
         store = (StoreLink(features["store_dir"], split.member_ids, split.title_ids, features["version"])
                  if features else None)
-        config = from_overrides(PipelineConfig, {**(config_overrides or {}), "engine": engine})
         model = Pipeline(config, content, store).fit(train_data)
         return {"data": data, "split": split, "train": train_data, "content": content,
                 "model": model, "config": config, "store": store, "dataset": dataset_id}
