@@ -46,9 +46,12 @@ def test_a_failed_step_leaves_serving_untouched(world, tmp_path):
     paths = Paths(tmp_path / "home")
     first = retrain(world, paths=paths, engine="local", run_features=False, progress=False,
                     config_overrides={"rounds": 20})
-    with pytest.raises(RetrainError, match="step 'train' failed.*left untouched"):
+    with pytest.raises(RetrainError, match="(?s)step 'train' failed.*Unknown objective.*left untouched"):
         retrain(world, paths=paths, engine="local", run_features=False, progress=False,
-                config_overrides={"holdout": 0})  # invalid config: fails inside the train step
+                config_overrides={"params": {"objective": "no-such:objective"}})  # xgboost refuses it mid-train
+    with pytest.raises(ValueError, match="holdout: expected an integer >= 1, got 0"):
+        retrain(world, paths=paths, engine="local", run_features=False, progress=False,
+                config_overrides={"holdout": 0})  # refused before any step runs
     registry = Registry(paths.registry)
     assert registry.promoted_version() == first.candidate
     assert [v.version for v in registry.list()] == [first.candidate]  # nothing half-registered
