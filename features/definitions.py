@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from marquee.names import DAY_MS as MS_PER_DAY  # noqa: F401 (offline_store reads it here)
 from marquee.schema import DEVICES, EVENT_TYPES
+from marquee.settings import assign, check_int, check_number, fail
 
 MS_PER_HOUR = 3_600_000
 EPOCH = date(1970, 1, 1)
@@ -64,12 +65,11 @@ class FeatureSpec:
     hour_buckets: int = 6  # UTC hour of day in 24/hour_buckets-hour buckets
 
     def __post_init__(self) -> None:
-        if not self.half_life_days > 0:
-            raise FeatureError(f"half_life_days must be > 0, got {self.half_life_days}")
-        if self.cowatch_k < 1:
-            raise FeatureError(f"cowatch_k must be >= 1, got {self.cowatch_k}")
-        if self.hour_buckets < 1 or 24 % self.hour_buckets:
-            raise FeatureError(f"hour_buckets must divide 24, got {self.hour_buckets}")
+        assign(self, "half_life_days", check_number("half_life_days", self.half_life_days, gt=0))
+        assign(self, "cowatch_k", check_int("cowatch_k", self.cowatch_k, ge=1))
+        assign(self, "hour_buckets", check_int("hour_buckets", self.hour_buckets, ge=1, le=24))
+        if 24 % self.hour_buckets:
+            raise fail("hour_buckets", "a divisor of 24", self.hour_buckets)
 
 
 @dataclass(frozen=True)

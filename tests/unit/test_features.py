@@ -11,10 +11,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+from feature_data import (
+    events_table,
+    members_table,
+    ms,
+    random_dataset,
+    titles_table,
+    write,
+)
 
-from feature_data import events_table, members_table, ms, random_dataset, titles_table, write
-from ops.cli import main as marquee_main
-from marquee.dataset import load_dataset
 from features.definitions import (
     ENTITIES,
     FeatureError,
@@ -25,8 +30,16 @@ from features.definitions import (
     encode_partials,
     partial_aggregate,
 )
-from training.features import FeatureJobResult, features_as_of, join_point_in_time, run_feature_job
 from features.offline_store import FeatureStoreError, read_manifest, snapshot_path
+from marquee.dataset import load_dataset
+from marquee.settings import SettingsError
+from ops.cli import main as marquee_main
+from training.features import (
+    FeatureJobResult,
+    features_as_of,
+    join_point_in_time,
+    run_feature_job,
+)
 
 GENRES = {1: ["Action"], 2: ["Comedy", "Drama"], 3: ["Sci-Fi"], 4: ["Drama"]}
 HAND_EVENTS = [
@@ -262,10 +275,12 @@ def test_narrowed_range_refuses_days_it_cannot_answer(tmp_path):
 
 
 def test_bad_inputs(tmp_path):
-    with pytest.raises(FeatureError, match="half_life_days"):
+    with pytest.raises(SettingsError, match="half_life_days: expected a finite number > 0, got 0"):
         FeatureSpec(half_life_days=0)
-    with pytest.raises(FeatureError, match="hour_buckets"):
+    with pytest.raises(SettingsError, match="hour_buckets: expected a divisor of 24, got 5"):
         FeatureSpec(hour_buckets=5)
+    with pytest.raises(SettingsError, match="cowatch_k: expected an integer >= 1, got '5'"):
+        FeatureSpec(cowatch_k="5")
     with pytest.raises(FeatureError, match="engine"):
         run_feature_job(tmp_path, tmp_path / "f", engine="spark")
     with pytest.raises(ValueError, match="not a directory"):
