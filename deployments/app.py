@@ -6,11 +6,13 @@
 Profiles are deploy-time options. `single` (one small machine): every stage fused in the gateway
 replica (a hop costs more than it gives here), fractional CPUs, bounded queues that answer 503
 with Retry-After under overload. `cluster`: candidate generation and the ranker as their own
-autoscaling deployments behind DeploymentHandles. The same stage code runs in both; `placement`
-can override the profile's choice.
+autoscaling deployments behind DeploymentHandles. The same pipeline and stage objects run in
+both (placement.py); `placement` can override the profile's choice.
 
-The deployment classes here are thin: they build the plain-Python service (deployments/service.py)
-and forward to it. `serve_inprocess` runs the same service under plain uvicorn: the baseline of
+The deployment classes here are thin: one per stage, each holding its plain-Python stage object
+(the gateway: the service and its homepage pipeline; Retrieval: the candidate stage; Ranker: the
+scorer) and forwarding to it. Hot values (user_config: `model_version` plus an override of
+HomepageConfig) reach every deployment that holds a stage they configure. `serve_inprocess` runs the same service under plain uvicorn: the baseline of
 `marquee bench serve`.
 """
 
@@ -27,11 +29,15 @@ from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.gateway import make_api, set_service
+from deployments.catalog import load_catalog
+from deployments.gateway import make_api
+from deployments.model_holder import ModelHolder
+from deployments.page_builder import check
+from deployments.page_config import HotValues
+from deployments.placement import STAGE_HANDLES, ModelStages
+from deployments.ranking import Ranker
 from deployments.service import ActorRef, Settings, build_service
-
-APP_NAME = "marquee"
-NAMESPACE = "marquee"
+from marquee.names import APP_NAME, EVENT_LOG_ACTOR, MEMBER_STATE_ACTOR, NAMESPACE
 
 # Deploy-time options per profile (serve.yaml carries the same values for `serve deploy`).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -70,7 +76,7 @@ class AppArgs(BaseModel):
     dataset: str = ""  # default: the dataset `marquee up` recorded in HOME/serving.json
     profile: Literal["single", "cluster"] = "single"
     placement: Literal["fused", "split"] | None = None  # default: the profile's
-    user_config: dict = {}  # initial hot values: model_version, retrieval, artwork_epsilon
+    user_config: dict = {}  # initial hot values: model_version and a HomepageConfig override
     cpu_scale: float = 1.0  # multiplies every replica's num_cpus (run the cluster profile on a laptop)
 
 
@@ -81,6 +87,7 @@ def _settings(args: AppArgs) -> dict:
     placement = args.placement or PROFILES[args.profile]["placement"]
     settings = Settings(home=str(Path(home).resolve()), dataset=args.dataset, placement=placement,
                         hot=args.user_config)
+    check(HotValues.parse(args.user_config).page)  # a bad page config fails here, at build
     # hot values travel as user_config (reconfigure), never as constructor arguments
     return {"home": settings.home, "dataset": settings.dataset, "placement": settings.placement,
             "admin_token": settings.admin_token}
@@ -93,35 +100,20 @@ def _options(profile: str, name: str, cpu_scale: float) -> dict:
     return options
 
 
-API = make_api()
-
-
-def _handle_stages(retrieval: DeploymentHandle, ranker: DeploymentHandle):
-    """The split placement's stages: the same contracts, called through DeploymentHandles."""
-    async def retrieve(ctx):
-        return await retrieval.remote(ctx)
-
-    async def rank(version, features):
-        return await ranker.score.remote((version, features))
-
-    async def model_status():
-        return await retrieval.status.remote()
-    return retrieve, rank, model_status
-
-
 @serve.deployment(name="Gateway")
-@serve.ingress(API)
+@serve.ingress()  # the app is built per replica, around its service: __serve_build_asgi_app__
 class Gateway:
-    """The HTTP ingress and homepage orchestrator (with the stages fused, or via handles)."""
+    """The HTTP ingress and the homepage pipeline; `stages` holds the split placement's stage
+    deployments by role (placement.STAGE_HANDLES), and is empty when they run fused here."""
 
-    def __init__(self, settings: dict, retrieval: DeploymentHandle | None = None,
-                 ranker: DeploymentHandle | None = None):
-        split = retrieval is not None and ranker is not None
-        retrieve, rank, model_status = _handle_stages(retrieval, ranker) if split else (None, None, None)
+    def __init__(self, settings: dict, stages: dict[str, DeploymentHandle] | None = None):
         self.service, self._reconfigure = build_service(
-            Settings(**settings), member_state=ActorRef("marquee-member-state"), event_log=ActorRef("marquee-event-log"),
-            retrieve=retrieve, rank=rank, model_status=model_status)
-        set_service(self.service)
+            Settings(**settings), member_state=ActorRef(MEMBER_STATE_ACTOR, NAMESPACE),
+            event_log=ActorRef(EVENT_LOG_ACTOR, NAMESPACE), handles=stages)
+
+    def __serve_build_asgi_app__(self):
+        """Serve calls this after __init__: the routes close over this replica's service."""
+        return make_api(self.service)
 
     def reconfigure(self, user_config: dict) -> None:
         self._reconfigure(user_config)
@@ -129,39 +121,28 @@ class Gateway:
 
 @serve.deployment(name="Retrieval")
 class RetrievalDeployment:
-    """Candidate generation as its own deployment (cluster profile): ctx -> Retrieved."""
+    """The candidate stage as its own deployment (split placement): ctx -> Retrieved."""
 
     def __init__(self, settings: dict):
-        from deployments.catalog import load_catalog
-        from deployments.model_holder import ModelHolder
-        from deployments.service import HotConfig, RetrievalStage
-
         s = Settings(**settings)
-        hot = HotConfig(s.hot)
-        self.holder = ModelHolder(s.registry_root, hot.model_version).start()
-        self.stage = RetrievalStage(self.holder, load_catalog(s.dataset), hot.retrieval)
+        self.model = ModelStages.start(s.registry_root, s.dataset, load_catalog(s.dataset), HotValues.parse(s.hot))
 
     def reconfigure(self, user_config: dict) -> None:
-        from deployments.service import HotConfig, apply_hot
-
-        apply_hot(HotConfig(user_config), self.holder, self.stage)
+        self.model.apply(HotValues.parse(user_config))  # raises on a bad value: nothing changes
 
     def __call__(self, ctx):
-        return self.stage(ctx)
+        return self.model.candidates(ctx)
 
     def status(self) -> dict:
         """The model this stage serves (the gateway's /healthz in split placement)."""
-        return self.holder.status()
+        return self.model.holder.status()
 
 
 @serve.deployment(name="Ranker")
 class RankerDeployment:
-    """The ranker as its own deployment: requests batch into one booster call per version."""
+    """The scorer as its own deployment: requests batch into one booster call per version."""
 
     def __init__(self, settings: dict):
-        from deployments.model_holder import ModelHolder
-        from deployments.ranking import Ranker
-
         root = Settings(**settings).registry_root
         # follows the promoted pointer too, so a new version is loaded before requests need it
         self.ranker = Ranker(root, ModelHolder(root).start())
@@ -171,21 +152,27 @@ class RankerDeployment:
         return self.ranker.score_many(requests)
 
 
+# the split placement's stage deployments, by role (placement.STAGE_HANDLES)
+STAGE_DEPLOYMENTS = {"candidates": RetrievalDeployment, "scorer": RankerDeployment}
+HOT_STAGES = ("candidates",)  # stage deployments that take the hot values (user_config) too
+
+
 def build_app(args: dict | AppArgs) -> serve.Application:
     """The application for `serve run` / serve.yaml / `marquee up`."""
     args = args if isinstance(args, AppArgs) else AppArgs(**args)
     settings = _settings(args)
     user_config = dict(args.user_config)
 
-    def options(name: str) -> dict:
-        return _options(args.profile, name, args.cpu_scale)
+    def options(deployment) -> dict:
+        return _options(args.profile, deployment.name, args.cpu_scale)
 
-    gateway = Gateway.options(**options("Gateway"), user_config=user_config)
-    if settings["placement"] == "fused":
-        return gateway.bind(settings)
-    retrieval = RetrievalDeployment.options(**options("Retrieval"), user_config=user_config).bind(settings)
-    ranker = RankerDeployment.options(**options("Ranker")).bind(settings)
-    return gateway.bind(settings, retrieval, ranker)
+    stages = {}
+    if settings["placement"] == "split":
+        for role in STAGE_HANDLES:
+            deployment = STAGE_DEPLOYMENTS[role]
+            hot = {"user_config": user_config} if role in HOT_STAGES else {}
+            stages[role] = deployment.options(**options(deployment), **hot).bind(settings)
+    return Gateway.options(**options(Gateway), user_config=user_config).bind(settings, stages)
 
 
 def app_config(args: dict | AppArgs, *, name: str = APP_NAME, route_prefix: str = "/",
@@ -197,7 +184,7 @@ def app_config(args: dict | AppArgs, *, name: str = APP_NAME, route_prefix: str 
     hot = dict(user_config if user_config is not None else args.user_config)
     build = args.model_dump(exclude={"user_config"}, exclude_defaults=True)
     placement = args.placement or PROFILES[args.profile]["placement"]
-    hot_deployments = ["Gateway"] + (["Retrieval"] if placement == "split" else [])
+    hot_deployments = [Gateway.name] + ([STAGE_DEPLOYMENTS[r].name for r in HOT_STAGES] if placement == "split" else [])
     return {"name": name, "route_prefix": route_prefix, "import_path": "deployments.app:build_app",
             "args": build, "deployments": [{"name": d, "user_config": hot} for d in hot_deployments]}
 
@@ -208,7 +195,7 @@ def serve_config(profile: str = "single", port: int = 8000, host: str = "127.0.0
     app = app_config({"profile": profile}, user_config={"model_version": "promoted"})
     hot = {d["name"]: d["user_config"] for d in app["deployments"]}
     placement = PROFILES[profile]["placement"]
-    names = ["Gateway"] + (["Retrieval", "Ranker"] if placement == "split" else [])
+    names = [Gateway.name] + ([STAGE_DEPLOYMENTS[r].name for r in STAGE_HANDLES] if placement == "split" else [])
     app["deployments"] = [{"name": n, **_options(profile, n, 1.0), **({"user_config": hot[n]} if n in hot else {})}
                           for n in names]
     return {"proxy_location": "EveryNode", "http_options": {"host": host, "port": port}, "applications": [app]}

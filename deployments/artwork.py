@@ -1,10 +1,12 @@
 """Artwork selection: one artwork per title on the page, with the probability it was chosen.
 
-The ArtworkPolicy contract is the one Part 4's contextual bandits implement:
+The ArtworkPolicy contract is the one the contextual bandits (Part 6) implement:
 `select(context, arms) -> (arm, propensity)` and `update(context, arm, reward)`. The propensity
 is logged with every impression so off-policy evaluation can later replay any other policy.
 The policy here is epsilon-greedy over per-artwork mean reward; choices are seeded by request
-and title, so one request always shows the same artwork and a replay reproduces it.
+and title, so one request always shows the same artwork and a replay reproduces it. It does not
+learn yet: nothing in the running system calls `update` (joining rewards to impressions is Part
+6's), so it serves the first artwork listed, exploring with probability epsilon.
 """
 
 from __future__ import annotations
@@ -66,3 +68,6 @@ class EpsilonGreedyArtwork:
         with self._lock:
             total, pulls = self._stats.get(arm, (0.0, 0))
             self._stats[arm] = (total + float(reward), pulls + 1)
+
+
+ARTWORK_POLICIES = {"epsilon_greedy": EpsilonGreedyArtwork}  # HomepageConfig.artwork.policy -> class

@@ -1,8 +1,9 @@
-"""Candidate generation for one homepage: every source, each under its own timeout.
+"""Candidate generation for one homepage: every configured source, each under its own policy.
 
-Sources are named: the model's (sequence, recency_ease, embedding, trending, content) score the
-member's live history; the row sources (because_you_watched, top_in_country, trending_now,
-new_releases, cold_titles) read precomputed lists. Each runs under its policy (timeout,
+Sources are CandidateSource components (contracts.py), named in HomepageConfig.sources: the
+model's (sequence, recency_ease, embedding, trending, content) score the member's live history;
+the row sources (because_you_watched, top_in_country, trending_now, new_releases, cold_titles)
+read precomputed lists and give Candidates per row. Each runs under its policy (timeout,
 fail-open); one that raises or overruns is dropped and named in `degraded`, and the ranker sees
 its features as missing. Output is the ranker's feature matrix for every candidate plus the
 candidates each row needs, so the ranker can run here (fused) or in its own deployment (split).
@@ -15,15 +16,20 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 
 from deployments.catalog import ServingCatalog
-from deployments.contracts import Candidate, HomepageContext
+from deployments.contracts import Candidate, CandidateSource, HomepageContext
 from deployments.model import LiveMember, ServingModel
+from models.histories import Histories
+from models.pipeline_config import PipelineConfig
 
+# the model's sources, as training names them (their candidate depths are training settings)
+MODEL_SOURCES = tuple(PipelineConfig.__dataclass_fields__["depth"].default_factory())
 ROW_SOURCES = ("because_you_watched", "top_in_country", "trending_now", "new_releases", "cold_titles")
-ROW_SOURCES_INLINE = frozenset(ROW_SOURCES)  # in-memory lookups: run in the request's own thread
 FAULTS = ("raise", "slow")
 
 
@@ -53,8 +59,10 @@ class SourcePolicy:
 
 @dataclass(frozen=True)
 class RetrievalConfig:
-    """Hot values of candidate generation (may change through reconfigure)."""
+    """The candidate stage's settings, derived from HomepageConfig (page_config.py parses and
+    checks them; here only what the stage itself relies on)."""
 
+    sources: tuple[str, ...] = MODEL_SOURCES + ROW_SOURCES  # which run, in this order
     policies: Mapping[str, SourcePolicy] = field(default_factory=dict)
     default_policy: SourcePolicy = SourcePolicy()
     because_seeds: int = 3
@@ -67,14 +75,6 @@ class RetrievalConfig:
     slow_fault_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("because_seeds", "because_depth", "row_depth", "cold_titles"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: expected a non-negative integer, got {value!r}")
-        for name in ("cold_title_weight", "slow_fault_s"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
         for name, fault in self.faults.items():
             if fault not in FAULTS:
                 raise ValueError(f"faults.{name}: expected one of {FAULTS}, got {fault!r}")
@@ -82,35 +82,120 @@ class RetrievalConfig:
             if not isinstance(policy, SourcePolicy):
                 raise ValueError(f"policies.{name}: expected a SourcePolicy, got {type(policy).__name__}")
 
-    @classmethod
-    def from_dict(cls, raw: Mapping | None) -> "RetrievalConfig":
-        raw = dict(raw or {})
-        unknown = set(raw) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"retrieval config: unknown key(s) {sorted(unknown)}")
-        if "policies" in raw:
-            raw["policies"] = {k: _policy_from(f"policies.{k}", v) for k, v in dict(raw["policies"]).items()}
-        if "default_policy" in raw:
-            raw["default_policy"] = _policy_from("default_policy", raw["default_policy"])
-        if "editorial_boost" in raw:
-            raw["editorial_boost"] = {int(k): float(v) for k, v in raw["editorial_boost"].items()}
-        return cls(**raw)
-
     def policy(self, source: str) -> SourcePolicy:
         return self.policies.get(source, self.default_policy)
 
 
-def _policy_from(where: str, raw: object) -> SourcePolicy:
-    """A SourcePolicy from user config; a bad one is a ValueError naming where it was."""
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{where}: expected {{timeout_ms, fail_open}}, got {raw!r}")
-    unknown = set(raw) - set(SourcePolicy.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected timeout_ms, fail_open")
-    try:
-        return SourcePolicy(**raw)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: {exc}") from None
+@dataclass(frozen=True, slots=True)
+class SourceRequest:
+    """What every source of one request may read."""
+
+    ctx: HomepageContext
+    histories: Histories  # the member's live history, on the model's title index
+    seeds: list[int]  # "because you watched" seed titles, most recent first
+
+
+class ModelSource:
+    """One of the model's sources: a score per model title for the member's live history."""
+
+    inline = False
+
+    def __init__(self, model: ServingModel, name: str):
+        self.model, self.name = model, name
+
+    def __call__(self, request: SourceRequest) -> np.ndarray:
+        return self.model.score_source(self.name, request.histories)
+
+
+class BecauseYouWatched:
+    """Titles most like each seed by the item-item model: one row per seed."""
+
+    name, inline = "because_you_watched", True
+
+    def __init__(self, model: ServingModel, catalog: ServingCatalog, depth: int):
+        self.model, self.catalog, self.depth = model, catalog, depth
+
+    def __call__(self, request: SourceRequest) -> dict[str, list[Candidate]]:
+        rows = {}
+        for seed in request.seeds:
+            similar = self.model.similar(seed, self.depth)
+            reason = f"because you watched {self.catalog.titles[seed].name}"
+            rows[f"because_you_watched:{seed}"] = [Candidate(t, self.name, s, reason) for t, s in similar]
+        return rows
+
+
+class PopularList:
+    """A precomputed list of the catalog (top in the member's country, trending, new releases)."""
+
+    inline = True
+
+    def __init__(self, name: str, row: str, read: Callable[[HomepageContext], list[tuple[int, float]]], depth: int):
+        self.name, self.row, self.read, self.depth = name, row, read, depth
+
+    def __call__(self, request: SourceRequest) -> dict[str, list[Candidate]]:
+        return {self.row: [Candidate(t, self.name, s) for t, s in self.read(request.ctx)[: self.depth]]}
+
+
+class ColdTitles:
+    """Titles with no plays yet, by genre match (cosine, times `weight`) to the member's history
+    or onboarding tastes; editorial boosts order them too (and are added on the page)."""
+
+    name, inline = "cold_titles", True
+
+    def __init__(self, model: ServingModel, catalog: ServingCatalog, limit: int, weight: float,
+                 boost: Mapping[int, float]):
+        self.catalog, self.limit, self.weight = catalog, limit, weight
+        self._cold = [t for t in sorted(catalog.titles) if t not in model.index_of]
+        # unit genre vectors of the cold titles, once: scoring them is one product per page
+        self._genre_position = {g: i for i, g in enumerate(catalog.genres)}
+        cold = np.zeros((len(self._cold), len(self._genre_position)))
+        for row, tid in enumerate(self._cold):
+            for g in catalog.titles[tid].genres:
+                cold[row, self._genre_position[g]] = 1.0
+        self._cold_genres = cold / np.maximum(np.linalg.norm(cold, axis=1, keepdims=True), 1e-12)
+        self._boost = np.array([boost.get(t, 0.0) for t in self._cold])
+
+    def __call__(self, request: SourceRequest) -> dict[str, list[Candidate]]:
+        return {"cold_titles": [Candidate(t, self.name, s) for t, s in self.ranked(request.ctx)]}
+
+    def ranked(self, ctx: HomepageContext) -> list[tuple[int, float]]:
+        if not self._cold:
+            return []
+        catalog = self.catalog
+        profile = np.zeros(len(self._genre_position))
+        for rank, tid in enumerate(_history(ctx)[:50]):
+            info = catalog.titles.get(tid)
+            for g in info.genres if info is not None else ():
+                profile[self._genre_position[g]] += np.exp(-rank / 20.0)
+        for g in ctx.preferred_genres:
+            if g in self._genre_position:
+                profile[self._genre_position[g]] += 1.0
+        norm = np.linalg.norm(profile)
+        match = self._cold_genres @ profile / norm if norm > 0 else np.zeros(len(self._cold))
+        score = self.weight * match
+        order = np.lexsort((self._cold, -(score + self._boost)))[: self.limit]
+        return [(int(self._cold[i]), float(score[i])) for i in order]
+
+
+def build_sources(model: ServingModel, catalog: ServingCatalog, config: RetrievalConfig) -> list[CandidateSource]:
+    """The configured sources on one model, in config order (page_builder checked the names)."""
+    row_sources: dict[str, Callable[[], CandidateSource]] = {
+        "because_you_watched": lambda: BecauseYouWatched(model, catalog, config.because_depth),
+        "top_in_country": lambda: PopularList("top_in_country", "top_in_country",
+                                              lambda ctx: catalog.top_for(ctx.country), config.row_depth),
+        "trending_now": lambda: PopularList("trending_now", "trending", lambda ctx: catalog.trending, config.row_depth),
+        "new_releases": lambda: PopularList("new_releases", "new_releases", lambda ctx: catalog.new_releases,
+                                            config.row_depth),
+        "cold_titles": lambda: ColdTitles(model, catalog, config.cold_titles, config.cold_title_weight,
+                                          config.editorial_boost),
+    }
+    sources: list[CandidateSource] = []
+    for name in config.sources:
+        if name in row_sources:
+            sources.append(row_sources[name]())
+        elif name in model.source_names:
+            sources.append(ModelSource(model, name))
+    return sources
 
 
 @dataclass
@@ -131,7 +216,7 @@ class Retrieved:
 
 
 class Retrieval:
-    """The candidate stage: `__call__(ctx) -> Retrieved`."""
+    """The candidate stage on one model: `__call__(ctx) -> Retrieved`."""
 
     def __init__(self, model: ServingModel, catalog: ServingCatalog, config: RetrievalConfig | None = None,
                  executor: futures.ThreadPoolExecutor | None = None):
@@ -139,14 +224,11 @@ class Retrieval:
         self.config = config or RetrievalConfig()
         self._pool = executor or source_pool()
         self._in_flight: dict[str, int] = {}
-        self._cold = [t for t in sorted(catalog.titles) if t not in model.index_of]
-        # unit genre vectors of the cold titles, once: scoring them is one product per page
-        self._genre_position = {g: i for i, g in enumerate(catalog.genres)}
-        cold = np.zeros((len(self._cold), len(self._genre_position)))
-        for row, tid in enumerate(self._cold):
-            for g in catalog.titles[tid].genres:
-                cold[row, self._genre_position[g]] = 1.0
-        self._cold_genres = cold / np.maximum(np.linalg.norm(cold, axis=1, keepdims=True), 1e-12)
+        self.sources = build_sources(model, catalog, self.config)
+        self._inline = frozenset(s.name for s in self.sources if s.inline)
+        self._row_sources = [s.name for s in self.sources if not isinstance(s, ModelSource)]
+        # configured model sources this model does not have: asked for, never run, so named
+        self._missing = sorted(set(self.config.sources) - set(ROW_SOURCES) - set(model.source_names))
 
     def _guarded(self, name: str, fn: Callable[[], object]) -> Callable[[], object]:
         fault = self.config.faults.get(name)
@@ -228,26 +310,18 @@ class Retrieval:
         batch = model.batch([live])
         histories = batch.histories
         seeds = [t for t in dict.fromkeys(ctx.recently_watched) if t in catalog.titles][: cfg.because_seeds]
-
-        jobs: dict[str, Callable[[], object]] = {
-            name: (lambda name=name: model.score_source(name, histories)) for name in model.source_names}
-        jobs["because_you_watched"] = lambda: {s: model.similar(s, cfg.because_depth) for s in seeds}
-        jobs["top_in_country"] = lambda: catalog.top_for(ctx.country)[: cfg.row_depth]
-        jobs["trending_now"] = lambda: catalog.trending[: cfg.row_depth]
-        jobs["new_releases"] = lambda: catalog.new_releases[: cfg.row_depth]
-        jobs["cold_titles"] = lambda: self._cold_titles(ctx)
-        results, degraded, closed = self._run_all(jobs, inline=ROW_SOURCES_INLINE)
+        request = SourceRequest(ctx, histories, seeds)
+        jobs: dict[str, Callable[[], object]] = {s.name: partial(s, request) for s in self.sources}
+        results, degraded, closed = self._run_all(jobs, inline=self._inline)
+        if self._missing:
+            degraded += self._missing
+            closed += [name for name in self._missing if not cfg.policy(name).fail_open]
         t1 = time.perf_counter()
 
         rows: dict[str, list[Candidate]] = {}
-        byw = results.get("because_you_watched", {})
-        for seed, similar in byw.items():
-            reason = f"because you watched {catalog.titles[seed].name}"
-            rows[f"because_you_watched:{seed}"] = [Candidate(t, "because_you_watched", s, reason) for t, s in similar]
-        for key, source in (("top_in_country", "top_in_country"), ("trending", "trending_now"),
-                            ("new_releases", "new_releases"), ("cold_titles", "cold_titles")):
-            if source in results:
-                rows[key] = [Candidate(t, source, s) for t, s in results[source]]
+        for name in self._row_sources:
+            if name in results:
+                rows.update(results[name])
 
         scores = {name: results.get(name) for name in model.source_names}
         include = model.include_mask(1, [[c.title_id for cands in rows.values() for c in cands]])
@@ -266,7 +340,7 @@ class Retrieval:
             degraded=sorted(degraded),
             failed_closed=sorted(closed),
             timings_ms={"sources": round((t1 - t0) * 1e3, 2), "features": round((t2 - t1) * 1e3, 2)},
-            boost={t: b for t, b in cfg.editorial_boost.items()},
+            boost=dict(cfg.editorial_boost),
         )
 
     def _proposed_by(self, candidates) -> dict[int, tuple[str, ...]]:
@@ -298,26 +372,41 @@ class Retrieval:
         return {tid: text[seed] for tid, seed in zip(candidate_ids, seeds.tolist())
                 if seed >= 0 and text[seed] is not None}
 
-    def _cold_titles(self, ctx: HomepageContext) -> list[tuple[int, float]]:
-        """Titles with no plays yet, by genre match (cosine, times cold_title_weight) to the
-        member's history or onboarding tastes; editorial boosts are added on the page."""
-        if not self._cold:
-            return []
-        catalog, cfg = self.catalog, self.config
-        profile = np.zeros(len(self._genre_position))
-        for rank, tid in enumerate(_history(ctx)[:50]):
-            info = catalog.titles.get(tid)
-            for g in info.genres if info is not None else ():
-                profile[self._genre_position[g]] += np.exp(-rank / 20.0)
-        for g in ctx.preferred_genres:
-            if g in self._genre_position:
-                profile[self._genre_position[g]] += 1.0
-        norm = np.linalg.norm(profile)
-        match = self._cold_genres @ profile / norm if norm > 0 else np.zeros(len(self._cold))
-        boost = np.array([cfg.editorial_boost.get(t, 0.0) for t in self._cold])
-        score = cfg.cold_title_weight * match
-        order = np.lexsort((self._cold, -(score + boost)))[: cfg.cold_titles]
-        return [(int(self._cold[i]), float(score[i])) for i in order]
+
+class CandidateStage:
+    """Candidate generation on the holder's current model: the stage object a placement runs
+    (in the gateway's replica, or in the Retrieval deployment). The Retrieval is rebuilt when
+    the model or the config changes (cheap), so a hot swap is picked up by the next request."""
+
+    def __init__(self, holder: Any, catalog: ServingCatalog, config: RetrievalConfig):
+        self.holder, self.catalog, self.config = holder, catalog, config  # holder: a ModelHolder
+        self._built: tuple[Any, Any, Retrieval] | None = None
+        self._lock = threading.Lock()
+        # one pool for every Retrieval this stage builds: a rebuild must not leave threads behind
+        self._pool = source_pool()
+
+    def reconfigure(self, config: RetrievalConfig) -> None:
+        self.config = config
+
+    def model_for(self, version: str) -> ServingModel | None:
+        """The model that built features of `version`, while this stage still holds it: a hot
+        swap between candidate generation and ranking must not load anything in a request."""
+        built = self._built
+        if built is not None and built[0].version == version:
+            return built[0]
+        model = self.holder.model
+        return model if model is not None and model.version == version else None
+
+    def __call__(self, ctx: HomepageContext) -> Retrieved:
+        model = self.holder.model
+        if model is None:
+            raise RuntimeError("no model version is loaded yet")
+        built = self._built
+        if built is None or built[0] is not model or built[1] is not self.config:
+            with self._lock:
+                built = self._built = (model, self.config,
+                                       Retrieval(model, self.catalog, self.config, executor=self._pool))
+        return built[2](ctx)
 
 
 def _history(ctx: HomepageContext) -> tuple[int, ...]:

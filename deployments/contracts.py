@@ -1,8 +1,11 @@
-"""Typed data passed between the homepage stages.
+"""Typed data passed between the homepage stages, and the contracts of the components.
 
-Every stage (candidate source, ranker, rule, row builder) takes and returns these frozen records,
-so a stage can run fused in the orchestrator or behind a DeploymentHandle without changing shape,
-and a mismatch between stages fails where it is built rather than deep inside a request.
+Every stage (candidate source, scorer, filter, selector, decorator) takes and returns these
+frozen records, so a stage can run fused in the orchestrator or behind a DeploymentHandle
+without changing shape, and a mismatch between stages fails where it is built rather than deep
+inside a request. The component protocols at the end are what HomepageConfig names and
+deployments/page_builder.py assembles; the concrete components live beside their stage
+(candidates.py, ranking.py, rules.py, selectors.py, decorators.py).
 """
 
 from __future__ import annotations
@@ -10,10 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from marquee.names import DAY_MS
 from marquee.schema import DEVICES, MATURITY_LABELS, MAX_MATURITY
+
+if TYPE_CHECKING:  # annotations only
+    import numpy as np
+
+    from deployments.selectors import RowFill
 
 _EPOCH_ORDINAL_MS = 719_163 * DAY_MS  # date(1970, 1, 1).toordinal() days, in ms
 
@@ -219,27 +227,51 @@ class Row:
         return tuple(item.title_id for item in self.items)
 
 
-def merge_candidates(candidates: Iterable[Candidate]) -> list[ScoredItem]:
-    """Dedupe by title keeping every source and reason; score = the best source score.
+# -- component contracts ------------------------------------------------------------------------
 
-    Sources and reasons keep the order they first appeared in (no repeats). The result is ordered
-    by score descending, ties by title_id, so the same input always gives the same list.
-    """
-    best: dict[int, float] = {}
-    sources: dict[int, list[str]] = {}
-    reasons: dict[int, list[str]] = {}
-    for cand in candidates:
-        if not isinstance(cand, Candidate):
-            raise TypeError(f"merge_candidates expects Candidate, got {type(cand).__name__}")
-        tid = cand.title_id
-        if tid not in best:
-            best[tid], sources[tid], reasons[tid] = cand.score, [], []
-        else:
-            best[tid] = max(best[tid], cand.score)
-        if cand.source not in sources[tid]:
-            sources[tid].append(cand.source)
-        if cand.reason and cand.reason not in reasons[tid]:
-            reasons[tid].append(cand.reason)
-    items = [ScoredItem(tid, float(best[tid]), tuple(sources[tid]), tuple(reasons[tid])) for tid in best]
-    items.sort(key=lambda item: (-item.score, item.title_id))
-    return items
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    """`__call__(request) -> proposals`: a row source gives {row key: [Candidate]}; a model
+    source gives one score per model title (its top `depth` become candidates through the
+    ranker's rank features). `inline`: an in-memory lookup, run in the request's own thread."""
+
+    name: str
+    inline: bool
+
+    def __call__(self, request: Any) -> Any: ...
+
+
+@runtime_checkable
+class Filter(Protocol):
+    """Keep or remove each item, with a reason for every removal (Removal.rule = name)."""
+
+    name: str
+
+    def __call__(self, ctx: HomepageContext, items: Any) -> tuple[list[ScoredItem], list[Removal]]: ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """`score(version, features) -> scores`: same length and order as the feature rows (asserted)."""
+
+    def score(self, version: str, features: "np.ndarray") -> "np.ndarray": ...
+
+
+@runtime_checkable
+class Selector(Protocol):
+    """Takes a turn on one row being filled (pins, limits, the pick of its titles)."""
+
+    name: str
+
+    def __call__(self, fill: "RowFill") -> None: ...
+
+
+@runtime_checkable
+class Decorator(Protocol):
+    """Adds one field to each item of a rendered row (explanation, artwork). `field` names it."""
+
+    name: str
+    field: str
+
+    def __call__(self, ctx: HomepageContext, row: Row, items: list[dict]) -> None: ...

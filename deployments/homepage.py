@@ -1,10 +1,11 @@
-"""The homepage orchestrator: member state -> candidates -> ranker -> rows -> artwork -> response.
+"""The homepage pipeline: member state -> candidates -> scorer -> rows -> decorators -> response.
 
-Stages arrive as async callables, so the same orchestrator runs them fused (plain method calls in
-this replica) or split (DeploymentHandle calls). Nothing a member sends or a stage does turns
-into an error page: an unreachable member state gives a cold-start page, failed sources are
-dropped and named in `degraded`, and if candidate generation fails as a whole the precomputed
-popular rows serve.
+deployments/page_builder.py builds it from a HomepageConfig. The candidate and scoring stages
+arrive as one `Stages` object (placement.py): fused, they run in this replica; split, behind
+DeploymentHandles; this code is the same either way. Nothing a member sends or a stage does
+turns into an error page: an unreachable member state gives a cold-start page, failed sources
+are dropped and named in `degraded`, and if candidate generation fails as a whole the
+precomputed popular rows serve.
 """
 
 from __future__ import annotations
@@ -15,21 +16,28 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from deployments.artwork import ArtworkPolicy
 from deployments.candidates import Retrieved
 from deployments.catalog import ServingCatalog
-from deployments.contracts import HomepageContext, ScoredItem
+from deployments.contracts import Decorator, HomepageContext, ScoredItem
 from deployments.rows import Page, RowBuilder
 from marquee.schema import MATURITY_LABELS, MAX_MATURITY
 
 log = logging.getLogger("marquee.homepage")
-RetrieveFn = Callable[[HomepageContext], Awaitable[Retrieved]]
-RankFn = Callable[[str, np.ndarray], Awaitable[np.ndarray]]
 MemberFn = Callable[[int], Awaitable[Any]]
+
+
+class Stages(Protocol):
+    """The candidate and scoring stages, wherever they run (placement.py)."""
+
+    async def candidates(self, ctx: HomepageContext) -> Retrieved: ...
+
+    async def scores(self, retrieved: Retrieved) -> np.ndarray: ...
+
+    async def model_status(self) -> dict: ...
 
 ROW_TEXT = {"top_in_country": "Top in {country}", "trending": "Trending now", "new_releases": "New on Marquee",
             "cold_titles": "New to the catalog", "my_list": "In your list", "continue_watching": "Pick up where you left off"}
@@ -62,11 +70,11 @@ class Timer:
 class Homepage:
     """`await homepage(request) -> dict`: one member's page, JSON-ready."""
 
-    def __init__(self, catalog: ServingCatalog, rows: RowBuilder, artwork: ArtworkPolicy,
-                 member: MemberFn, retrieve: RetrieveFn, rank: RankFn,
+    def __init__(self, catalog: ServingCatalog, rows: RowBuilder, decorators: Sequence[Decorator],
+                 stages: Stages, member: MemberFn, fallback_rows: RowBuilder,
                  retrieval_timeout_s: float = 2.0, member_timeout_s: float = 1.0):
-        self.catalog, self.rows, self.artwork = catalog, rows, artwork
-        self.member, self.retrieve, self.rank = member, retrieve, rank
+        self.catalog, self.rows, self.decorators = catalog, rows, tuple(decorators)
+        self.stages, self.member, self.fallback_rows = stages, member, fallback_rows
         self.retrieval_timeout_s, self.member_timeout_s = retrieval_timeout_s, member_timeout_s
 
     async def __call__(self, request: HomepageRequest) -> dict:
@@ -84,7 +92,7 @@ class Homepage:
         versions: dict[str, str] = {}
         retrieved = None
         try:
-            retrieved = await asyncio.wait_for(self.retrieve(ctx), self.retrieval_timeout_s)
+            retrieved = await asyncio.wait_for(self.stages.candidates(ctx), self.retrieval_timeout_s)
         except Exception:
             degraded.append("candidates")
         t = timer.add("candidates", t)
@@ -96,10 +104,7 @@ class Homepage:
         sources: dict[str, list[ScoredItem]] | None = None
         if retrieved is not None and not retrieved.failed_closed and _has_candidates(retrieved):
             try:
-                scores = retrieved.scores
-                if scores is None:  # split placement: the ranker is its own stage
-                    scores = await asyncio.wait_for(self.rank(retrieved.model_version, retrieved.features),
-                                                    self.retrieval_timeout_s)
+                scores = await asyncio.wait_for(self.stages.scores(retrieved), self.retrieval_timeout_s)
                 versions["ranker"] = retrieved.model_version
                 sources = self.sources(ctx, retrieved, np.asarray(scores))
             except Exception:
@@ -110,12 +115,12 @@ class Homepage:
             sources = self.popular_sources(ctx)
             degraded.append("personalization")
         try:
-            page = self.rows.build_page(ctx, sources, self.catalog.titles)
+            page = self.rows.build_page(ctx, sources)
         except Exception:  # e.g. a hot value that slipped past validation: still serve a page
             log.exception("row building failed; serving the popular rows")
             degraded.append("rows")
             fallback = True
-            page = RowBuilder().build_page(ctx, self.popular_sources(ctx), self.catalog.titles)
+            page = self.fallback_rows.build_page(ctx, self.popular_sources(ctx))
         t = timer.add("rows", t)
         rows = self.render(ctx, page)
         timer.add("artwork", t)
@@ -221,26 +226,17 @@ class Homepage:
     # -- response ------------------------------------------------------------------------------
 
     def render(self, ctx: HomepageContext, page: Page) -> list[dict]:
+        """The rows as JSON: each title's facts, then what each decorator adds."""
+        titles = self.catalog.titles
         rows = []
         for row in page.rows:
             items = []
             for position, item in enumerate(row.items):
-                info = self.catalog.titles[item.title_id]
-                arms = self.catalog.artwork.get(item.title_id, ())
-                artwork, propensity = (None, 1.0)
-                if arms:
-                    artwork, propensity = self.artwork.select(
-                        {"request_id": ctx.request_id, "member_id": ctx.member_id, "title_id": item.title_id,
-                         "device": ctx.device, "row": row.row_id}, arms)
-                items.append({
-                    "title_id": item.title_id,
-                    "name": info.name,
-                    "position": position,
-                    "score": round(float(item.score), 6),
-                    "genres": list(info.genres),
-                    "explanation": {"sources": list(item.sources), "reasons": list(item.reasons)},
-                    "artwork": {"artwork_id": artwork, "propensity": round(float(propensity), 6)},
-                })
+                info = titles[item.title_id]
+                items.append({"title_id": item.title_id, "name": info.name, "position": position,
+                              "score": round(float(item.score), 6), "genres": list(info.genres)})
+            for decorator in self.decorators:
+                decorator(ctx, row, items)
             rows.append({"row_id": row.row_id, "title": row.title, "items": items})
         return rows
 

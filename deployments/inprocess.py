@@ -31,14 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ray.init(address=cluster.gcs_address, namespace="marquee", logging_level="ERROR", log_to_driver=False)
 
-    from deployments.app import API
-    from deployments.gateway import set_service
+    from deployments.gateway import make_api
     from deployments.service import ActorRef, Settings, build_service
 
     service, _ = build_service(Settings(home=str(args.home.resolve())), member_state=ActorRef("marquee-member-state"),
                                event_log=ActorRef("marquee-event-log"))
-    set_service(service)
-    uvicorn.run(API, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(make_api(service), host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
 
 

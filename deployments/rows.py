@@ -1,10 +1,10 @@
 """Rows of the homepage: which rows, in what order, and which titles in each.
 
-The row plan is data (a typed config); the RowBuilder applies it to one member's scored sources:
-rules first (so removals are counted once per title), then rows are ordered by relevance
-(Continue Watching pinned first), then filled top to bottom so a title lands in the highest row
-that has it, with a per-series cap, MMR genre diversity and editorial pins. Every tie is broken by
-title_id, so the same input always gives the same page.
+The row plan is data (HomepageConfig.rows); the RowBuilder applies it to one member's scored
+sources: the filters first (so removals are counted once per title), then rows are ordered by
+relevance (Continue Watching pinned first), then filled top to bottom so a title lands in the
+highest row that has it, each row by the selectors of selectors.py (editorial pins, series cap,
+diversity). Every tie is broken by title_id, so the same input always gives the same page.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.contracts import HomepageContext, Removal, Row, ScoredItem, TitleInfo
-from deployments.rules import Rule, apply_rules, default_rules
+from deployments.contracts import Filter, HomepageContext, Removal, Row, ScoredItem, TitleInfo
+from deployments.rules import apply_rules
+from deployments.selectors import Diversity, EditorialPins, RowFill, SeriesCap, genres_of
 
 ROW_EXPANSIONS = ("single", "per_seed", "per_genre")
 ROW_ORDERS = ("relevance", "plan")
-EDITORIAL_SOURCE = "editorial"
-EDITORIAL_REASON = "Editor's pick"
 _TEMPLATE_KEYS = {"country": "US", "seed": "Heat", "genre": "Drama"}
 
 
@@ -74,25 +73,6 @@ class RowSpec:
                              f"(may use {{country}}, {{seed}}, {{genre}}): {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class EditorialSlot:
-    """Pin `title_id` at `position` (0-based) of row `row_id`; rules and page dedupe still apply."""
-
-    row_id: str
-    position: int
-    title_id: int
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.row_id, str) or not self.row_id:
-            raise ValueError(f"EditorialSlot: row_id must be a non-empty string, got {self.row_id!r}")
-        for name in ("position", "title_id"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"EditorialSlot {self.row_id}: {name} must be an int, got {value!r}")
-        if self.position < 0:
-            raise ValueError(f"EditorialSlot {self.row_id}/{self.title_id}: position must be >= 0")
-
-
 DEFAULT_ROWS: tuple[RowSpec, ...] = (
     RowSpec("continue_watching", "continue_watching", "Continue Watching",
             min_items=1, diversify=False, pin_top=True),
@@ -108,37 +88,28 @@ DEFAULT_ROWS: tuple[RowSpec, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class RowPlan:
-    """Which rows, their default order (plan order breaks relevance ties), limits and pins."""
+    """Which rows, and their order: by relevance (plan order breaks ties) or the plan's own."""
 
     rows: tuple[RowSpec, ...] = DEFAULT_ROWS
-    editorial: tuple[EditorialSlot, ...] = ()
-    mmr_lambda: float = 0.7  # 1.0 = pure score order; lower trades score for genre variety
-    max_per_series: int = 2
     order: str = "relevance"  # or "plan": keep the plan's order (pinned rows still first)
-    mmr_pool_factor: int = 5  # MMR looks at the best factor * row-size titles (bounds the cost)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", tuple(self.rows))
-        object.__setattr__(self, "editorial", tuple(self.editorial))
+        for spec in self.rows:
+            if not isinstance(spec, RowSpec):
+                raise ValueError(f"rows: expected RowSpec entries, got {type(spec).__name__}")
         ids = [spec.row_id for spec in self.rows]
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
-            raise ValueError(f"RowPlan: duplicate row_id(s) {dupes}")
-        if not 0.0 <= self.mmr_lambda <= 1.0:
-            raise ValueError(f"RowPlan: mmr_lambda must be in [0, 1], got {self.mmr_lambda}")
-        if self.max_per_series < 1:
-            raise ValueError(f"RowPlan: max_per_series must be >= 1, got {self.max_per_series}")
+            raise ValueError(f"rows: duplicate row_id(s) {dupes}")
         if self.order not in ROW_ORDERS:
-            raise ValueError(f"RowPlan: order must be one of {ROW_ORDERS}, got {self.order!r}")
-        if self.mmr_pool_factor < 1:
-            raise ValueError(f"RowPlan: mmr_pool_factor must be >= 1, got {self.mmr_pool_factor}")
-        by_id = {spec.row_id: spec for spec in self.rows}
-        for slot in self.editorial:
-            base, _, suffix = slot.row_id.partition(":")
-            spec = by_id.get(base)
-            if spec is None or (spec.expand == "single") != (suffix == ""):
-                raise ValueError(f"RowPlan: editorial slot names row {slot.row_id!r}, which the plan "
-                                 f"cannot produce (rows: {', '.join(ids)})")
+            raise ValueError(f"order: must be one of {ROW_ORDERS}, got {self.order!r}")
+
+    def produces(self, row_id: str) -> bool:
+        """Whether some spec of the plan can give a row of this id (an expanded row's id has a suffix)."""
+        base, _, suffix = row_id.partition(":")
+        spec = next((s for s in self.rows if s.row_id == base), None)
+        return spec is not None and (spec.expand == "single") == (suffix == "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,34 +134,36 @@ class _Draft:
 
 
 class RowBuilder:
-    """Turns scored sources into ordered, deduplicated, diversified rows per the RowPlan."""
+    """The row selector: turns scored sources into ordered, deduplicated rows per the RowPlan.
 
-    def __init__(self, plan: RowPlan | None = None, rules: Sequence[Rule] | None = None):
-        self.plan = plan if plan is not None else RowPlan()
-        if not isinstance(self.plan, RowPlan):
-            raise TypeError(f"plan must be a RowPlan, got {type(self.plan).__name__}")
-        self.rules = None if rules is None else list(rules)  # None: default_rules(catalog) per build
+    The filters run once per title across the page (so each removal is counted once); rows are
+    then ordered and filled top to bottom, each by the per-row selectors (selectors.py): a title
+    lands in the highest row that has it.
+    """
 
-    def build(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]],
-              catalog: Mapping[int, TitleInfo]) -> list[Row]:
-        return list(self.build_page(ctx, sources, catalog).rows)
+    def __init__(self, plan: RowPlan, catalog: Mapping[int, TitleInfo], filters: Sequence[Filter],
+                 editorial: EditorialPins, series_cap: SeriesCap, diversity: Diversity):
+        if not isinstance(plan, RowPlan):
+            raise TypeError(f"plan must be a RowPlan, got {type(plan).__name__}")
+        self.plan, self.catalog, self.filters = plan, catalog, list(filters)
+        self.editorial, self.series_cap, self.diversity = editorial, series_cap, diversity
 
-    def build_page(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]],
-                   catalog: Mapping[int, TitleInfo]) -> Page:
+    def build(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]]) -> list[Row]:
+        return list(self.build_page(ctx, sources).rows)
+
+    def build_page(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]]) -> Page:
         _check_sources(sources)
-        plan = self.plan
-        drafts = self._expand(ctx, sources, catalog)
-        pins = _pins_by_row(plan.editorial)
+        plan, editorial = self.plan, self.editorial
+        drafts = self._expand(ctx, sources)
 
-        # Rules once per title across the page, so each removal is counted once.
+        # Filters once per title across the page, so each removal is counted once.
         unique: dict[int, ScoredItem] = {}
         for draft in drafts:
             for item in draft.items:
                 unique.setdefault(item.title_id, item)
-        for slot in plan.editorial:
-            unique.setdefault(slot.title_id, _editorial_item(slot.title_id))
-        rules = self.rules if self.rules is not None else default_rules(catalog)
-        kept, removals, counts = apply_rules(rules, ctx, sorted(unique.values(), key=lambda i: i.title_id))
+        for item in editorial.titles():
+            unique.setdefault(item.title_id, item)
+        kept, removals, counts = apply_rules(self.filters, ctx, sorted(unique.values(), key=lambda i: i.title_id))
         allowed = {item.title_id for item in kept}
 
         dropped: list[tuple[str, str]] = []
@@ -198,9 +171,7 @@ class RowBuilder:
         for draft in drafts:
             draft.items = [item for item in draft.items if item.title_id in allowed]
             size = _row_size(draft.spec, ctx)
-            eligible = len(draft.items) + sum(
-                1 for s in pins.get(draft.row_id, ()) if s.title_id in allowed
-                and all(s.title_id != i.title_id for i in draft.items))
+            eligible = len(draft.items) + editorial.extra(draft.row_id, allowed, draft.items)
             if eligible < draft.spec.min_items:
                 dropped.append((draft.row_id, f"{eligible} eligible titles, needs {draft.spec.min_items}"))
                 continue
@@ -222,7 +193,7 @@ class RowBuilder:
             if rows_per_spec[draft.spec.row_id] >= draft.spec.count:
                 dropped.append((draft.row_id, f"{draft.spec.row_id} already has {draft.spec.count} rows"))
                 continue
-            items = self._fill(draft, ctx, catalog, on_page, allowed, pins.get(draft.row_id, ()))
+            items = self._fill(draft, ctx, on_page, allowed)
             if len(items) < draft.spec.min_items:
                 dropped.append((draft.row_id, f"{len(items)} titles left after page dedupe, "
                                               f"needs {draft.spec.min_items}"))
@@ -232,10 +203,19 @@ class RowBuilder:
             rows.append(Row(draft.row_id, draft.title, tuple(items)))
         return Page(tuple(rows), tuple(removals), counts, tuple(dropped))
 
+    def _fill(self, draft: _Draft, ctx: HomepageContext, on_page: set[int], allowed: set[int]) -> list[ScoredItem]:
+        """One row: the selectors take their turns (pins, series cap, diversity), then the pins
+        go in at their positions."""
+        fill = RowFill(draft.row_id, _row_size(draft.spec, ctx), draft.spec.diversify, draft.items, on_page, allowed)
+        self.editorial(fill)
+        self.series_cap(fill)
+        self.diversity(fill)
+        return fill.result()
+
     # -- expansion ---------------------------------------------------------------------------
 
-    def _expand(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]],
-                catalog: Mapping[int, TitleInfo]) -> list[_Draft]:
+    def _expand(self, ctx: HomepageContext, sources: Mapping[str, Sequence[ScoredItem]]) -> list[_Draft]:
+        catalog = self.catalog
         drafts: list[_Draft] = []
         for plan_index, spec in enumerate(self.plan.rows):
             fmt = {"country": ctx.country, "seed": "", "genre": ""}
@@ -254,7 +234,7 @@ class RowBuilder:
                 pool = _ranked(sources.get(spec.source, ()))
                 in_genre: dict[str, list[ScoredItem]] = {}  # one pass over the pool, not one per genre
                 for item in pool:
-                    for genre in _genres(catalog, item.title_id):
+                    for genre in genres_of(catalog, item.title_id):
                         in_genre.setdefault(genre, []).append(item)
                 for sub_index, genre in enumerate(_top_genres(ctx, pool, catalog)):
                     items = in_genre.get(genre, [])
@@ -263,45 +243,10 @@ class RowBuilder:
                                          sub_index, items))
         return drafts
 
-    # -- filling one row ---------------------------------------------------------------------
-
-    def _fill(self, draft: _Draft, ctx: HomepageContext, catalog: Mapping[int, TitleInfo],
-              on_page: set[int], allowed: set[int], slots: Sequence[EditorialSlot]) -> list[ScoredItem]:
-        plan = self.plan
-        size = _row_size(draft.spec, ctx)
-        by_id = {item.title_id: item for item in draft.items}
-
-        pinned: list[tuple[int, ScoredItem]] = []
-        for slot in slots:
-            tid = slot.title_id
-            if tid in allowed and tid not in on_page and all(tid != p.title_id for _, p in pinned):
-                base = by_id.get(tid)
-                item = _editorial_item(tid) if base is None else _with_editorial(base)
-                pinned.append((slot.position, item))
-        pinned = pinned[:size]
-        pinned_ids = {item.title_id for _, item in pinned}
-
-        series = Counter(s for s in (_series(catalog, item.title_id) for _, item in pinned) if s is not None)
-        pool = [i for i in draft.items if i.title_id not in on_page and i.title_id not in pinned_ids]
-        want = size - len(pinned)
-        if draft.spec.diversify and plan.mmr_lambda < 1.0:
-            pool = pool[: max(want * plan.mmr_pool_factor, want)]
-            chosen = _mmr(pool, want, plan.mmr_lambda, plan.max_per_series, series,
-                          [_genres(catalog, item.title_id) for _, item in pinned], catalog)
-        else:
-            chosen = _by_score(pool, want, plan.max_per_series, series, catalog)
-
-        for position, item in sorted(pinned, key=lambda p: (p[0], p[1].title_id)):
-            chosen.insert(min(position, len(chosen)), item)
-        return chosen
-
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
-
-
-_NO_GENRES: frozenset[str] = frozenset()
 
 
 def _check_sources(sources: Any) -> None:
@@ -310,8 +255,7 @@ def _check_sources(sources: Any) -> None:
     for name, items in sources.items():
         for item in items:
             if not isinstance(item, ScoredItem):
-                raise TypeError(f"source {name!r} holds {type(item).__name__}, expected ScoredItem "
-                                f"(merge candidates with merge_candidates first)")
+                raise TypeError(f"source {name!r} holds {type(item).__name__}, expected ScoredItem")
 
 
 def _ranked(items: Sequence[ScoredItem]) -> list[ScoredItem]:
@@ -326,138 +270,18 @@ def _row_size(spec: RowSpec, ctx: HomepageContext) -> int:
     return ctx.titles_per_row if spec.max_items is None else min(ctx.titles_per_row, spec.max_items)
 
 
-def _genres(catalog: Mapping[int, TitleInfo], title_id: int) -> frozenset[str]:
-    info = catalog.get(title_id)
-    return info.genre_set if info is not None else _NO_GENRES
-
-
-def _series(catalog: Mapping[int, TitleInfo], title_id: int) -> int | None:
-    info = catalog.get(title_id)
-    return None if info is None else info.series_id
-
-
 def _top_genres(ctx: HomepageContext, pool: Sequence[ScoredItem], catalog: Mapping[int, TitleInfo]) -> list[str]:
     """The member's genres by how often they appear in their history and onboarding tastes;
-    without either, the genres
-    carrying the most score in the pool (so a new member still gets genre rows). Ties by name."""
+    without either, the genres carrying the most score in the pool (so a new member still gets
+    genre rows). Ties by name."""
     history = dict.fromkeys((*ctx.recently_watched, *ctx.continue_watching, *ctx.my_list, *sorted(ctx.watched)))
     weight: Counter[str] = Counter()
     for tid in history:
-        weight.update(_genres(catalog, tid))
+        weight.update(genres_of(catalog, tid))
     for genre in ctx.preferred_genres:  # onboarding tastes count like one title each
         weight[genre] += 1
     if not weight:
         for item in pool:
-            for genre in _genres(catalog, item.title_id):
+            for genre in genres_of(catalog, item.title_id):
                 weight[genre] += max(item.score, 0.0)
     return [g for g, w in sorted(weight.items(), key=lambda kv: (-kv[1], kv[0])) if w > 0]
-
-
-def _series_ok(tid: int, series: Counter, cap: int, catalog: Mapping[int, TitleInfo]) -> bool:
-    s = _series(catalog, tid)
-    return s is None or series[s] < cap
-
-
-def _take(item: ScoredItem, series: Counter, catalog: Mapping[int, TitleInfo]) -> None:
-    s = _series(catalog, item.title_id)
-    if s is not None:
-        series[s] += 1
-
-
-def _by_score(pool: Sequence[ScoredItem], want: int, cap: int, series: Counter,
-              catalog: Mapping[int, TitleInfo]) -> list[ScoredItem]:
-    chosen: list[ScoredItem] = []
-    for item in pool:  # already ranked
-        if len(chosen) >= want:
-            break
-        if _series_ok(item.title_id, series, cap, catalog):
-            chosen.append(item)
-            _take(item, series, catalog)
-    return chosen
-
-
-def _jaccard(a: int, b: int) -> float:
-    """Jaccard similarity of two genre sets given as bit masks (one bit per genre)."""
-    union = a | b
-    return (a & b).bit_count() / union.bit_count() if union else 0.0
-
-
-def _genre_masks(genre_sets: Sequence[frozenset[str]]) -> list[int]:
-    """The sets as bit masks over the genres they use: set algebra on ints, not on frozensets."""
-    bit: dict[str, int] = {}
-    masks = []
-    for genres in genre_sets:
-        mask = 0
-        for genre in genres:
-            mask |= 1 << bit.setdefault(genre, len(bit))
-        masks.append(mask)
-    return masks
-
-
-def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, cap: int, series: Counter,
-         selected_genres: list[frozenset[str]], catalog: Mapping[int, TitleInfo]) -> list[ScoredItem]:
-    """Maximal marginal relevance: lam * relevance - (1 - lam) * max genre similarity to the row so far.
-
-    Relevance is the score min-max scaled within the row's pool, so lambda means the same thing
-    whatever scale a source scores on. Ties: higher raw score, then lower title_id. (Per-item facts
-    are computed once and only the items of a just-capped series are re-checked: this runs for
-    every row of every page.)
-    """
-    if want <= 0 or not pool:
-        return []
-    lo = min(i.score for i in pool)
-    hi = max(i.score for i in pool)
-    span = hi - lo
-    masks = _genre_masks([_genres(catalog, i.title_id) for i in pool] + list(selected_genres))
-    genres, selected = masks[:len(pool)], masks[len(pool):]
-    series_of = [_series(catalog, i.title_id) for i in pool]
-    base = [lam * ((i.score - lo) / span if span > 0 else 1.0) for i in pool]
-    max_sim = [max((_jaccard(g, s) for s in selected), default=0.0) for g in genres]
-    alive = [series_of[k] is None or series[series_of[k]] < cap for k in range(len(pool))]
-    penalty = 1 - lam
-    chosen: list[ScoredItem] = []
-    while len(chosen) < want:
-        best_k, best_key = -1, None
-        for k, item in enumerate(pool):
-            if not alive[k]:
-                continue
-            key = (base[k] - penalty * max_sim[k], item.score, -item.title_id)
-            if best_key is None or key > best_key:
-                best_k, best_key = k, key
-        if best_k < 0:
-            break
-        best = pool[best_k]
-        chosen.append(best)
-        alive[best_k] = False
-        picked_series = series_of[best_k]
-        if picked_series is not None:
-            series[picked_series] += 1
-            if series[picked_series] >= cap:
-                for k in range(len(pool)):
-                    if series_of[k] == picked_series:
-                        alive[k] = False
-        picked = genres[best_k]
-        for k in range(len(pool)):
-            if alive[k]:
-                sim = _jaccard(genres[k], picked)
-                if sim > max_sim[k]:
-                    max_sim[k] = sim
-    return chosen
-
-
-def _pins_by_row(slots: Sequence[EditorialSlot]) -> dict[str, list[EditorialSlot]]:
-    out: dict[str, list[EditorialSlot]] = {}
-    for slot in slots:
-        out.setdefault(slot.row_id, []).append(slot)
-    return out
-
-
-def _editorial_item(title_id: int) -> ScoredItem:
-    return ScoredItem(title_id, 0.0, (EDITORIAL_SOURCE,), (EDITORIAL_REASON,))
-
-
-def _with_editorial(item: ScoredItem) -> ScoredItem:
-    if EDITORIAL_SOURCE in item.sources:
-        return item
-    return ScoredItem(item.title_id, item.score, (*item.sources, EDITORIAL_SOURCE),
-                      (*item.reasons, EDITORIAL_REASON))

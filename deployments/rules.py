@@ -1,30 +1,20 @@
 """Business rules: page-level filters that say why they removed each title.
 
-A rule is `(ctx, items) -> (kept, removed)`; every removal carries the rule's name and a reason,
-and `apply_rules` counts them, so a title never vanishes from a homepage without a trace. Rules
-that need catalog facts take the catalog at construction (it changes with a deploy, not per request).
+A filter (the Filter contract of contracts.py) is `(ctx, items) -> (kept, removed)`; every
+removal carries the filter's name and a reason, and `apply_rules` counts them, so a title never
+vanishes from a homepage without a trace. Filters that need catalog facts take the catalog at
+construction (it changes with a deploy, not per request). HomepageConfig.filters names them, in
+order, from FILTERS.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Protocol, runtime_checkable
 
-from deployments.contracts import HomepageContext, Removal, ScoredItem, TitleInfo
+from deployments.contracts import Filter, HomepageContext, Removal, ScoredItem, TitleInfo
 from marquee.schema import MATURITY_LABELS
 
 Catalog = Mapping[int, TitleInfo]
-
-
-@runtime_checkable
-class Rule(Protocol):
-    """The Rule contract: keep or remove each item, with a reason for every removal."""
-
-    name: str
-
-    def __call__(self, ctx: HomepageContext, items: Sequence[ScoredItem]) -> tuple[list[ScoredItem], list[Removal]]:
-        ...
 
 
 class CatalogRule:
@@ -103,13 +93,19 @@ class MaturityFilter(CatalogRule):
                 f"above the profile's {MATURITY_LABELS[ctx.maturity]}")
 
 
+FILTERS: dict[str, type[CatalogRule]] = {
+    cls.name: cls for cls in (UnknownTitleFilter, WatchedFilter, AvailabilityFilter, MaturityFilter)}
+# The standard order: unknown titles first, so later filters see only catalogued titles.
+DEFAULT_FILTERS = ("unknown_title", "watched", "availability", "maturity")
+
+
 def default_rules(catalog: Catalog) -> list[CatalogRule]:
-    """The standard order: unknown titles first, so later rules see only catalogued titles."""
-    return [UnknownTitleFilter(catalog), WatchedFilter(catalog), AvailabilityFilter(catalog), MaturityFilter(catalog)]
+    """The filters of DEFAULT_FILTERS, in order."""
+    return [FILTERS[name](catalog) for name in DEFAULT_FILTERS]
 
 
 def apply_rules(
-    rules: Sequence[Rule], ctx: HomepageContext, items: Sequence[ScoredItem]
+    rules: Sequence[Filter], ctx: HomepageContext, items: Sequence[ScoredItem]
 ) -> tuple[list[ScoredItem], list[Removal], dict[str, int]]:
     """Run the rules in order; each sees what the previous kept.
 
@@ -132,11 +128,6 @@ def apply_rules(
         removals.extend(removed)
         counts[name] = len(removed)
     return kept, removals, counts
-
-
-def counts_by_reason(removals: Sequence[Removal]) -> dict[str, int]:
-    """How many removals per distinct reason string (the per-title detail behind counts_by_rule)."""
-    return dict(sorted(Counter(r.reason for r in removals).items()))
 
 
 def _label(title_id: int, info: TitleInfo | None) -> str:

@@ -1,6 +1,8 @@
 """The gateway's service: the homepage pipeline wired to member state, the event log and the
 registry. Built once per process by `build_service`, the same way under Ray Serve (fused or with
-stages behind handles) and under plain uvicorn (the in-process baseline)."""
+stages behind handles: placement.py) and under plain uvicorn (the in-process baseline). Its
+`reconfigure(user_config)` rebuilds the pipeline from the new hot values and swaps it in whole;
+a bad value raises before anything changes, so the old pipeline keeps serving."""
 
 from __future__ import annotations
 
@@ -9,27 +11,21 @@ import json
 import logging
 import os
 import secrets
-import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-import numpy as np
-
-from deployments.artwork import EpsilonGreedyArtwork
-from deployments.candidates import Retrieval, RetrievalConfig, Retrieved, source_pool
 from deployments.catalog import ServingCatalog, load_catalog
-from deployments.contracts import HomepageContext
 from deployments.gateway import ApiError, call_with_retry
-from deployments.homepage import Homepage, HomepageRequest
-from deployments.model_holder import FOLLOW_PROMOTED, ModelHolder
-from deployments.ranking import Ranker
-from deployments.rows import EditorialSlot, RowBuilder, RowPlan
+from deployments.homepage import Homepage, HomepageRequest, Stages
+from deployments.page_builder import artwork_of, build_homepage
+from deployments.page_config import HotValues
+from deployments.placement import PLACEMENTS
 
 log = logging.getLogger("marquee.service")
 SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
 TOKEN_FILE = "admin_token"
-PLACEMENTS = ("fused", "split")
 HEALTH_STAGE_TIMEOUT_S = 2.0  # /healthz asks the retrieval stage for its model; a hung stage must not hang it
 
 
@@ -46,7 +42,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
-            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+            raise ValueError(f"placement must be one of {tuple(PLACEMENTS)}, got {self.placement!r}")
         home = Path(self.home)
         if not self.dataset:
             recorded = home / SERVING_FILE
@@ -74,75 +70,13 @@ def admin_token(home: Path, create: bool = False) -> str | None:
     return path.read_text().strip() if path.exists() else None
 
 
-class HotConfig:
-    """Hot values from user_config: model target, candidate-generation settings, artwork epsilon.
-    A bad value raises before anything changes, so the old values keep serving."""
-
-    def __init__(self, raw: dict | None = None):
-        raw = dict(raw or {})
-        unknown = set(raw) - {"model_version", "retrieval", "artwork_epsilon", "editorial"}
-        if unknown:
-            raise ValueError(f"user_config: unknown key(s) {sorted(unknown)}")
-        self.model_version = str(raw.get("model_version", FOLLOW_PROMOTED))
-        if self.model_version != FOLLOW_PROMOTED and not (self.model_version.startswith("v") and self.model_version[1:].isdigit()):
-            raise ValueError(f"user_config.model_version: expected 'promoted' or vNNNN, got {self.model_version!r}")
-        self.retrieval = RetrievalConfig.from_dict(raw.get("retrieval"))
-        self.artwork_epsilon = float(raw.get("artwork_epsilon", 0.1))
-        if not 0 <= self.artwork_epsilon <= 1:
-            raise ValueError(f"user_config.artwork_epsilon: expected 0..1, got {self.artwork_epsilon}")
-        slots = raw.get("editorial", [])
-        if not isinstance(slots, list):
-            raise ValueError("user_config.editorial: expected a list of {row_id, position, title_id}")
-        try:  # RowPlan checks that every slot names a row the plan can produce
-            self.row_plan = RowPlan(editorial=tuple(EditorialSlot(**slot) for slot in slots))
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"user_config.editorial: {exc}") from None
-
-
-class RetrievalStage:
-    """Candidate generation on the holder's current model; rebuilt when the model or the config
-    changes (cheap), so a hot swap is picked up by the next request."""
-
-    def __init__(self, holder: ModelHolder, catalog: ServingCatalog, config: RetrievalConfig):
-        self.holder, self.catalog, self.config = holder, catalog, config
-        self._built: tuple[Any, Any, Retrieval] | None = None
-        self._lock = threading.Lock()
-        # one pool for every Retrieval this stage builds: a rebuild must not leave threads behind
-        self._pool = source_pool()
-
-    def reconfigure(self, config: RetrievalConfig) -> None:
-        self.config = config
-
-    def model_for(self, version: str):
-        """The model that built features of `version`, while this stage still holds it: a hot
-        swap between candidate generation and ranking must not load anything in a request."""
-        built = self._built
-        if built is not None and built[0].version == version:
-            return built[0]
-        model = self.holder.model
-        return model if model is not None and model.version == version else None
-
-    def __call__(self, ctx: HomepageContext) -> Retrieved:
-        model = self.holder.model
-        if model is None:
-            raise RuntimeError("no model version is loaded yet")
-        built = self._built
-        if built is None or built[0] is not model or built[1] is not self.config:
-            with self._lock:
-                built = self._built = (model, self.config,
-                                       Retrieval(model, self.catalog, self.config, executor=self._pool))
-        return built[2](ctx)
-
-
 class MarqueeService:
     """Implements deployments.gateway.GatewayService."""
 
-    def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage,
-                 holder: ModelHolder | None, event_log: Any, placement: str,
-                 model_status: Callable[[], Awaitable[dict]] | None = None):
+    def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage, stages: Stages,
+                 event_log: Any):
         self.settings, self.catalog, self.homepage_stage = settings, catalog, homepage
-        self.holder, self.event_log, self.placement = holder, event_log, placement
-        self.model_status = model_status  # split placement: the model lives in the retrieval stage
+        self.stages, self.event_log, self.placement = stages, event_log, settings.placement
         self.admin_token = settings.admin_token
 
     async def homepage(self, request: HomepageRequest) -> dict:
@@ -172,20 +106,15 @@ class MarqueeService:
         return result_as_dict(result)  # the gateway validated every event: `rejected` is normally empty
 
     async def health(self) -> dict:
-        if self.holder is not None:
-            model = self.holder.status()
-        elif self.model_status is not None:
-            try:
-                model = await asyncio.wait_for(self.model_status(), HEALTH_STAGE_TIMEOUT_S)
-            except Exception as exc:  # still alive: say what could not be read
-                model = {"version": None, "last_error": f"the retrieval stage did not answer ({type(exc).__name__})"}
-        else:
-            model = {"version": None}
+        try:  # fused: this replica's model holder; split: the retrieval stage's
+            model = await asyncio.wait_for(self.stages.model_status(), HEALTH_STAGE_TIMEOUT_S)
+        except Exception as exc:  # still alive: say what could not be read
+            model = {"version": None, "last_error": f"the retrieval stage did not answer ({type(exc).__name__})"}
         return {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
                 "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
 
     def admin(self, action: str, version: str | None = None, options: Any = None) -> dict:
-        from actors.registry import Registry, RegistryError, UnknownVersionError
+        from state.registry import Registry, RegistryError, UnknownVersionError
 
         registry = Registry(self.settings.registry_root)
         try:
@@ -257,55 +186,22 @@ def member_reader(member_state: Any) -> Callable[[int], Awaitable[Any]]:
     return read
 
 
-def apply_hot(hot: HotConfig, holder: ModelHolder, stage: RetrievalStage) -> None:
-    """The model target and candidate settings of a new hot config, for a model-holding stage."""
-    stage.reconfigure(hot.retrieval)
-    holder.retarget(hot.model_version)
-    holder.refresh()
-
-
 def build_service(settings: Settings, *, member_state: Any, event_log: Any,
-                  retrieve: Callable[[HomepageContext], Awaitable[Retrieved]] | None = None,
-                  rank: Callable[[str, np.ndarray], Awaitable[np.ndarray]] | None = None,
-                  catalog: ServingCatalog | None = None,
-                  model_status: Callable[[], Awaitable[dict]] | None = None,
+                  handles: Mapping[str, Any] | None = None, catalog: ServingCatalog | None = None,
                   ) -> tuple[MarqueeService, Callable[[dict], None]]:
-    """The service and its `reconfigure(user_config)`. Fused when `retrieve`/`rank` are None
-    (stages run here, on a model holder that follows the registry); split otherwise."""
-    hot = HotConfig(settings.hot)
+    """The service and its `reconfigure(user_config)`. `settings.placement` says where the
+    candidate and scoring stages run; `handles` are the split placement's stage deployments."""
+    hot = HotValues.parse(settings.hot)
     catalog = catalog or load_catalog(settings.dataset)
-    artwork = EpsilonGreedyArtwork(hot.artwork_epsilon)
-    holder = None
-    stage = None
-    if retrieve is None or rank is None:
-        holder = ModelHolder(settings.registry_root, hot.model_version).start()
-        stage = RetrievalStage(holder, catalog, hot.retrieval)
-        ranker = Ranker(settings.registry_root, holder, lookup=stage.model_for)
-
-        def generate_and_rank(ctx):
-            retrieved = stage(ctx)
-            try:
-                retrieved.scores = ranker.score(retrieved.model_version, retrieved.features)
-            except Exception:  # left to the ranker stage: it fails again there and is named
-                log.exception("fused ranking failed")
-            return retrieved
-
-        # The fused stages run in this replica, on one worker thread per page (generation, then
-        # ranking): the event loop stays free for other requests and Serve's own calls.
-        async def retrieve(ctx):  # noqa: F811
-            return await asyncio.to_thread(generate_and_rank, ctx)
-
-        async def rank(version, features):  # noqa: F811
-            return await asyncio.to_thread(ranker.score, version, features)
-
-    homepage = Homepage(catalog, RowBuilder(hot.row_plan), artwork, member_reader(member_state), retrieve, rank)
-    service = MarqueeService(settings, catalog, homepage, holder, event_log, settings.placement, model_status)
+    stages, apply_to_stages = PLACEMENTS[settings.placement](settings.registry_root, settings.dataset, catalog, hot,
+                                                             dict(handles or {}))
+    member = member_reader(member_state)
+    service = MarqueeService(settings, catalog, build_homepage(hot.page, catalog, stages, member), stages, event_log)
 
     def reconfigure(user_config: dict) -> None:
-        new = HotConfig(user_config)  # raises on a bad value: nothing below changes
-        artwork.epsilon = new.artwork_epsilon
-        homepage.rows = RowBuilder(new.row_plan)
-        if stage is not None:
-            apply_hot(new, holder, stage)
+        new = HotValues.parse(user_config)  # raises on a bad value: nothing below changes
+        homepage = build_homepage(new.page, catalog, stages, member, artwork=artwork_of(service.homepage_stage))
+        apply_to_stages(new)
+        service.homepage_stage = homepage
 
     return service, reconfigure

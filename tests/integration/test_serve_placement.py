@@ -9,12 +9,11 @@ import time
 import httpx
 import pytest
 
-from actors.registry import Registry
+from state.registry import Registry
 from deployments.app import deploy
-from deployments.candidates import ROW_SOURCES
+from deployments.candidates import MODEL_SOURCES, ROW_SOURCES
 
 pytestmark = pytest.mark.timeout(600)
-MODEL_SOURCES = ("sequence", "recency_ease", "embedding", "trending", "content")
 
 
 def redeploy(serve_app, user_config: dict) -> None:
@@ -70,8 +69,9 @@ def _health(url: str) -> dict | None:
 
 def test_a_failing_source_is_dropped_and_named_and_the_page_still_serves(serve_app):
     pid_before = {_health(serve_app.url)["pid"] for _ in range(30)}  # both replicas, almost surely
-    redeploy(serve_app, {"retrieval": {"faults": {"sequence": "raise", "embedding": "slow"},
-                                       "default_policy": {"timeout_ms": 400}, "slow_fault_s": 1.0}})
+    sources = {name: {"timeout_ms": 400} for name in (*MODEL_SOURCES, *ROW_SOURCES)}
+    sources["sequence"]["fault"], sources["embedding"]["fault"] = "raise", "slow"
+    redeploy(serve_app, {"sources": sources, "candidates": {"slow_fault_s": 1.0}})
     try:
         page = wait_for(lambda: page_if(get_page(serve_app.url, 5), lambda p: "sequence" in p["degraded"]),
                         what="the fault to apply")
@@ -84,8 +84,8 @@ def test_a_failing_source_is_dropped_and_named_and_the_page_still_serves(serve_a
 
 
 def test_all_sources_failing_serves_the_precomputed_popular_rows(serve_app):
-    every = {name: "raise" for name in (*MODEL_SOURCES, *ROW_SOURCES)}
-    redeploy(serve_app, {"retrieval": {"faults": every}})
+    every = {name: {"fault": "raise"} for name in (*MODEL_SOURCES, *ROW_SOURCES)}
+    redeploy(serve_app, {"sources": every})
     try:
         page = wait_for(lambda: page_if(get_page(serve_app.url, 5, country="US"), lambda p: p["fallback"]),
                         what="the fallback page")
@@ -101,12 +101,12 @@ def test_all_sources_failing_serves_the_precomputed_popular_rows(serve_app):
 def test_a_promoted_model_swaps_in_under_load_and_a_broken_one_never_does(serve_app):
     registry = Registry(serve_app.paths.registry)
     original = registry.promoted_version()
-    files = {name: registry.read_artifact(original, name)
-             for name in ("pipeline.pkl", "title_ids.json", "member_ids.json")}
     meta = registry.get(original)
+    files = {name: registry.read_artifact(original, name) for name in meta.files}
+    booster = next(name for name in files if "boosters/" in name)  # its bundle sha256 will not match
     copy = registry.register(files, metrics=meta.metrics, data_window=meta.data_window,
                              feature_schema_hash=meta.feature_schema_hash, parent=original).version
-    broken = registry.register({**files, "pipeline.pkl": b"\x80\x04 truncated"}, metrics=meta.metrics,
+    broken = registry.register({**files, booster: b"truncated"}, metrics=meta.metrics,
                                data_window=meta.data_window, feature_schema_hash=meta.feature_schema_hash,
                                parent=original).version
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from actors.member_state import ContinueWatching, MemberSnapshot
-from deployments.artwork import EpsilonGreedyArtwork
 from deployments.candidates import Retrieved
 from deployments.catalog import MemberProfile, ServingCatalog
 from deployments.contracts import Candidate, TitleInfo
 from deployments.homepage import Homepage, HomepageRequest
-from deployments.rows import RowBuilder, RowPlan
+from deployments.page_builder import build_homepage
+from deployments.page_config import ArtworkConfig, HomepageConfig
 
 TS = 1_700_000_000_000
 VERSION = "v0007"
@@ -72,12 +72,13 @@ def retrieved(**kw) -> Retrieved:
 
 
 class Stages:
-    """Fake member reader, retrieval and ranker; each can be told to fail."""
+    """Fake member reader and candidate/scoring stages (the placement contract); each can be
+    told to fail."""
 
     def __init__(self, member=None, found=None, scores=None):
         self.snapshot = snapshot() if member is None else member
         self.found = retrieved() if found is None else found
-        self.scores = scores  # None: one descending score per candidate
+        self.fixed_scores = scores  # None: one descending score per candidate
         self.member_error: BaseException | None = None
         self.member_delay_s = 0.0
         self.retrieve_error: BaseException | None = None
@@ -91,23 +92,27 @@ class Stages:
             raise self.member_error
         return self.snapshot
 
-    async def retrieve(self, ctx):
+    async def candidates(self, ctx):
         if self.retrieve_error is not None:
             raise self.retrieve_error
         return self.found
 
-    async def rank(self, version: str, features: np.ndarray) -> np.ndarray:
+    async def scores(self, retrieved: Retrieved) -> np.ndarray:
+        version, features = retrieved.model_version, retrieved.features
         self.ranked.append((version, len(features)))
         if self.rank_error is not None:
             raise self.rank_error
-        if self.scores is not None:
-            return self.scores
+        if self.fixed_scores is not None:
+            return self.fixed_scores
         return np.linspace(1.0, 0.1, len(features))
 
+    async def model_status(self) -> dict:
+        return {"version": VERSION}
 
-def build(stages: Stages, **kw) -> Homepage:
-    return Homepage(CATALOG, RowBuilder(RowPlan()), EpsilonGreedyArtwork(0.2, seed=3),
-                    stages.member, stages.retrieve, stages.rank, **kw)
+
+def build(stages: Stages, config: HomepageConfig | None = None, **kw) -> Homepage:
+    config = config or HomepageConfig(artwork=ArtworkConfig(epsilon=0.2, seed=3))
+    return build_homepage(config, CATALOG, stages, stages.member, **kw)
 
 
 def page_of(stages: Stages, request: HomepageRequest | None = None, **kw) -> dict:
@@ -246,7 +251,7 @@ def test_retrieve_timing_out_serves_popular_rows():
     async def slow(ctx):
         await asyncio.sleep(5.0)
 
-    stages.retrieve = slow
+    stages.candidates = slow
     page = page_of(stages, retrieval_timeout_s=0.05)
     assert_fallback(page)
     assert "candidates" in page["degraded"]

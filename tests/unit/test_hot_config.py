@@ -1,39 +1,54 @@
-"""Hot values (user_config): parsed whole or refused whole, so a bad value keeps the old ones
-serving; editorial slots and boosts reach the page."""
+"""Hot values (user_config): the model pin plus an override of the page config, parsed whole or
+refused whole (naming the bad field), so a bad value keeps the old ones serving; editorial slots
+and boosts reach the page; a reconfigure swaps the whole pipeline or nothing."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from deployments.candidates import Retrieved
+from deployments.candidates import Retrieved, SourcePolicy
 from deployments.contracts import Candidate, HomepageContext
-from deployments.rows import EditorialSlot
-from deployments.service import HotConfig
+from deployments.page_config import HomepageConfig, HotValues
+from deployments.selectors import EditorialSlot
 
 
-def test_defaults_follow_the_promoted_model_with_no_editorial_slots():
-    hot = HotConfig({})
-    assert hot.model_version == "promoted" and hot.row_plan.editorial == () and hot.artwork_epsilon == 0.1
+def test_defaults_follow_the_promoted_model_with_the_default_page():
+    hot = HotValues.parse({})
+    assert hot.model_version == "promoted" and hot.page == HomepageConfig()
+    assert hot.page.selectors.editorial_pins.slots == () and hot.page.artwork.epsilon == 0.1
 
 
-def test_editorial_slots_are_parsed_into_the_row_plan():
-    hot = HotConfig({"editorial": [{"row_id": "trending", "position": 0, "title_id": 42}]})
-    assert hot.row_plan.editorial == (EditorialSlot("trending", 0, 42),)
+def test_editorial_slots_and_source_policies_are_parsed_into_the_page_config():
+    hot = HotValues.parse({"model_version": "v0012",
+                           "selectors": {"editorial_pins": {"slots": [{"row_id": "trending", "position": 0,
+                                                                       "title_id": 42}], "boosts": {"7": 0.5}}},
+                           "sources": {"embedding": {"timeout_ms": 40, "fail_open": False, "fault": "slow"}}})
+    assert hot.model_version == "v0012"
+    assert hot.page.selectors.editorial_pins.slots == (EditorialSlot("trending", 0, 42),)
+    retrieval = hot.page.retrieval()
+    assert retrieval.policy("embedding") == SourcePolicy(40, False)
+    assert retrieval.policy("sequence") == SourcePolicy()  # the others keep their defaults
+    assert retrieval.faults == {"embedding": "slow"} and retrieval.editorial_boost == {7: 0.5}
 
 
 @pytest.mark.parametrize("raw, words", [
-    ({"editorial": [{"row_id": "no_such_row", "position": 0, "title_id": 1}]}, "editorial"),
-    ({"editorial": [{"row_id": "trending", "position": -1, "title_id": 1}]}, "position"),
-    ({"editorial": {"row_id": "trending"}}, "editorial"),
+    ({"selectors": {"editorial_pins": {"slots": [{"row_id": "no_such_row", "position": 0, "title_id": 1}]}}},
+     "editorial_pins.slots: slot names row 'no_such_row'"),
+    ({"selectors": {"editorial_pins": {"slots": [{"row_id": "trending", "position": -1, "title_id": 1}]}}},
+     "slots\\[0\\].*position"),
+    ({"selectors": {"editorial_pins": {"slots": {"row_id": "trending"}}}}, "editorial_pins.slots"),
     ({"model_version": "latest"}, "model_version"),
-    ({"artwork_epsilon": 2}, "artwork_epsilon"),
-    ({"retrieval": {"faults": {"sequence": "explode"}}}, "faults"),
+    ({"artwork": {"epsilon": 2}}, "artwork.epsilon"),
+    ({"sources": {"sequence": {"fault": "explode"}}}, "sources.sequence.fault"),
+    ({"sources": {"sequence": {"timeout_ms": 0}}}, "sources.sequence.timeout_ms"),
+    ({"sources": {"sequence": {"timeout": 5}}}, "sources.sequence: unknown key"),
+    ({"selectors": {"diversity": {"mmr_lambda": 1.5}}}, "selectors.diversity.mmr_lambda"),
     ({"colour": "red"}, "unknown key"),
 ])
 def test_a_bad_value_is_refused_with_its_name(raw, words):
     with pytest.raises(ValueError, match=words):
-        HotConfig(raw)
+        HotValues.parse(raw)
 
 
 def test_a_title_nobody_played_reaches_the_page_through_its_editorial_boost():

@@ -17,11 +17,25 @@ class _Catalog:
     titles = {1: object(), 2: object()}
 
 
-def service(tmp_path, placement: str = "split", **kwargs) -> MarqueeService:
+class _Stages:
+    """The placement contract's status call, answered by `status` (None: no stage to ask)."""
+
+    def __init__(self, status=None):
+        self._status = status
+
+    async def model_status(self) -> dict:
+        return await self._status() if self._status is not None else {"version": None}
+
+
+def settings_of(tmp_path, placement: str = "split") -> Settings:
     (tmp_path / "world").mkdir(exist_ok=True)
     (tmp_path / "world" / "manifest.json").write_text("{}")  # Settings only checks it is a dataset
-    settings = Settings(home=str(tmp_path), dataset=str(tmp_path / "world"))
-    return MarqueeService(settings, _Catalog(), homepage=None, event_log=None, placement=placement, **kwargs)
+    return Settings(home=str(tmp_path), dataset=str(tmp_path / "world"), placement=placement)
+
+
+def service(tmp_path, placement: str = "split", model_status=None) -> MarqueeService:
+    return MarqueeService(settings_of(tmp_path, placement), _Catalog(), homepage=None,
+                          stages=_Stages(model_status), event_log=None)
 
 
 # -- health --------------------------------------------------------------------------------------
@@ -31,7 +45,7 @@ def test_split_health_reads_the_model_from_the_retrieval_stage(tmp_path):
     async def status():
         return {"version": "v0003", "target": "promoted", "last_error": None}
 
-    body = asyncio.run(service(tmp_path, holder=None, model_status=status).health())
+    body = asyncio.run(service(tmp_path, model_status=status).health())
     assert body["placement"] == "split" and body["model"]["version"] == "v0003" and body["titles"] == 2
 
 
@@ -41,13 +55,13 @@ def test_a_stage_that_does_not_answer_is_reported(tmp_path, monkeypatch):
     async def hung():
         await asyncio.sleep(10)
 
-    body = asyncio.run(service(tmp_path, holder=None, model_status=hung).health())
+    body = asyncio.run(service(tmp_path, model_status=hung).health())
     assert body["status"] == "ok" and body["model"]["version"] is None
     assert "did not answer (TimeoutError)" in body["model"]["last_error"]
 
 
-def test_without_a_holder_or_a_stage_the_version_is_unknown(tmp_path):
-    body = asyncio.run(service(tmp_path, holder=None).health())
+def test_without_a_model_the_version_is_unknown(tmp_path):
+    body = asyncio.run(service(tmp_path).health())
     assert body["model"] == {"version": None}
 
 
@@ -58,7 +72,7 @@ def test_without_a_holder_or_a_stage_the_version_is_unknown(tmp_path):
 def fused(tmp_path, monkeypatch) -> MarqueeService:
     submitted = []
     monkeypatch.setattr("actors.jobs.start_job", lambda paths, argv: submitted.append(argv) or None)
-    svc = service(tmp_path, placement="fused", holder=None)
+    svc = service(tmp_path, placement="fused")
     svc.submitted = submitted
     return svc
 

@@ -1,5 +1,5 @@
 """Candidate sources under their policies: errors and overruns are dropped and named, fail-closed
-sources are reported, chaos faults work, and the config rejects what it does not know."""
+sources are reported, chaos faults work, and the page config's sources become the stage's policies."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from deployments.candidates import Retrieval, RetrievalConfig, SourceFault, SourcePolicy
+from deployments.page_config import HomepageConfig, apply_override
 
 
 def make_retrieval(config: RetrievalConfig, pool: futures.ThreadPoolExecutor) -> Retrieval:
     """A Retrieval around a model and catalog with nothing in them: `_run_all` needs neither."""
-    model = SimpleNamespace(builder=SimpleNamespace(sources={}), index_of={})
+    model = SimpleNamespace(builder=SimpleNamespace(sources={}), index_of={}, source_names=())
     catalog = SimpleNamespace(titles={}, genres=())
     return Retrieval(model, catalog, config, executor=pool)
 
@@ -153,45 +154,23 @@ def test_policy_lookup_falls_back_to_the_default():
 # -- configuration ---------------------------------------------------------------------------------
 
 
-def test_from_dict_builds_policies_and_boosts():
-    config = RetrievalConfig.from_dict({
-        "policies": {"embedding": {"timeout_ms": 40, "fail_open": False}},
-        "default_policy": {"timeout_ms": 120},
-        "editorial_boost": {"12": "0.5"},
-        "faults": {"content": "slow"},
-        "row_depth": 25,
-    })
+def test_the_page_config_gives_the_stage_its_policies_faults_and_boosts():
+    config = apply_override(HomepageConfig(), {
+        "sources": {"embedding": {"timeout_ms": 40, "fail_open": False}, "content": {"fault": "slow"}},
+        "candidates": {"row_depth": 12},
+        "selectors": {"editorial_pins": {"boosts": {"12": "0.5"}}},
+    }).retrieval()
     assert config.policy("embedding") == SourcePolicy(40, False)
-    assert config.policy("other") == SourcePolicy(120, True)
+    assert config.policy("sequence") == SourcePolicy(250.0, True)
     assert config.editorial_boost == {12: 0.5}
     assert config.faults == {"content": "slow"}
-    assert config.row_depth == 25
-    assert RetrievalConfig.from_dict(None) == RetrievalConfig()
+    assert config.row_depth == 12
+    assert config.sources == tuple(HomepageConfig().sources)
 
 
-def test_from_dict_rejects_unknown_keys_naming_them():
-    with pytest.raises(ValueError, match=r"unknown key.*'timeout'"):
-        RetrievalConfig.from_dict({"timeout": 5, "row_depth": 3})
-
-
-def test_bad_fault_name_is_rejected_naming_the_source():
-    with pytest.raises(ValueError, match=r"faults\.embedding.*'explode'"):
-        RetrievalConfig.from_dict({"faults": {"embedding": "explode"}})
-
-
-@pytest.mark.parametrize("policy, pattern", [
-    ({"timeout": 5}, r"policies\.embedding.*timeout"),
-    ({"timeout_ms": 0}, r"policies\.embedding.*timeout_ms must be > 0"),
-    (5, r"policies\.embedding"),
-])
-def test_bad_policy_is_rejected_naming_it(policy, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        RetrievalConfig.from_dict({"policies": {"embedding": policy}})
-
-
-def test_bad_default_policy_is_rejected_naming_it():
-    with pytest.raises(ValueError, match=r"default_policy.*fail_closed"):
-        RetrievalConfig.from_dict({"default_policy": {"fail_closed": True}})
+def test_a_source_left_out_of_the_config_does_not_run():
+    config = apply_override(HomepageConfig(), {"sources": {"embedding": None}}).retrieval()
+    assert "embedding" not in config.sources and "sequence" in config.sources
 
 
 def test_policy_timeout_must_be_positive():
@@ -199,6 +178,8 @@ def test_policy_timeout_must_be_positive():
         SourcePolicy(timeout_ms=0)
     with pytest.raises(ValueError, match="policies.x"):
         RetrievalConfig(policies={"x": {"timeout_ms": 5}})
+    with pytest.raises(ValueError, match="faults.x"):
+        RetrievalConfig(faults={"x": "explode"})
 
 
 def test_inline_sources_are_isolated_too_and_run_beside_the_threaded_ones(pool):

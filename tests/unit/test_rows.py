@@ -1,4 +1,5 @@
-"""RowBuilder: row choice and order, page dedupe, series cap, MMR diversity, limits, editorial pins."""
+"""RowBuilder and the row selectors: row choice and order, page dedupe, series cap, MMR
+diversity, limits, editorial pins."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import random
 import pytest
 
 from deployments.contracts import Candidate, HomepageContext, ScoredItem, TitleInfo
-from deployments.rows import DEFAULT_ROWS, EditorialSlot, RowBuilder, RowPlan, RowSpec
+from deployments.rows import DEFAULT_ROWS, RowBuilder, RowPlan, RowSpec
+from deployments.rules import default_rules
+from deployments.selectors import Diversity, EditorialPins, EditorialSlot, SeriesCap
 
 
 def title(tid: int, genres=("Drama",), maturity=1, countries=("US",), series=None, name=None) -> TitleInfo:
@@ -39,8 +42,16 @@ def ids_of(rows) -> dict[str, tuple[int, ...]]:
     return {r.row_id: r.title_ids for r in rows}
 
 
-def no_diversity(**kw) -> RowPlan:
-    return RowPlan(mmr_lambda=1.0, **kw)
+def builder(catalog=None, *, mmr_lambda: float = 0.7, max_per_series: int = 2, editorial=(),
+            order: str = "relevance", rows=DEFAULT_ROWS) -> RowBuilder:
+    """The row builder with the default filters and the three selectors, set as given."""
+    catalog = CATALOG if catalog is None else catalog
+    return RowBuilder(RowPlan(rows, order), catalog, default_rules(catalog), EditorialPins(editorial),
+                      SeriesCap(catalog, max_per_series), Diversity(catalog, mmr_lambda))
+
+
+def no_diversity(catalog=None, **kw) -> RowBuilder:
+    return builder(catalog, mmr_lambda=1.0, **kw)
 
 
 def test_no_title_twice_on_the_page_and_it_goes_to_the_highest_row():
@@ -48,7 +59,7 @@ def test_no_title_twice_on_the_page_and_it_goes_to_the_highest_row():
         "trending": scored("trending", range(1, 11), top=0.9),
         "top_in_country": scored("top_in_country", range(3, 13), top=0.5),
     }
-    rows = RowBuilder(no_diversity()).build(ctx(), sources, CATALOG)
+    rows = no_diversity().build(ctx(), sources)
     assert [r.row_id for r in rows] == ["trending", "top_in_country"]  # higher relevance first
     assert rows[0].title_ids == (1, 2, 3, 4, 5)
     assert rows[1].title_ids == (6, 7, 8, 9, 10)
@@ -62,9 +73,9 @@ def test_rows_ordered_by_relevance_with_continue_watching_first():
         "trending": scored("trending", range(1, 8), top=0.4),
         "new_releases": scored("new_releases", range(31, 38), top=0.8),
     }
-    rows = RowBuilder(no_diversity()).build(ctx(continue_watching=(61, 62)), sources, CATALOG)
+    rows = no_diversity().build(ctx(continue_watching=(61, 62)), sources)
     assert [r.row_id for r in rows] == ["continue_watching", "new_releases", "trending"]
-    plan_order = RowBuilder(no_diversity(order="plan")).build(ctx(continue_watching=(61, 62)), sources, CATALOG)
+    plan_order = no_diversity(order="plan").build(ctx(continue_watching=(61, 62)), sources)
     assert [r.row_id for r in plan_order] == ["continue_watching", "trending", "new_releases"]
 
 
@@ -72,10 +83,10 @@ def test_at_most_two_titles_of_one_series_per_row():
     catalog = dict(CATALOG)
     for t in range(1, 6):  # five seasons of one show, scored highest
         catalog[t] = title(t, series=500)
-    rows = RowBuilder(no_diversity()).build(ctx(), {"trending": scored("trending", range(1, 20))}, catalog)
+    rows = no_diversity(catalog).build(ctx(), {"trending": scored("trending", range(1, 20))})
     assert rows[0].title_ids == (1, 2, 6, 7, 8)
-    capped = RowBuilder(RowPlan(mmr_lambda=0.5, max_per_series=1)).build(
-        ctx(), {"trending": scored("trending", range(1, 20))}, catalog)
+    capped = builder(catalog, mmr_lambda=0.5, max_per_series=1).build(
+        ctx(), {"trending": scored("trending", range(1, 20))})
     assert sum(1 for t in capped[0].title_ids if catalog[t].series_id == 500) == 1
 
 
@@ -85,10 +96,10 @@ def test_mmr_diversifies_genres_when_lambda_below_one_and_not_at_one():
     sources = {"trending": pool}
     genres = lambda row: {CATALOG[t].genres[0] for t in row.title_ids}  # noqa: E731
 
-    pure = RowBuilder(RowPlan(mmr_lambda=1.0)).build(ctx(titles_per_row=6), sources, CATALOG)[0]
+    pure = builder(mmr_lambda=1.0).build(ctx(titles_per_row=6), sources)[0]
     assert pure.title_ids == (1, 2, 3, 4, 5, 6) and genres(pure) == {"Drama"}
 
-    mixed = RowBuilder(RowPlan(mmr_lambda=0.5)).build(ctx(titles_per_row=6), sources, CATALOG)[0]
+    mixed = builder(mmr_lambda=0.5).build(ctx(titles_per_row=6), sources)[0]
     assert mixed.title_ids[0] == 1  # the best title still leads
     assert genres(mixed) == {"Drama", "Comedy", "Action"}
     assert len(mixed.title_ids) == 6
@@ -96,7 +107,7 @@ def test_mmr_diversifies_genres_when_lambda_below_one_and_not_at_one():
 
 def test_rows_with_order_meaning_are_not_diversified():
     sources = {"top_in_country": scored("top_in_country", [1, 2, 3, 31, 61])}
-    rows = RowBuilder(RowPlan(mmr_lambda=0.0)).build(ctx(), sources, CATALOG)
+    rows = builder(mmr_lambda=0.0).build(ctx(), sources)
     assert rows[0].title_ids == (1, 2, 3, 31, 61)
 
 
@@ -106,17 +117,17 @@ def test_limits_titles_per_row_rows_limit_and_top_10():
         "new_releases": scored("new_releases", range(31, 61), top=0.8),
         "top_in_country": scored("top_in_country", range(61, 91), top=0.7),
     }
-    rows = RowBuilder(no_diversity()).build(ctx(titles_per_row=20, rows_limit=2), sources, CATALOG)
+    rows = no_diversity().build(ctx(titles_per_row=20, rows_limit=2), sources)
     assert [r.row_id for r in rows] == ["trending", "new_releases"]
     assert all(len(r.items) == 20 for r in rows)
-    page = RowBuilder(no_diversity()).build_page(ctx(titles_per_row=20, rows_limit=3), sources, CATALOG)
+    page = no_diversity().build_page(ctx(titles_per_row=20, rows_limit=3), sources)
     assert len(page.rows[2].items) == 10  # "Top 10 in US" caps at 10
     assert page.rows[2].title == "Top 10 in US"
 
 
 def test_a_row_with_too_few_titles_is_dropped_and_the_drop_is_recorded():
     sources = {"trending": scored("trending", [1, 2]), "new_releases": scored("new_releases", range(31, 40))}
-    page = RowBuilder(no_diversity()).build_page(ctx(), sources, CATALOG)
+    page = no_diversity().build_page(ctx(), sources)
     assert [r.row_id for r in page.rows] == ["new_releases"]
     assert ("trending", "2 eligible titles, needs 3") in page.dropped_rows
 
@@ -129,7 +140,7 @@ def test_rules_apply_and_removals_are_counted_once_per_title():
         "trending": scored("trending", range(1, 10)),
         "new_releases": scored("new_releases", [1, 2, 3, 4, 99], top=0.5),
     }
-    page = RowBuilder(no_diversity()).build_page(ctx(maturity=1, watched={1}), sources, catalog)
+    page = no_diversity(catalog).build_page(ctx(maturity=1, watched={1}), sources)
     on_page = {t for r in page.rows for t in r.title_ids}
     assert not on_page & {1, 2, 3, 99}
     assert page.removal_counts == {"unknown_title": 1, "watched": 1, "availability": 1, "maturity": 1}
@@ -138,15 +149,15 @@ def test_rules_apply_and_removals_are_counted_once_per_title():
 
 def test_continue_watching_survives_the_watched_filter():
     sources = {"continue_watching": scored("continue_watching", [5, 6])}
-    rows = RowBuilder().build(ctx(watched={5, 6}, continue_watching=(5, 6)), sources, CATALOG)
+    rows = builder().build(ctx(watched={5, 6}, continue_watching=(5, 6)), sources)
     assert ids_of(rows) == {"continue_watching": (5, 6)}
 
 
 def test_editorial_pins_at_position_subject_to_rules_and_page_dedupe():
     catalog = dict(CATALOG)
     catalog[70] = title(70, ("Action",), maturity=3)  # too mature for the profile below
-    plan = RowPlan(
-        mmr_lambda=1.0,
+    rows_with_pins = no_diversity(
+        catalog,
         editorial=(
             EditorialSlot("new_releases", 1, 40),  # not in any source: pinned anyway
             EditorialSlot("new_releases", 0, 70),  # removed by the maturity rule
@@ -157,7 +168,7 @@ def test_editorial_pins_at_position_subject_to_rules_and_page_dedupe():
         "trending": scored("trending", range(1, 10), top=0.9),
         "new_releases": scored("new_releases", range(31, 39), top=0.5),
     }
-    page = RowBuilder(plan).build_page(ctx(maturity=1), sources, catalog)
+    page = rows_with_pins.build_page(ctx(maturity=1), sources)
     rows = ids_of(page.rows)
     assert rows["trending"] == (1, 2, 3, 4, 5)
     assert rows["new_releases"] == (31, 40, 32, 33, 34)
@@ -167,16 +178,16 @@ def test_editorial_pins_at_position_subject_to_rules_and_page_dedupe():
 
 
 def test_editorial_pin_of_a_title_already_in_the_row_moves_it_and_keeps_its_sources():
-    plan = RowPlan(mmr_lambda=1.0, editorial=(EditorialSlot("trending", 0, 5),))
-    rows = RowBuilder(plan).build(ctx(), {"trending": scored("trending", range(1, 10))}, CATALOG)
+    rows = no_diversity(editorial=(EditorialSlot("trending", 0, 5),)).build(
+        ctx(), {"trending": scored("trending", range(1, 10))})
     assert rows[0].title_ids == (5, 1, 2, 3, 4)
     assert rows[0].items[0].sources == ("trending", "editorial")
 
 
 def test_empty_sources_give_an_empty_page_not_an_error():
-    page = RowBuilder().build_page(ctx(), {}, CATALOG)
+    page = builder().build_page(ctx(), {})
     assert page.rows == () and page.removals == ()
-    assert RowBuilder().build(ctx(), {"trending": []}, CATALOG) == []
+    assert builder().build(ctx(), {"trending": []}) == []
 
 
 def test_cold_start_member_gets_popular_rows_but_no_history_rows():
@@ -187,7 +198,7 @@ def test_cold_start_member_gets_popular_rows_but_no_history_rows():
         "trending": scored("trending", range(31, 45), top=0.8),
         "personalized": scored("personalized", list(range(61, 75)) + list(range(45, 50)), top=0.7),
     }
-    rows = RowBuilder().build(ctx(), sources, CATALOG)
+    rows = builder().build(ctx(), sources)
     row_ids = [r.row_id for r in rows]
     assert "top_in_country" in row_ids and "trending" in row_ids
     assert "genre:action" in row_ids  # cold start: genre rows from what is strong in the pool
@@ -200,7 +211,7 @@ def test_because_you_watched_one_row_per_recent_seed_at_most_three():
                for s in seeds}
     catalog = dict(CATALOG)
     catalog[1] = title(1, name="Heat")
-    rows = RowBuilder(no_diversity()).build(ctx(recently_watched=seeds), sources, catalog)
+    rows = no_diversity(catalog).build(ctx(recently_watched=seeds), sources)
     byw = [r for r in rows if r.row_id.startswith("because_you_watched:")]
     assert [r.row_id for r in byw] == ["because_you_watched:1", "because_you_watched:2", "because_you_watched:3"]
     assert byw[0].title == "Because you watched Heat"
@@ -209,7 +220,7 @@ def test_because_you_watched_one_row_per_recent_seed_at_most_three():
 def test_genre_rows_follow_the_members_history():
     sources = {"personalized": scored("personalized", list(range(1, 10)) + list(range(31, 40)) + list(range(61, 70)))}
     member = ctx(recently_watched=(31, 32, 61), watched={33, 31, 32, 61})
-    rows = RowBuilder(no_diversity()).build(member, sources, CATALOG)
+    rows = no_diversity().build(member, sources)
     assert [r.row_id for r in rows] == ["genre:comedy", "genre:action"]
     assert rows[0].title == "Comedy"
     assert all(CATALOG[t].genres == ("Comedy",) for t in rows[0].title_ids)
@@ -229,28 +240,29 @@ def test_same_input_in_any_order_gives_the_same_page():
         return out
 
     member = ctx(recently_watched=(3,), watched={3})
-    first = RowBuilder().build_page(member, sources(0), CATALOG)
+    first = builder().build_page(member, sources(0))
     for seed in (1, 2, 3):
-        assert RowBuilder().build_page(member, sources(seed), CATALOG) == first
+        assert builder().build_page(member, sources(seed)) == first
     assert len(first.rows) >= 3
 
 
 def test_equal_scores_break_ties_by_title_id():
     tied = [ScoredItem(t, 0.5, ("trending",)) for t in (9, 3, 7, 1, 5, 11)]
-    for plan in (RowPlan(mmr_lambda=1.0), RowPlan(mmr_lambda=0.5)):
-        assert RowBuilder(plan).build(ctx(), {"trending": tied}, CATALOG)[0].title_ids == (1, 3, 5, 7, 9)
+    for lam in (1.0, 0.5):
+        assert builder(mmr_lambda=lam).build(ctx(), {"trending": tied})[0].title_ids == (1, 3, 5, 7, 9)
 
 
 def test_bad_plans_and_sources_fail_loudly():
-    with pytest.raises(ValueError, match="cannot produce"):
-        RowPlan(editorial=(EditorialSlot("nonexistent", 0, 1),))
-    with pytest.raises(ValueError, match="cannot produce"):
-        RowPlan(editorial=(EditorialSlot("because_you_watched", 0, 1),))  # needs a seed id
+    assert not RowPlan().produces("nonexistent")
+    assert not RowPlan().produces("because_you_watched")  # needs a seed id
+    assert RowPlan().produces("because_you_watched:12") and RowPlan().produces("trending")
     with pytest.raises(ValueError, match="mmr_lambda"):
-        RowPlan(mmr_lambda=1.5)
+        Diversity(CATALOG, mmr_lambda=1.5)
+    with pytest.raises(ValueError, match="max_per_series"):
+        SeriesCap(CATALOG, 0)
     with pytest.raises(ValueError, match="duplicate"):
         RowPlan(rows=DEFAULT_ROWS + (DEFAULT_ROWS[0],))
     with pytest.raises(ValueError, match="template"):
         RowSpec("x", "x", "Because you watched {movie}")
     with pytest.raises(TypeError, match="ScoredItem"):
-        RowBuilder().build(ctx(), {"trending": [Candidate(1, "trending", 1.0)]}, CATALOG)
+        builder().build(ctx(), {"trending": [Candidate(1, "trending", 1.0)]})

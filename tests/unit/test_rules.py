@@ -1,4 +1,4 @@
-"""Contracts (merge_candidates, validation) and the business rules: what each removes and why."""
+"""Contracts (validation) and the business rules (filters): what each removes and why."""
 
 from __future__ import annotations
 
@@ -9,20 +9,18 @@ import pytest
 
 from deployments.contracts import (
     Candidate,
+    Filter,
     HomepageContext,
     ScoredItem,
     TitleInfo,
     catalog_from_rows,
-    merge_candidates,
 )
 from deployments.rules import (
     AvailabilityFilter,
     MaturityFilter,
-    Rule,
     UnknownTitleFilter,
     WatchedFilter,
     apply_rules,
-    counts_by_reason,
     default_rules,
 )
 
@@ -46,27 +44,6 @@ def items(*ids: int) -> list[ScoredItem]:
 # -- contracts ------------------------------------------------------------------------------------
 
 
-def test_merge_keeps_every_source_and_reason_and_the_best_score():
-    merged = merge_candidates([
-        Candidate(1, "trending", 0.2, "trending now"),
-        Candidate(2, "top_in_country", 0.5),
-        Candidate(1, "because_you_watched", 0.9, "because you watched Alien"),
-        Candidate(1, "trending", 0.1, "trending now"),  # same source again: not repeated
-    ])
-    assert [m.title_id for m in merged] == [1, 2]
-    heat = merged[0]
-    assert heat.score == 0.9
-    assert heat.sources == ("trending", "because_you_watched")
-    assert heat.reasons == ("trending now", "because you watched Alien")
-    assert merged[1] == ScoredItem(2, 0.5, ("top_in_country",), ())
-
-
-def test_merge_orders_by_score_then_title_id_and_handles_empty():
-    merged = merge_candidates([Candidate(9, "a", 0.5), Candidate(3, "a", 0.5), Candidate(5, "b", 0.7)])
-    assert [m.title_id for m in merged] == [5, 3, 9]
-    assert merge_candidates([]) == []
-
-
 def test_contracts_reject_bad_values_naming_the_field():
     with pytest.raises(ValueError, match="maturity"):
         ctx(maturity=9)
@@ -80,8 +57,6 @@ def test_contracts_reject_bad_values_naming_the_field():
         Candidate(1, "", 1.0)
     with pytest.raises(ValueError, match="genres"):
         TitleInfo(1, "Heat", "Crime")
-    with pytest.raises(TypeError, match="Candidate"):
-        merge_candidates([ScoredItem(1, 1.0)])
 
 
 def test_context_freezes_history_and_is_immutable():
@@ -105,7 +80,7 @@ def test_catalog_from_title_rows():
 
 def test_rules_satisfy_the_rule_contract():
     for rule in default_rules(CATALOG):
-        assert isinstance(rule, Rule)
+        assert isinstance(rule, Filter)
 
 
 def test_watched_filter_removes_watched_but_not_continue_watching():
@@ -145,9 +120,7 @@ def test_apply_rules_counts_every_removal_by_rule_with_zeros():
     assert counts == {"unknown_title": 2, "watched": 1, "availability": 1, "maturity": 1}
     assert sum(counts.values()) == len(removals) == 4 + 1
     assert sorted(r.title_id for r in removals) == [1, 3, 4, 50, 51]
-    by_reason = counts_by_reason(removals)
-    assert by_reason["'Alien' (3) is not available in US"] == 1
-    assert sum(by_reason.values()) == len(removals)
+    assert [r.reason for r in removals if r.rule == "availability"] == ["'Alien' (3) is not available in US"]
 
 
 def test_apply_rules_keeps_order_and_reports_zero_counts_when_nothing_removed():

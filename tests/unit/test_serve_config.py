@@ -35,7 +35,7 @@ def test_profiles_place_the_stages_as_documented():
 
 
 def test_hot_values_go_to_user_config_and_never_into_the_build_args():
-    config = app_config({"profile": "cluster", "user_config": {"artwork_epsilon": 0.2}})
+    config = app_config({"profile": "cluster", "user_config": {"artwork": {"epsilon": 0.2}}})
     assert "user_config" not in config["args"]
     assert {d["name"]: d["user_config"] for d in config["deployments"]} == {
-        "Gateway": {"artwork_epsilon": 0.2}, "Retrieval": {"artwork_epsilon": 0.2}}
+        "Gateway": {"artwork": {"epsilon": 0.2}}, "Retrieval": {"artwork": {"epsilon": 0.2}}}

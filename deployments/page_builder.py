@@ -1,0 +1,113 @@
+"""Builds the homepage pipeline from a HomepageConfig, and checks the config once, here.
+
+`check(config)` is the build-time check: every name refers to a real component (sources,
+filters, scorer, decorators, artwork policy), every row reads a source the pipeline produces
+(and one the config runs), and the decorators fill exactly the fields a homepage item has. A
+mistake is a ValueError naming the field, at build time (or at reconfigure, where the old
+pipeline keeps serving), never per request. `build_homepage` then assembles the components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from deployments.artwork import ARTWORK_POLICIES, ArtworkPolicy
+from deployments.candidates import MODEL_SOURCES, ROW_SOURCES
+from deployments.catalog import ServingCatalog
+from deployments.decorators import ArtworkDecorator, ExplanationDecorator
+from deployments.homepage import Homepage, MemberFn, Stages
+from deployments.page_config import HomepageConfig
+from deployments.rows import RowBuilder
+from deployments.rules import FILTERS
+from deployments.selectors import Diversity, EditorialPins, SeriesCap
+
+SCORERS = ("ranker",)  # the model's blended play/completion boosters (ranking.Ranker)
+DECORATORS = ("explanation", "artwork")
+ITEM_FIELDS = ("explanation", "artwork")  # the fields of a homepage item the decorators fill
+MEMBER_ROWS = ("continue_watching", "my_list")  # row inputs read from member state, not a source
+# row input -> the sources that give it (the model's sources or cold titles for "personalized")
+ROW_INPUTS: dict[str, tuple[str, ...]] = {
+    "personalized": MODEL_SOURCES + ("cold_titles",),
+    "top_in_country": ("top_in_country",),
+    "trending": ("trending_now",),
+    "new_releases": ("new_releases",),
+    "because_you_watched": ("because_you_watched",),
+    **{name: () for name in MEMBER_ROWS},
+}
+SEEDED_INPUTS = ("because_you_watched",)  # inputs keyed per seed title: only per_seed rows read them
+
+
+def check(config: HomepageConfig) -> None:
+    """Every name known, every row fed: a ValueError naming the field otherwise."""
+    if not isinstance(config, HomepageConfig):
+        raise TypeError(f"expected a HomepageConfig, got {type(config).__name__}")
+    known_sources = MODEL_SOURCES + ROW_SOURCES
+    for name in config.sources:
+        if name not in known_sources:
+            raise ValueError(f"sources.{name}: unknown source; known: {', '.join(known_sources)}")
+    for name in config.filters:
+        if name not in FILTERS:
+            raise ValueError(f"filters: unknown filter {name!r}; known: {', '.join(FILTERS)}")
+    if config.scorer not in SCORERS:
+        raise ValueError(f"scorer: unknown scorer {config.scorer!r}; known: {', '.join(SCORERS)}")
+    for name in config.decorators:
+        if name not in DECORATORS:
+            raise ValueError(f"decorators: unknown decorator {name!r}; known: {', '.join(DECORATORS)}")
+    missing = [f for f in ITEM_FIELDS if f not in config.decorators]
+    if missing:
+        raise ValueError(f"decorators: a homepage item needs {missing} (the response schema); name them")
+    if config.artwork.policy not in ARTWORK_POLICIES:
+        raise ValueError(f"artwork.policy: unknown policy {config.artwork.policy!r}; "
+                         f"known: {', '.join(ARTWORK_POLICIES)}")
+    for spec in config.rows.rows:
+        where = f"rows.rows[{spec.row_id}]"
+        givers = ROW_INPUTS.get(spec.source)
+        if givers is None:
+            raise ValueError(f"{where}: source {spec.source!r} is not a row input; known: {', '.join(ROW_INPUTS)}")
+        if (spec.source in SEEDED_INPUTS) != (spec.expand == "per_seed"):
+            raise ValueError(f"{where}: expand {spec.expand!r} cannot read {spec.source!r} "
+                             f"(per_seed rows read {', '.join(SEEDED_INPUTS)}, and only they do)")
+        if givers and not any(g in config.sources for g in givers):
+            raise ValueError(f"{where}: reads {spec.source!r}, which sources {list(givers)} give, "
+                             f"and `sources` names none of them")
+
+
+def artwork_policy(config: HomepageConfig, previous: ArtworkPolicy | None = None) -> ArtworkPolicy:
+    """The configured policy; the previous one is kept (with the new epsilon) when it is the
+    same policy and seed, so what it learned survives a reconfigure."""
+    cls = ARTWORK_POLICIES[config.artwork.policy]
+    if type(previous) is cls and getattr(previous, "seed", None) == config.artwork.seed:
+        previous.epsilon = config.artwork.epsilon
+        return previous
+    return cls(config.artwork.epsilon, seed=config.artwork.seed)
+
+
+def build_rows(config: HomepageConfig, catalog: ServingCatalog) -> RowBuilder:
+    titles = catalog.titles
+    selectors = config.selectors
+    return RowBuilder(
+        config.rows, titles, [FILTERS[name](titles) for name in config.filters],
+        EditorialPins(selectors.editorial_pins.slots),
+        SeriesCap(titles, selectors.series_cap.max_per_series),
+        Diversity(titles, selectors.diversity.mmr_lambda, selectors.diversity.pool_factor))
+
+
+def build_homepage(config: HomepageConfig, catalog: ServingCatalog, stages: Stages, member: MemberFn, *,
+                   artwork: ArtworkPolicy | None = None, **timeouts: Any) -> Homepage:
+    """The checked pipeline of one config. `artwork`: the policy to keep (see artwork_policy)."""
+    check(config)
+    policy = artwork_policy(config, artwork)
+    made: Mapping[str, Any] = {"explanation": lambda: ExplanationDecorator(),
+                               "artwork": lambda: ArtworkDecorator(policy, catalog.artwork)}
+    decorators = [made[name]() for name in config.decorators]
+    fallback = build_rows(HomepageConfig(), catalog)  # the popular rows under the default plan
+    return Homepage(catalog, build_rows(config, catalog), decorators, stages, member, fallback, **timeouts)
+
+
+def artwork_of(homepage: Homepage) -> ArtworkPolicy | None:
+    """The artwork policy a built homepage uses (to keep it across a rebuild)."""
+    for decorator in homepage.decorators:
+        if isinstance(decorator, ArtworkDecorator):
+            return decorator.policy
+    return None

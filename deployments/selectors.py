@@ -1,0 +1,288 @@
+"""The selectors of one row: editorial pins, the series cap, and genre diversity (MMR).
+
+The row builder (rows.py) fills rows top to bottom; for each row it hands a `RowFill` to the
+selectors in a fixed order: `EditorialPins` claims its positions, `SeriesCap` adds its limit,
+`Diversity` picks the remaining titles under every limit, then the pins go in at their
+positions. Each is its own component with its own settings (HomepageConfig.selectors), so a
+variant can change one (say, a stronger diversity) without touching the others. Every tie is
+broken by title_id, so the same input always gives the same row.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from deployments.contracts import ScoredItem, TitleInfo
+
+EDITORIAL_SOURCE = "editorial"
+EDITORIAL_REASON = "Editor's pick"
+_NO_GENRES: frozenset[str] = frozenset()
+Catalog = Mapping[int, TitleInfo]
+
+
+def genres_of(catalog: Catalog, title_id: int) -> frozenset[str]:
+    info = catalog.get(title_id)
+    return info.genre_set if info is not None else _NO_GENRES
+
+
+def series_of(catalog: Catalog, title_id: int) -> int | None:
+    info = catalog.get(title_id)
+    return None if info is None else info.series_id
+
+
+@dataclass(frozen=True, slots=True)
+class EditorialSlot:
+    """Pin `title_id` at `position` (0-based) of row `row_id`; rules and page dedupe still apply."""
+
+    row_id: str
+    position: int
+    title_id: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.row_id, str) or not self.row_id:
+            raise ValueError(f"EditorialSlot: row_id must be a non-empty string, got {self.row_id!r}")
+        for name in ("position", "title_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"EditorialSlot {self.row_id}: {name} must be an int, got {value!r}")
+        if self.position < 0:
+            raise ValueError(f"EditorialSlot {self.row_id}/{self.title_id}: position must be >= 0")
+
+
+class Limit:
+    """At most `cap` titles per key (e.g. per series) in one row; titles without a key are free."""
+
+    __slots__ = ("cap", "key", "counts")
+
+    def __init__(self, cap: int, key: Callable[[int], object | None], counts: Counter | None = None):
+        self.cap, self.key, self.counts = cap, key, counts if counts is not None else Counter()
+
+    def allows(self, title_id: int) -> bool:
+        k = self.key(title_id)
+        return k is None or self.counts[k] < self.cap
+
+    def take(self, title_id: int) -> None:
+        k = self.key(title_id)
+        if k is not None:
+            self.counts[k] += 1
+
+
+@dataclass(slots=True)
+class RowFill:
+    """One row while its selectors run: the ranked titles it may show, what is pinned, the
+    limits in force, and what was chosen."""
+
+    row_id: str
+    size: int
+    diversify: bool  # the row's spec lets diversity reorder it
+    items: list[ScoredItem]  # ranked, allowed by the filters
+    on_page: set[int]  # titles already in a higher row
+    allowed: set[int]  # titles every filter kept (pins are checked against it)
+    pool: list[ScoredItem] = field(default_factory=list)
+    pinned: list[tuple[int, ScoredItem]] = field(default_factory=list)  # (position, item)
+    limits: list[Limit] = field(default_factory=list)
+    chosen: list[ScoredItem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        on_page = self.on_page
+        self.pool = [i for i in self.items if i.title_id not in on_page]
+
+    @property
+    def want(self) -> int:
+        return self.size - len(self.pinned)
+
+    def result(self) -> list[ScoredItem]:
+        """The chosen titles with the pins inserted at their positions."""
+        chosen = list(self.chosen)
+        for position, item in sorted(self.pinned, key=lambda p: (p[0], p[1].title_id)):
+            chosen.insert(min(position, len(chosen)), item)
+        return chosen
+
+
+class EditorialPins:
+    """Editorial slots: a title pinned at a position of a row (subject to the filters and to page
+    dedupe); a pinned title keeps its sources and gains the editorial one."""
+
+    name = "editorial_pins"
+
+    def __init__(self, slots: Sequence[EditorialSlot] = ()):
+        self.slots = tuple(slots)
+        self._by_row: dict[str, list[EditorialSlot]] = {}
+        for slot in self.slots:
+            self._by_row.setdefault(slot.row_id, []).append(slot)
+
+    def titles(self) -> list[ScoredItem]:
+        """Every pinned title as a page item, so the filters judge it like any other."""
+        return [editorial_item(slot.title_id) for slot in self.slots]
+
+    def for_row(self, row_id: str) -> list[EditorialSlot]:
+        return self._by_row.get(row_id, [])
+
+    def extra(self, row_id: str, allowed: set[int], items: Iterable[ScoredItem]) -> int:
+        """Pinned titles of this row that pass the filters and are not already in its items."""
+        slots = self._by_row.get(row_id)
+        if not slots:
+            return 0
+        present = {i.title_id for i in items}
+        return sum(1 for s in slots if s.title_id in allowed and s.title_id not in present)
+
+    def __call__(self, fill: RowFill) -> None:
+        slots = self._by_row.get(fill.row_id)
+        if not slots:
+            return
+        by_id = {item.title_id: item for item in fill.items}
+        pinned: list[tuple[int, ScoredItem]] = []
+        for slot in slots:
+            tid = slot.title_id
+            if tid in fill.allowed and tid not in fill.on_page and all(tid != p.title_id for _, p in pinned):
+                base = by_id.get(tid)
+                pinned.append((slot.position, editorial_item(tid) if base is None else _with_editorial(base)))
+        fill.pinned = pinned[: fill.size]
+        taken = {item.title_id for _, item in fill.pinned}
+        if taken:
+            fill.pool = [i for i in fill.pool if i.title_id not in taken]
+
+
+class SeriesCap:
+    """At most `max_per_series` seasons of one show per row (the pins count too)."""
+
+    name = "series_cap"
+
+    def __init__(self, catalog: Catalog, max_per_series: int = 2):
+        if isinstance(max_per_series, bool) or not isinstance(max_per_series, int) or max_per_series < 1:
+            raise ValueError(f"max_per_series must be an int >= 1, got {max_per_series!r}")
+        self.catalog, self.max_per_series = catalog, max_per_series
+
+    def _series(self, title_id: int) -> int | None:
+        return series_of(self.catalog, title_id)
+
+    def __call__(self, fill: RowFill) -> None:
+        counts = Counter(s for s in (self._series(item.title_id) for _, item in fill.pinned) if s is not None)
+        fill.limits.append(Limit(self.max_per_series, self._series, counts))
+
+
+class Diversity:
+    """Fills the rest of the row. MMR over genres when `mmr_lambda` < 1 and the row allows it
+    (lambda 1.0 = pure score order; lower trades score for genre variety); plain score order
+    otherwise. MMR looks at the best `pool_factor` x row-size titles (bounds the cost)."""
+
+    name = "diversity"
+
+    def __init__(self, catalog: Catalog, mmr_lambda: float = 0.7, pool_factor: int = 5):
+        if isinstance(mmr_lambda, bool) or not isinstance(mmr_lambda, (int, float)) or not 0.0 <= mmr_lambda <= 1.0:
+            raise ValueError(f"mmr_lambda must be in [0, 1], got {mmr_lambda!r}")
+        if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or pool_factor < 1:
+            raise ValueError(f"pool_factor must be an int >= 1, got {pool_factor!r}")
+        self.catalog, self.mmr_lambda, self.pool_factor = catalog, float(mmr_lambda), pool_factor
+
+    def __call__(self, fill: RowFill) -> None:
+        want = fill.want
+        if fill.diversify and self.mmr_lambda < 1.0:
+            pool = fill.pool[: max(want * self.pool_factor, want)]
+            selected = [genres_of(self.catalog, item.title_id) for _, item in fill.pinned]
+            fill.chosen = _mmr(pool, want, self.mmr_lambda, fill.limits, selected, self.catalog)
+        else:
+            fill.chosen = _by_score(fill.pool, want, fill.limits)
+
+
+def _by_score(pool: Sequence[ScoredItem], want: int, limits: Sequence[Limit]) -> list[ScoredItem]:
+    chosen: list[ScoredItem] = []
+    for item in pool:  # already ranked
+        if len(chosen) >= want:
+            break
+        tid = item.title_id
+        for limit in limits:
+            if not limit.allows(tid):
+                break
+        else:
+            chosen.append(item)
+            for limit in limits:
+                limit.take(tid)
+    return chosen
+
+
+def _jaccard(a: int, b: int) -> float:
+    """Jaccard similarity of two genre sets given as bit masks (one bit per genre)."""
+    union = a | b
+    return (a & b).bit_count() / union.bit_count() if union else 0.0
+
+
+def _genre_masks(genre_sets: Sequence[frozenset[str]]) -> list[int]:
+    """The sets as bit masks over the genres they use: set algebra on ints, not on frozensets."""
+    bit: dict[str, int] = {}
+    masks = []
+    for genres in genre_sets:
+        mask = 0
+        for genre in genres:
+            mask |= 1 << bit.setdefault(genre, len(bit))
+        masks.append(mask)
+    return masks
+
+
+def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, limits: Sequence[Limit],
+         selected_genres: list[frozenset[str]], catalog: Catalog) -> list[ScoredItem]:
+    """Maximal marginal relevance: lam * relevance - (1 - lam) * max genre similarity to the row so far.
+
+    Relevance is the score min-max scaled within the row's pool, so lambda means the same thing
+    whatever scale a source scores on. Ties: higher raw score, then lower title_id. (Per-item facts
+    are computed once and only the items of a just-filled limit key are re-checked: this runs for
+    every row of every page.)
+    """
+    if want <= 0 or not pool:
+        return []
+    lo = min(i.score for i in pool)
+    hi = max(i.score for i in pool)
+    span = hi - lo
+    masks = _genre_masks([genres_of(catalog, i.title_id) for i in pool] + list(selected_genres))
+    genres, selected = masks[:len(pool)], masks[len(pool):]
+    keys = [[limit.key(i.title_id) for i in pool] for limit in limits]
+    base = [lam * ((i.score - lo) / span if span > 0 else 1.0) for i in pool]
+    max_sim = [max((_jaccard(g, s) for s in selected), default=0.0) for g in genres]
+    alive = [True] * len(pool)
+    for limit, k in zip(limits, keys):
+        counts, cap = limit.counts, limit.cap
+        for j, key in enumerate(k):
+            if key is not None and counts[key] >= cap:
+                alive[j] = False
+    penalty = 1 - lam
+    chosen: list[ScoredItem] = []
+    while len(chosen) < want:
+        best_k, best_key = -1, None
+        for k, item in enumerate(pool):
+            if not alive[k]:
+                continue
+            key = (base[k] - penalty * max_sim[k], item.score, -item.title_id)
+            if best_key is None or key > best_key:
+                best_k, best_key = k, key
+        if best_k < 0:
+            break
+        chosen.append(pool[best_k])
+        alive[best_k] = False
+        for limit, k in zip(limits, keys):
+            picked_key = k[best_k]
+            if picked_key is not None:
+                limit.counts[picked_key] += 1
+                if limit.counts[picked_key] >= limit.cap:
+                    for j in range(len(pool)):
+                        if k[j] == picked_key:
+                            alive[j] = False
+        picked = genres[best_k]
+        for k in range(len(pool)):
+            if alive[k]:
+                sim = _jaccard(genres[k], picked)
+                if sim > max_sim[k]:
+                    max_sim[k] = sim
+    return chosen
+
+
+def editorial_item(title_id: int) -> ScoredItem:
+    return ScoredItem(title_id, 0.0, (EDITORIAL_SOURCE,), (EDITORIAL_REASON,))
+
+
+def _with_editorial(item: ScoredItem) -> ScoredItem:
+    if EDITORIAL_SOURCE in item.sources:
+        return item
+    return ScoredItem(item.title_id, item.score, (*item.sources, EDITORIAL_SOURCE),
+                      (*item.reasons, EDITORIAL_REASON))
