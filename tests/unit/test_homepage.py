@@ -6,11 +6,12 @@ import asyncio
 
 import numpy as np
 import pytest
+from serving_fixtures import catalog_of, title
 
 from actors.member_state import ContinueWatching, MemberSnapshot
 from deployments.candidates import Retrieved
 from deployments.catalog import MemberProfile, ServingCatalog
-from deployments.contracts import Candidate, TitleInfo
+from deployments.contracts import Candidate
 from deployments.homepage import Homepage, HomepageRequest
 from deployments.page_builder import build_homepage
 from deployments.page_config import ArtworkConfig, HomepageConfig
@@ -22,7 +23,7 @@ GENRE_OF = {**{t: "Drama" for t in range(1, 11)}, **{t: "Comedy" for t in range(
 
 
 def make_catalog() -> ServingCatalog:
-    titles = {t: TitleInfo(t, f"Title {t}", (g,), 1, frozenset({"US", "FR"})) for t, g in GENRE_OF.items()}
+    titles = catalog_of(*(title(t, (g,), countries=("US", "FR")) for t, g in GENRE_OF.items()))
     ranked = [(t, float(100 - t)) for t in sorted(GENRE_OF)]
     return ServingCatalog(
         titles=titles,

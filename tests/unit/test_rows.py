@@ -6,36 +6,19 @@ from __future__ import annotations
 import random
 
 import pytest
+from serving_fixtures import context, genre_blocks, scored, title
 
-from deployments.contracts import Candidate, HomepageContext, ScoredItem, TitleInfo
+from deployments.contracts import Candidate, HomepageContext, ScoredItem
 from deployments.rows import DEFAULT_ROWS, RowBuilder, RowPlan, RowSpec
 from deployments.rules import default_rules
 from deployments.selectors import Diversity, EditorialPins, EditorialSlot, SeriesCap
 
-
-def title(tid: int, genres=("Drama",), maturity=1, countries=("US",), series=None, name=None) -> TitleInfo:
-    return TitleInfo(tid, name or f"Title {tid}", tuple(genres), maturity, frozenset(countries), series)
-
-
-def catalog_of(*infos: TitleInfo) -> dict[int, TitleInfo]:
-    return {i.title_id: i for i in infos}
-
-
 # 1..30 Drama, 31..60 Comedy, 61..90 Action; every title in US, maturity family.
-CATALOG = catalog_of(
-    *(title(t, ("Drama",)) for t in range(1, 31)),
-    *(title(t, ("Comedy",)) for t in range(31, 61)),
-    *(title(t, ("Action",)) for t in range(61, 91)),
-)
+CATALOG = genre_blocks(("Drama", range(1, 31)), ("Comedy", range(31, 61)), ("Action", range(61, 91)))
 
 
 def ctx(**kw) -> HomepageContext:
-    base = dict(member_id=1, country="US", device="tv", maturity=3, now_ms=0, rows_limit=10, titles_per_row=5)
-    return HomepageContext(**{**base, **kw})
-
-
-def scored(source: str, ids, top: float = 1.0, step: float = 0.01) -> list[ScoredItem]:
-    return [ScoredItem(t, top - k * step, (source,), (f"from {source}",)) for k, t in enumerate(ids)]
+    return context(**{"rows_limit": 10, "titles_per_row": 5, **kw})
 
 
 def ids_of(rows) -> dict[str, tuple[int, ...]]:

@@ -6,6 +6,7 @@ import dataclasses
 from datetime import date
 
 import pytest
+from serving_fixtures import context
 
 from deployments.contracts import (
     Candidate,
@@ -33,8 +34,7 @@ CATALOG = {
 
 
 def ctx(**kw) -> HomepageContext:
-    base = dict(member_id=7, country="US", device="tv", maturity=1, now_ms=0)
-    return HomepageContext(**{**base, **kw})
+    return context(**{"member_id": 7, "maturity": 1, **kw})
 
 
 def items(*ids: int) -> list[ScoredItem]:

@@ -3,11 +3,19 @@ the series cap adds a limit counting the pins, diversity picks under every limit
 
 from __future__ import annotations
 
-from deployments.contracts import ScoredItem, TitleInfo
-from deployments.selectors import Diversity, EditorialPins, EditorialSlot, RowFill, SeriesCap
+from serving_fixtures import catalog_of, title
 
-CATALOG = {t: TitleInfo(t, f"T{t}", ("Drama",) if t < 10 else ("Comedy",), 1, frozenset({"US"}),
-                        500 if t in (1, 2, 3) else None) for t in range(1, 20)}
+from deployments.contracts import ScoredItem
+from deployments.selectors import (
+    Diversity,
+    EditorialPins,
+    EditorialSlot,
+    RowFill,
+    SeriesCap,
+)
+
+CATALOG = catalog_of(*(title(t, ("Drama",) if t < 10 else ("Comedy",), series=500 if t in (1, 2, 3) else None)
+                       for t in range(1, 20)))
 
 
 def fill(ids, size=4, on_page=(), allowed=None) -> RowFill:
