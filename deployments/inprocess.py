@@ -1,42 +1,195 @@
-"""The homepage service under plain uvicorn, without Ray Serve: `bench serve`'s baseline.
+"""The homepage service under plain uvicorn, without Ray Serve: `bench serve`'s baselines.
 
-Same FastAPI app, same fused stages, same member-state and event-log actors (it joins the home's
-Ray cluster as a driver only to reach them); only Serve's proxy, router and replica are absent.
+Same FastAPI app, same fused stages, same member-state and event-log actors (each process joins
+the home's Ray cluster as a driver only to reach them); only Serve's proxy, router and replica
+are absent. Two shapes:
+
+* one process (`--workers 1`, no admission limit, GC as Python leaves it): the old baseline;
+* like for like with a Serve profile: as many uvicorn worker processes as the profile has gateway
+  replicas, each building its own service (uvicorn spawns its workers and each calls the app
+  factory `worker_app` itself, so every process holds its own model and threads), the GC
+  collected and frozen once the app is built (what a Serve replica does after __init__), and the
+  replica's admission rule: `max_ongoing` requests run at once, up to `max_queued` wait, and
+  any request beyond that is answered at once with 503 and Retry-After (`Admission`).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import signal
+import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+SPEC_ENV = "MARQUEE_INPROCESS_SPEC"  # how the parent tells each spawned worker what to build
+BACKPRESSURE_BODY = b"Request dropped due to backpressure"  # Serve's own 503 body
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.inprocess")
-    parser.add_argument("--home", type=Path, required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--placement", default="fused", choices=["fused"])
-    args = parser.parse_args(argv)
 
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What each worker process builds. max_ongoing 0 means no admission limit."""
+
+    home: str
+    workers: int = 1
+    max_ongoing: int = 0
+    max_queued: int = -1  # -1: no bound (Serve's spelling)
+    retry_after_s: float | None = 1.0  # None: no Retry-After header
+    status_code: int = 503
+    freeze_gc: bool = False
+    build: str = "deployments.inprocess:marquee_app"  # module:function returning this process's ASGI app
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.max_ongoing < 0:
+            raise ValueError(f"max_ongoing must be >= 0 (0: no limit), got {self.max_ongoing}")
+        if self.max_queued == 0 or self.max_queued < -1:
+            raise ValueError(f"max_queued must be -1 (no bound) or >= 1, got {self.max_queued}")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError(f"retry_after_s must be >= 0 or None, got {self.retry_after_s}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "WorkerSpec":
+        return cls(**json.loads(text))
+
+
+class Admission:
+    """A Serve replica's admission rule for HTTP, as pure ASGI: at most `max_ongoing` requests
+    inside the app at once; a request that finds `max_queued` others already waiting is answered
+    503 with Retry-After without waiting (ray/serve/_private/replica.py, _can_accept_request for
+    direct ingress). Lifespan and other scopes pass through."""
+
+    def __init__(self, app, max_ongoing: int, max_queued: int = -1, retry_after_s: float | None = 1.0,
+                 status_code: int = 503):
+        if max_ongoing < 1:
+            raise ValueError(f"max_ongoing must be >= 1, got {max_ongoing}")
+        self.app, self.max_queued = app, max_queued
+        self._slots = asyncio.Semaphore(max_ongoing)
+        self.queued = 0
+        self.shed = 0
+        headers = [(b"content-type", b"text/plain; charset=utf-8"),
+                   (b"content-length", str(len(BACKPRESSURE_BODY)).encode())]
+        if retry_after_s is not None:  # whole seconds, rounded up, as Serve writes it (RFC 9110)
+            headers.append((b"retry-after", str(max(0, math.ceil(retry_after_s))).encode()))
+        self._refusal = (status_code, headers)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.max_queued != -1 and self.queued >= self.max_queued:
+            self.shed += 1
+            status, headers = self._refusal
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": BACKPRESSURE_BODY})
+            return
+        self.queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued -= 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
+
+
+def worker_app():
+    """uvicorn's app factory, called in every worker process: build this process's own app
+    (spec.build), wrap it in the admission rule, then collect and freeze the GC."""
+    import importlib
+
+    spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
+    module, _, name = spec.build.partition(":")
+    app = getattr(importlib.import_module(module), name)(spec)
+    if spec.max_ongoing:
+        app = Admission(app, spec.max_ongoing, spec.max_queued, spec.retry_after_s, spec.status_code)
+    if spec.freeze_gc:  # start-up objects are long-lived: keep them out of every later collection
+        gc.collect()
+        gc.freeze()
+    return app
+
+
+def marquee_app(spec: WorkerSpec):
+    """The homepage app of spec.home: join its Ray cluster, build the service, make the API."""
+    home = Path(spec.home)
     from marquee.home import LocalCluster, use_cluster_auth
 
-    use_cluster_auth(args.home)  # before ray is imported
+    use_cluster_auth(home)  # before ray is imported
     import ray
-    import uvicorn
 
-    cluster = LocalCluster.load(args.home)
+    cluster = LocalCluster.load(home)
     if cluster is None or not cluster.alive():
-        print(f"no Marquee cluster runs for {args.home}: start it with `marquee up --detach`", file=sys.stderr)
-        return 2
+        raise RuntimeError(f"no Marquee cluster runs for {home}: start it with `marquee up --detach`")
     ray.init(address=cluster.gcs_address, namespace="marquee", logging_level="ERROR", log_to_driver=False)
 
     from deployments.gateway import make_api
     from deployments.service import ActorRef, Settings, build_service
 
-    service, _ = build_service(Settings(home=str(args.home.resolve())), member_state=ActorRef("marquee-member-state"),
+    service, _ = build_service(Settings(home=str(home.resolve())), member_state=ActorRef("marquee-member-state"),
                                event_log=ActorRef("marquee-event-log"))
-    uvicorn.run(make_api(service), host=args.host, port=args.port, log_level="warning", access_log=False)
+    return make_api(service)
+
+
+def launch(spec: WorkerSpec, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
+    """Start the baseline in its own process group (uvicorn's supervisor plus its workers), so
+    `stop` can end every process of it, even a worker whose parent was killed."""
+    from marquee.home import PROJECT_ROOT, auth_env
+
+    env = {**os.environ, **auth_env(Path(spec.home)), "MARQUEE_HOME": str(spec.home),
+           "PYTHONPATH": str(PROJECT_ROOT), SPEC_ENV: spec.to_json()}
+    return subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--port", str(port), "--host", host],
+                            env=env, cwd=str(PROJECT_ROOT), start_new_session=True)
+
+
+def stop(process: subprocess.Popen | None, grace_s: float = 15.0) -> None:
+    """SIGTERM the baseline's process group (uvicorn stops its workers), SIGKILL what is left."""
+    if process is None:
+        return
+    try:
+        group = os.getpgid(process.pid)
+    except ProcessLookupError:
+        group = None
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    if group is not None and group == process.pid:  # our own session: nobody else is in it
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deployments.inprocess",
+                                     description=f"serve the homepage under uvicorn; the {SPEC_ENV} "
+                                                 "environment variable holds a WorkerSpec as JSON")
+    parser.add_argument("--home", type=Path, default=None, help="shorthand for a one-process spec of this home")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    if args.home is not None:
+        os.environ[SPEC_ENV] = WorkerSpec(home=str(args.home)).to_json()
+    if SPEC_ENV not in os.environ:
+        parser.error(f"give --home or set {SPEC_ENV}")
+    spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
+    import uvicorn
+
+    # an import string and factory=True: with workers > 1 each spawned worker calls worker_app
+    uvicorn.run("deployments.inprocess:worker_app", factory=True, workers=spec.workers, host=args.host,
+                port=args.port, log_level="warning", access_log=False)
     return 0
 
 

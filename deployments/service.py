@@ -22,10 +22,10 @@ from deployments.homepage import Homepage, HomepageRequest, Stages
 from deployments.page_builder import artwork_of, build_homepage
 from deployments.page_config import HotValues
 from deployments.placement import PLACEMENTS
+from marquee.home import Paths
 
 log = logging.getLogger("marquee.service")
 SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
-TOKEN_FILE = "admin_token"
 HEALTH_STAGE_TIMEOUT_S = 2.0  # /healthz asks the retrieval stage for its model; a hung stage must not hang it
 
 
@@ -57,12 +57,12 @@ class Settings:
 
     @property
     def registry_root(self) -> Path:
-        return Path(self.home) / "registry"
+        return Paths(Path(self.home)).registry
 
 
 def admin_token(home: Path, create: bool = False) -> str | None:
     """The admin bearer token of this home (created by `marquee up`, readable only by its owner)."""
-    path = Path(home) / TOKEN_FILE
+    path = Paths(Path(home)).admin_token
     if not path.exists() and create:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(secrets.token_urlsafe(24))
@@ -78,6 +78,7 @@ class MarqueeService:
         self.settings, self.catalog, self.homepage_stage = settings, catalog, homepage
         self.stages, self.event_log, self.placement = stages, event_log, settings.placement
         self.admin_token = settings.admin_token
+        self._retrain_job: tuple[Any, str] | None = None  # (job client, id) of the last retrain submitted
 
     async def homepage(self, request: HomepageRequest) -> dict:
         return await self.homepage_stage(request)
@@ -133,29 +134,45 @@ class MarqueeService:
             raise ApiError(409, str(exc)) from None
         raise ApiError(404, f"unknown admin action {action!r}")
 
+    def _running_retrain(self) -> str | None:
+        """The id of the retrain job this replica submitted, while it has not finished."""
+        if self._retrain_job is None:
+            return None
+        client, job = self._retrain_job
+        try:
+            if not client.get_job_status(job).is_terminal():
+                return job
+        except Exception:  # the cluster went away: the job is not running any more
+            pass
+        self._retrain_job = None
+        return None
+
     def _retrain(self, options: Any = None) -> dict:
         import shlex
 
-        from marquee.home import Paths
-        from models.pipeline_config import PipelineConfig
         from actors.jobs import start_job
+        from marquee.home import Paths
+        from marquee.settings import from_overrides
+        from models.pipeline_config import PipelineConfig
 
         settings = dict(getattr(options, "set", None) or {})
-        unknown = sorted(set(settings) - set(PipelineConfig.__dataclass_fields__) - {"engine"})
-        if unknown:
-            raise ApiError(422, f"set: unknown pipeline setting(s) {unknown}", fields=["set"])
-        try:  # the values too, here, not minutes later in the job
-            PipelineConfig(**{key: value for key, value in settings.items() if key != "engine"})
-        except (TypeError, ValueError) as exc:
+        try:  # unknown keys and bad values refused here, not minutes later in the job
+            from_overrides(PipelineConfig, settings)
+        except ValueError as exc:
             raise ApiError(422, f"set: {exc}", fields=["set"]) from None
+        running = self._running_retrain()
+        if running is not None:
+            raise ApiError(409, f"retrain job {running} is still running: one retrain at a time")
         argv = ["--dataset", f"world:{self.settings.dataset}", "--json"]
         argv += [f"--set={key}={json.dumps(value)}" for key, value in settings.items()]
         if getattr(options, "skip_features", False):
             argv.append("--skip-features")
         started = start_job(Paths(Path(self.settings.home)), [shlex.quote(a) for a in argv])
-        if started is None:
-            raise ApiError(503, "no Ray cluster of `marquee up` runs for this home", {"Retry-After": "5"})
-        _, job, dashboard = started
+        if started is None:  # not a passing outage: no job cluster will appear by retrying
+            raise ApiError(409, "no Ray cluster of `marquee up` runs for this home: retraining needs "
+                                "`marquee up --detach`")
+        client, job, dashboard = started
+        self._retrain_job = (client, job)
         return {"job_id": job, "dashboard": dashboard, "status": "submitted", "argv": argv}
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from marquee.dataset import conform
 from marquee.durable import fsync_path
-from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError
+from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError, validate_event_table
 from state.eventlog.compaction import CompactedSegment, compact_segment, index_compacted, roll_forward
 from state.eventlog.errors import LogCorruption, LogLocked
 from state.eventlog.layout import LogLayout
@@ -172,7 +172,9 @@ class EventLog:
         if self._fd is None:
             raise RuntimeError("EventLog is closed")
         table = conform(events.select(EVENT_SCHEMA.names), EVENT_SCHEMA, "events")
-        table = table.sort_by([("timestamp", "ascending")])
+        checked = validate_event_table(table)  # the rules of `append`, a column at a time
+        rejected = [Rejection(i, event_id, reason) for i, event_id, reason in checked.rejected]
+        table = checked.valid.sort_by([("timestamp", "ascending")])
         ids = table.column("event_id").to_pylist()
         keep = np.zeros(len(ids), dtype=bool)
         seen, fresh = self._seen.in_wal, set()
@@ -200,7 +202,8 @@ class EventLog:
         accepted = table.num_rows
         self._counters["accepted"] += accepted
         self._counters["duplicates"] += len(ids) - accepted
-        return AppendResult(accepted, len(ids) - accepted, [], self._last_seq)
+        self._counters["rejected"] += len(rejected)
+        return AppendResult(accepted, len(ids) - accepted, rejected, self._last_seq)
 
     def read(self, since_seq: int = -1, limit: int = 50_000) -> pa.Table:
         """STORED_EVENT_SCHEMA rows with seq > since_seq, ascending by seq, at most `limit` rows,

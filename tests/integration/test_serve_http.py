@@ -172,10 +172,13 @@ def test_event_batches_oversized_malformed_or_bad_are_refused_whole(client):
     assert ok_again.status_code == 200 and ok_again.json()["accepted"] == 1  # nothing of the bad batch landed
 
 
-def test_preferences_with_unknown_genre_or_title_get_422(client):
-    response = client.post("/v1/members/5/preferences", json={"genres": ["Polka"], "titles": [99999999]})
-    assert response.status_code == 422
-    assert "genres[0]" in response.json()["error"] and "titles[0]" in response.json()["error"]
+def test_preferences_with_an_unknown_genre_get_422_and_an_unknown_title_404(client):
+    """Genres are the catalog's vocabulary (an enum in the schema: 422); a title id is
+    well-formed but may name no title (404, as GET /v1/titles/{id})."""
+    genre = client.post("/v1/members/5/preferences", json={"genres": ["Polka"], "titles": []})
+    assert genre.status_code == 422 and "genres[0]" in genre.json()["error"]
+    title = client.post("/v1/members/5/preferences", json={"genres": [], "titles": [99999999]})
+    assert title.status_code == 404 and "titles[0]" in title.json()["error"]
 
 
 def test_admin_calls_need_the_bearer_token(client, serve_app):

@@ -378,6 +378,27 @@ def test_auto_compaction_failure_does_not_fail_the_acknowledged_append(root, cap
         assert_exactly_once(all_rows(log), {f"ev-{i}" for i in range(20)})
 
 
+def test_import_table_refuses_rows_append_would_refuse_and_keeps_the_rest(tmp_path):
+    """A bulk import holds to the same event rules as append (one definition, checked a column at
+    a time): a play without a title and a progress fraction above 1 are named and left out."""
+    from marquee.schema import events_to_table
+
+    good = [Event.parse({"event_id": f"g{i}", "member_id": 1, "title_id": i, "type": "play",
+                         "timestamp": 1_767_225_600_000 + i}) for i in range(3)]
+    table = events_to_table(good)
+    rows = table.to_pylist()
+    no_title = {**rows[0], "event_id": "no-title", "title_id": None}
+    too_far = {**rows[1], "event_id": "too-far", "type": "progress", "value": 1.5}
+    bad = pa.Table.from_pylist([no_title, too_far], schema=table.schema)
+    log = EventLog(tmp_path / "log", fsync=False)
+    result = log.import_table(pa.concat_tables([table, bad]))
+    assert result.accepted == 3
+    assert [(r.index, r.event_id) for r in result.rejected] == [(3, "no-title"), (4, "too-far")]
+    assert "title_id" in result.rejected[0].reason and "value" in result.rejected[1].reason
+    assert sorted(log.read(-1).column("event_id").to_pylist()) == ["g0", "g1", "g2"]
+    log.close()
+
+
 def test_import_table_is_durable_ordered_and_idempotent(tmp_path):
     """Bulk history goes through the same WAL and dedupe as append: a second import adds nothing,
     and live events appended afterwards continue the seqs."""

@@ -37,16 +37,15 @@ class FakeService:
         self.homepage_requests.append(request)
         if self.fail_homepage:
             raise RuntimeError("member state exploded")
-        return {"request_id": request.request_id, "rows": [],
-                "timings_ms": {"member": 1.25, "candidates.sources": 3.5, "total": 7.0}}
+        return page_answer(request)
 
     def title(self, title_id: int) -> dict | None:
         name = TITLES.get(title_id)
-        return None if name is None else {"title_id": title_id, "name": name}
+        return None if name is None else title_answer(title_id, name)
 
     async def append_events(self, events: list[dict]) -> dict:
         self.appended.append(events)
-        return {"accepted": len(events), "duplicates": 0, "rejected": []}
+        return {"accepted": len(events), "duplicates": 0, "rejected": [], "last_seq": len(events) - 1}
 
     def genres(self) -> tuple[str, ...]:
         return GENRES
@@ -55,12 +54,43 @@ class FakeService:
         return title_id in TITLES
 
     async def health(self) -> dict:
-        return {"status": "ok"}
+        return HEALTH
 
     def admin(self, action: str, version: str | None = None, options=None) -> dict:
         self.admin_calls.append((action, version))
         self.admin_options.append(options)
-        return {"action": action, "version": version}
+        return admin_answer(action, version)
+
+
+def page_answer(request: HomepageRequest) -> dict:
+    """A page in the shape deployments/homepage.py builds (checked against the model in test_api_models)."""
+    item = {"title_id": 2, "name": "Fargo", "position": 0, "score": 0.75, "genres": ["Drama"],
+            "explanation": {"sources": ["trending_now"], "reasons": ["Trending now"]},
+            "artwork": {"artwork_id": "2-0", "propensity": 0.9}}
+    return {"request_id": request.request_id, "member_id": request.member_id, "country": request.country or "US",
+            "device": request.device, "maturity": request.maturity or "mature", "cold_start": True,
+            "fallback": False, "model_versions": {"retrieval": "v0002", "ranker": "v0002"}, "experiments": {},
+            "degraded": [], "rows": [{"row_id": "trending", "title": "Trending now", "items": [item]}],
+            "removed": {"counts": {"watched": 0}, "total": 0},
+            "timings_ms": {"member": 1.25, "candidates.sources": 3.5, "total": 7.0}}
+
+
+HEALTH = {"status": "ok", "placement": "fused", "pid": 1, "titles": 3, "dataset": "/data/world",
+          "model": {"version": "v0002", "target": "promoted", "last_error": None, "failed_versions": [], "swaps": 1}}
+
+
+def title_answer(title_id: int, name: str) -> dict:
+    return {"title_id": title_id, "name": name, "genres": ["Drama"], "maturity": 2, "countries": ["US"],
+            "series_id": None, "release_date_ms": None, "artwork": [f"{title_id}-0"]}
+
+
+def admin_answer(action: str, version: str | None) -> dict:
+    """What the real service answers per action (shapes of deployments/service.py)."""
+    if action == "list":
+        return {"promoted": "v0002", "versions": [{"version": "v0002", "status": "promoted", "created": "2026-01-01"}]}
+    if action == "retrain":
+        return {"job_id": "raysubmit_1", "dashboard": "http://127.0.0.1:8265", "status": "submitted", "argv": []}
+    return {"promoted": version or "v0001"}
 
 
 @pytest.fixture
@@ -71,7 +101,7 @@ def fake() -> FakeService:
 @pytest.fixture
 def client(fake) -> TestClient:
     # raise_server_exceptions=False: see what a real client sees when a handler fails
-    return TestClient(make_api(lambda request: fake), raise_server_exceptions=False)
+    return TestClient(make_api(fake), raise_server_exceptions=False)
 
 
 def event(i: int = 0, **kw) -> dict:
@@ -126,25 +156,18 @@ def test_homepage_defaults_and_a_generated_request_id(client, fake):
 
 
 def test_a_failing_service_answers_503_with_retry_after_not_500():
-    client = TestClient(make_api(lambda request: FakeService(fail_homepage=True)), raise_server_exceptions=False)
+    client = TestClient(make_api(FakeService(fail_homepage=True)), raise_server_exceptions=False)
     response = client.get("/v1/homepage?member_id=1")
     assert response.status_code == 503
     assert response.headers["Retry-After"]
     assert "retry" in response.json()["error"]
 
 
-def test_no_service_installed_answers_503(monkeypatch):
-    monkeypatch.delitem(gateway._CURRENT, "service", raising=False)
-    client = TestClient(make_api(), raise_server_exceptions=False)
-    response = client.get("/v1/homepage?member_id=1")
-    assert response.status_code == 503 and response.headers["Retry-After"]
-
-
 # -- GET /v1/titles/{id} ---------------------------------------------------------------------------
 
 
 def test_title_found_unknown_and_not_a_number(client):
-    assert client.get("/v1/titles/2").json() == {"title_id": 2, "name": "Fargo"}
+    assert client.get("/v1/titles/2").json() == title_answer(2, "Fargo")
     missing = client.get("/v1/titles/999")
     assert missing.status_code == 404 and "999" in missing.json()["error"]
     assert_names(client.get("/v1/titles/abc"), 422, "title_id")
@@ -238,21 +261,31 @@ def test_valid_batch_is_passed_through_and_answered_with_the_result(client, fake
                                                            payload={"query": "heat"})]
     response = client.post("/v1/events", json={"events": batch})
     assert response.status_code == 200, response.text
-    assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": []}
-    assert fake.appended == [batch]
+    assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": [], "last_seq": 2}
+    (passed,) = fake.appended  # validated and normalized (ISO times as epoch ms), the same events
+    assert [Event.parse(e) for e in passed] == [Event.parse(e) for e in batch]
 
 
 # -- POST /v1/members/{id}/preferences -------------------------------------------------------------
 
 
-def test_preferences_unknown_genre_and_title_are_named(client, fake):
+def test_preferences_unknown_genre_is_422_and_unknown_title_404_each_named(client, fake):
     response = client.post("/v1/members/7/preferences", json={"genres": ["Drama", "Polka"], "titles": [1]})
     assert_names(response, 422, "genres[1]")
     assert "Polka" in response.json()["error"]
-    response = client.post("/v1/members/7/preferences", json={"genres": ["Drama"], "titles": [1, 404]})
-    assert_names(response, 422, "titles[1]")
-    assert "404" in response.json()["error"]
+    # a title that does not exist is a missing resource (as GET /v1/titles/404 answers it), so a
+    # body the schema allows is never refused as malformed
+    response = client.post("/v1/members/7/preferences", json={"genres": ["Drama"], "titles": [1, 404, 405]})
+    assert_names(response, 404, "titles[1]")
+    assert "title 404 is not in the catalog" in response.json()["error"] and "titles[2]" in response.json()["error"]
+    assert response.json()["fields"] == ["titles[1]", "titles[2]"]
     assert fake.appended == []
+
+
+def test_preferences_schema_lists_the_catalogs_genres(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["components"]["schemas"]["Preferences"]
+    assert body["properties"]["genres"]["items"]["enum"] == list(GENRES)
 
 
 def test_preferences_bad_shapes_are_422(client, fake):
@@ -305,7 +338,7 @@ def test_admin_with_the_token_reaches_the_service(client, fake, method, path, ca
     response = getattr(client, method)(path, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code in (200, 202), response.text
     assert fake.admin_calls == [call]
-    assert response.json() == {"action": call[0], "version": call[1]}
+    assert response.json() == admin_answer(*call)
 
 
 def test_admin_token_with_non_ascii_characters_is_401_not_503(client, fake):
@@ -322,7 +355,7 @@ def test_admin_promote_bad_version_is_422(client, fake):
 
 def test_admin_without_a_configured_token_refuses_everyone():
     fake = FakeService(admin_token=None)
-    client = TestClient(make_api(lambda request: fake), raise_server_exceptions=False)
+    client = TestClient(make_api(fake), raise_server_exceptions=False)
     for header in (f"Bearer {TOKEN}", "Bearer ", "Bearer None"):
         response = client.get("/v1/admin/models", headers={"Authorization": header})
         assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
@@ -334,7 +367,7 @@ def test_admin_without_a_configured_token_refuses_everyone():
 
 def test_healthz(client):
     response = client.get("/healthz")
-    assert response.status_code == 200 and response.json() == {"status": "ok"}
+    assert response.status_code == 200 and response.json() == HEALTH
 
 
 def test_openapi_documents_the_v1_routes(client):

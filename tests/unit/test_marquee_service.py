@@ -81,7 +81,7 @@ def fused(tmp_path, monkeypatch) -> MarqueeService:
     ({"rounds": "many"}, "rounds: expected an integer"),
     ({"play_weight": -2}, "play_weight"),
     ({"depth": {"sequence": -5}}, "depth"),
-    ({"learning_rate": 0.1}, "unknown pipeline setting(s) ['learning_rate']"),
+    ({"learning_rate": 0.1}, "unknown PipelineConfig setting(s) learning_rate"),
 ])
 def test_bad_settings_are_refused_before_a_job_starts(fused, settings, named):
     with pytest.raises(ApiError) as raised:
@@ -90,7 +90,26 @@ def test_bad_settings_are_refused_before_a_job_starts(fused, settings, named):
 
 
 def test_good_settings_reach_the_job(fused):
-    with pytest.raises(ApiError) as raised:  # no cluster runs in a unit test: 503 after submitting
+    with pytest.raises(ApiError) as raised:  # no cluster runs in a unit test: 409 after submitting
         fused.admin("retrain", options=RetrainOptions(set={"rounds": 50}))
-    assert raised.value.status == 503
+    assert raised.value.status == 409 and "marquee up" in str(raised.value)
     assert fused.submitted and "--set=rounds=50" in fused.submitted[0]
+
+
+def test_one_retrain_at_a_time(fused, monkeypatch):
+    class Status:
+        def __init__(self, done): self.done = done
+        def is_terminal(self): return self.done
+
+    class Client:
+        done = False
+        def get_job_status(self, job): return Status(self.done)
+
+    client, jobs = Client(), iter(["job-1", "job-2"])
+    monkeypatch.setattr("actors.jobs.start_job", lambda paths, argv: (client, next(jobs), "http://dash"))
+    assert fused.admin("retrain", options=RetrainOptions(set={}))["job_id"] == "job-1"
+    with pytest.raises(ApiError) as raised:
+        fused.admin("retrain", options=RetrainOptions(set={}))
+    assert raised.value.status == 409 and "job-1" in str(raised.value)
+    client.done = True  # the first job finished: the next one may start
+    assert fused.admin("retrain", options=RetrainOptions(set={}))["job_id"] == "job-2"

@@ -115,7 +115,7 @@ def test_preference_event_needs_no_title_and_keeps_its_genres():
 @pytest.mark.parametrize(
     "payload, fragment",
     [
-        (None, "payload.genres: required"),
+        (None, "payload: required"),
         ({}, "payload.genres: required"),
         ({"genres": "drama"}, "payload.genres: expected a list"),
         ({"genres": {"drama": 1}}, "payload.genres: expected a list"),
