@@ -7,13 +7,12 @@ promote / rollback refuse a version whose bundle names another catalog."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from marquee.durable import write_atomic
 from models.bundle import (BUNDLE_DIR, LEGACY_PICKLE, BundleError, DatasetIdentity, mismatch_message,
                            read_dataset)
-from state.registry.layout import RegistryError, json_bytes, now_iso
+from state.registry.layout import RegistryError, json_bytes, now_iso, read_json_record
 
 CATALOG = "CATALOG"
 
@@ -27,12 +26,9 @@ class LegacyFormatError(RegistryError):
 
 
 def read_catalog(path: Path) -> DatasetIdentity | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    data = read_json_record(path, "catalog record")
+    if data is None:
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path}: unreadable catalog record ({exc})") from None
     try:
         return DatasetIdentity.from_dict({k: data.get(k) for k in ("name", "fingerprint", "titles")},
                                          f"{path}")

@@ -192,15 +192,22 @@ def verify_files(version: str, version_dir: Path, files: Mapping[str, Mapping[st
 # -- manifests -----------------------------------------------------------------------------------
 
 
-def read_manifest(versions_dir: Path, version: str) -> dict | None:
-    """A version's manifest, or None when the version is not (or no longer) visible."""
-    path = versions_dir / version / MANIFEST
+def read_json_record(path: Path, what: str) -> Any:
+    """A registry JSON file, or None when it does not exist; unreadable JSON is a RegistryError."""
     try:
-        manifest = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RegistryError(f"{path}: unreadable manifest ({exc})") from None
+        raise RegistryError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def read_manifest(versions_dir: Path, version: str) -> dict | None:
+    """A version's manifest, or None when the version is not (or no longer) visible."""
+    path = versions_dir / version / MANIFEST
+    manifest = read_json_record(path, "manifest")
+    if manifest is None:
+        return None
     if manifest.get("version") != version:
         raise RegistryError(f"{path}: manifest names {manifest.get('version')!r}, not {version}")
     return manifest
