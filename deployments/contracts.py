@@ -11,7 +11,8 @@ deployments/page_builder.py assembles; the concrete components live beside their
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -21,7 +22,6 @@ from marquee.schema import DEVICES, MATURITY_LABELS, MAX_MATURITY
 if TYPE_CHECKING:  # annotations only
     import numpy as np
 
-    from deployments.selectors import RowFill
 
 _EPOCH_ORDINAL_MS = 719_163 * DAY_MS  # date(1970, 1, 1).toordinal() days, in ms
 
@@ -258,13 +258,63 @@ class Scorer(Protocol):
     def score(self, version: str, features: "np.ndarray") -> "np.ndarray": ...
 
 
+class Limit:
+    """At most `cap` titles per key (e.g. per series) in one row; titles without a key are free."""
+
+    __slots__ = ("cap", "key", "counts")
+
+    def __init__(self, cap: int, key: Callable[[int], object | None], counts: Counter | None = None):
+        self.cap, self.key, self.counts = cap, key, counts if counts is not None else Counter()
+
+    def allows(self, title_id: int) -> bool:
+        k = self.key(title_id)
+        return k is None or self.counts[k] < self.cap
+
+    def take(self, title_id: int) -> None:
+        k = self.key(title_id)
+        if k is not None:
+            self.counts[k] += 1
+
+
+@dataclass(slots=True)
+class RowFill:
+    """One row while its selectors run: the ranked titles it may show, what is pinned, the
+    limits in force, and what was chosen."""
+
+    row_id: str
+    size: int
+    diversify: bool  # the row's spec lets diversity reorder it
+    items: list[ScoredItem]  # ranked, allowed by the filters
+    on_page: set[int]  # titles already in a higher row
+    allowed: set[int]  # titles every filter kept (pins are checked against it)
+    pool: list[ScoredItem] = field(default_factory=list)
+    pinned: list[tuple[int, ScoredItem]] = field(default_factory=list)  # (position, item)
+    limits: list[Limit] = field(default_factory=list)
+    chosen: list[ScoredItem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        on_page = self.on_page
+        self.pool = [i for i in self.items if i.title_id not in on_page]
+
+    @property
+    def want(self) -> int:
+        return self.size - len(self.pinned)
+
+    def result(self) -> list[ScoredItem]:
+        """The chosen titles with the pins inserted at their positions."""
+        chosen = list(self.chosen)
+        for position, item in sorted(self.pinned, key=lambda p: (p[0], p[1].title_id)):
+            chosen.insert(min(position, len(chosen)), item)
+        return chosen
+
+
 @runtime_checkable
 class Selector(Protocol):
     """Takes a turn on one row being filled (pins, limits, the pick of its titles)."""
 
     name: str
 
-    def __call__(self, fill: "RowFill") -> None: ...
+    def __call__(self, fill: RowFill) -> None: ...
 
 
 @runtime_checkable

@@ -14,9 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from deployments.contracts import Filter, HomepageContext, Removal, Row, ScoredItem, TitleInfo
+from deployments.contracts import (
+    Filter,
+    HomepageContext,
+    Removal,
+    Row,
+    RowFill,
+    ScoredItem,
+    TitleInfo,
+)
 from deployments.rules import apply_rules
-from deployments.selectors import Diversity, EditorialPins, RowFill, SeriesCap, genres_of
+from deployments.selectors import Diversity, EditorialPins, SeriesCap, genres_of
 
 ROW_EXPANSIONS = ("single", "per_seed", "per_genre")
 ROW_ORDERS = ("relevance", "plan")

@@ -11,10 +11,11 @@ broken by title_id, so the same input always gives the same row.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
-from deployments.contracts import ScoredItem, TitleInfo
+from deployments.contracts import Limit, RowFill, ScoredItem, TitleInfo
+from marquee.settings import assign, check_int, check_text
 
 EDITORIAL_SOURCE = "editorial"
 EDITORIAL_REASON = "Editor's pick"
@@ -41,64 +42,9 @@ class EditorialSlot:
     title_id: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.row_id, str) or not self.row_id:
-            raise ValueError(f"EditorialSlot: row_id must be a non-empty string, got {self.row_id!r}")
-        for name in ("position", "title_id"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"EditorialSlot {self.row_id}: {name} must be an int, got {value!r}")
-        if self.position < 0:
-            raise ValueError(f"EditorialSlot {self.row_id}/{self.title_id}: position must be >= 0")
-
-
-class Limit:
-    """At most `cap` titles per key (e.g. per series) in one row; titles without a key are free."""
-
-    __slots__ = ("cap", "key", "counts")
-
-    def __init__(self, cap: int, key: Callable[[int], object | None], counts: Counter | None = None):
-        self.cap, self.key, self.counts = cap, key, counts if counts is not None else Counter()
-
-    def allows(self, title_id: int) -> bool:
-        k = self.key(title_id)
-        return k is None or self.counts[k] < self.cap
-
-    def take(self, title_id: int) -> None:
-        k = self.key(title_id)
-        if k is not None:
-            self.counts[k] += 1
-
-
-@dataclass(slots=True)
-class RowFill:
-    """One row while its selectors run: the ranked titles it may show, what is pinned, the
-    limits in force, and what was chosen."""
-
-    row_id: str
-    size: int
-    diversify: bool  # the row's spec lets diversity reorder it
-    items: list[ScoredItem]  # ranked, allowed by the filters
-    on_page: set[int]  # titles already in a higher row
-    allowed: set[int]  # titles every filter kept (pins are checked against it)
-    pool: list[ScoredItem] = field(default_factory=list)
-    pinned: list[tuple[int, ScoredItem]] = field(default_factory=list)  # (position, item)
-    limits: list[Limit] = field(default_factory=list)
-    chosen: list[ScoredItem] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        on_page = self.on_page
-        self.pool = [i for i in self.items if i.title_id not in on_page]
-
-    @property
-    def want(self) -> int:
-        return self.size - len(self.pinned)
-
-    def result(self) -> list[ScoredItem]:
-        """The chosen titles with the pins inserted at their positions."""
-        chosen = list(self.chosen)
-        for position, item in sorted(self.pinned, key=lambda p: (p[0], p[1].title_id)):
-            chosen.insert(min(position, len(chosen)), item)
-        return chosen
+        check_text("row_id", self.row_id)
+        assign(self, "position", check_int(f"{self.row_id}.position", self.position, ge=0))
+        assign(self, "title_id", check_int(f"{self.row_id}.title_id", self.title_id))
 
 
 class EditorialPins:

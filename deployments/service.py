@@ -25,7 +25,6 @@ from deployments.placement import PLACEMENTS
 from marquee.home import Paths
 
 log = logging.getLogger("marquee.service")
-SERVING_FILE = "serving.json"  # written by `marquee up`: which dataset the system serves
 HEALTH_STAGE_TIMEOUT_S = 2.0  # /healthz asks the retrieval stage for its model; a hung stage must not hang it
 
 
@@ -45,7 +44,7 @@ class Settings:
             raise ValueError(f"placement must be one of {tuple(PLACEMENTS)}, got {self.placement!r}")
         home = Path(self.home)
         if not self.dataset:
-            recorded = home / SERVING_FILE
+            recorded = Paths(home).serving_record
             if not recorded.exists():
                 raise ValueError(f"no dataset given and {recorded} does not exist: run `marquee up` first "
                                  "or pass dataset=DIR")

@@ -67,6 +67,11 @@ class Paths:
     def admin_token(self) -> Path:
         return self.home / "admin_token"
 
+    @property
+    def serving_record(self) -> Path:
+        """Which dataset the running system serves (written by `marquee up`)."""
+        return self.home / "serving.json"
+
     def movielens(self, source: str | Path) -> Path:
         """Where a MovieLens copy at `source` is imported inside this home."""
         return self.home / "movielens" / Path(source).resolve().name

@@ -144,7 +144,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
     from actors.member_state import start_member_state
     from models.bundle import DatasetIdentity
     from state.registry import Registry, RegistryError
-    from deployments.service import SERVING_FILE, TOKEN_FILE, admin_token
+    from deployments.service import admin_token
     from marquee.durable import write_atomic
     from training.features import run_feature_job
 
@@ -177,7 +177,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         if not report.promoted:
             raise SystemExit(f"marquee up: the first model was not promoted: {report.gate}")
     token = admin_token(paths.home, create=True)
-    write_atomic(paths.home / SERVING_FILE, json.dumps({"dataset": str(dataset)}).encode())
+    write_atomic(paths.serving_record, json.dumps({"dataset": str(dataset)}).encode())
     manifest = json.loads((dataset / "manifest.json").read_text())
     return {
         "home": str(paths.home),
@@ -187,7 +187,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         "features_version": version,
         "member_state_seq": applied,
         "model_version": registry.promoted_version(),
-        "admin_token_file": str(paths.home / TOKEN_FILE),
+        "admin_token_file": str(paths.admin_token),
         "admin_token_set": token is not None,
     }
 
