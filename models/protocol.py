@@ -5,6 +5,8 @@ timestamp; train on the rest (members with fewer interactions train with all of 
 every title the member has not interacted with in training; relevance = the held-out titles.
 NDCG@10 (log2 discount, ideal over min(10, held out)) and Recall@20 (hits / min(20, held out)),
 averaged over evaluated members; plus catalog coverage, novelty and intra-list diversity.
+Settings are tuned on `validation_split` (the same rule applied to the training part) and the
+test split is scored once with them.
 """
 
 from __future__ import annotations
@@ -113,9 +115,30 @@ def temporal_split(
     m_idx, t_idx, ts = m_idx[keep], t_idx[keep], ts[keep]
     strong = strong[keep] if strong is not None else None
     counts = np.bincount(m_idx, minlength=len(member_ids))
+    return _hold_out_last(member_ids, title_ids, m_idx, t_idx, ts, strong, counts > min_interactions, holdout)
+
+
+def validation_split(split: Split, *, holdout: int = 10) -> Split:
+    """The same rule one step earlier, for tuning: each evaluated member's last `holdout`
+    training interactions (the ones just before their test ones) become the held-out set; the
+    rest of training is the new training. The test rows are not in `split.train_events`, so
+    nothing here can reach them; members without a test set keep all their training rows."""
+    ev = split.train_events
+    strong = ev.column("strong").to_numpy(zero_copy_only=False).astype(bool) if "strong" in ev.column_names else None
+    evaluated = np.zeros(split.n_members, dtype=bool)
+    evaluated[split.test_members] = True
+    return _hold_out_last(split.member_ids, split.title_ids, ev.column("member").to_numpy(),
+                          ev.column("title").to_numpy(), ev.column("timestamp").to_numpy(), strong,
+                          evaluated, holdout)
+
+
+def _hold_out_last(member_ids: np.ndarray, title_ids: np.ndarray, m_idx: np.ndarray, t_idx: np.ndarray,
+                   ts: np.ndarray, strong: np.ndarray | None, evaluated: np.ndarray, holdout: int) -> Split:
+    """The one definition of the hold-out rule: rows sorted by member, then time, then input
+    order; each `evaluated` member's last `holdout` rows are held out, the rest train."""
+    counts = np.bincount(m_idx, minlength=len(member_ids))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank_in_member = np.arange(len(m_idx)) - starts[m_idx]
-    evaluated = counts > min_interactions
     is_test = evaluated[m_idx] & (rank_in_member >= counts[m_idx] - holdout)
     train_rows = ~is_test
     train = sp.csr_matrix(
@@ -124,7 +147,7 @@ def temporal_split(
     )
     last_ts = np.full(len(member_ids), np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(last_ts, m_idx[train_rows], ts[train_rows])
-    test_members = np.flatnonzero(evaluated)
+    test_members = np.flatnonzero(evaluated & (counts > 0))
     test_m, test_t = m_idx[is_test], t_idx[is_test]
     bounds = np.searchsorted(test_m, test_members, side="left"), np.searchsorted(test_m, test_members, side="right")
     test_items = [test_t[a:b] for a, b in zip(*bounds)]

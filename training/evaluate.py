@@ -1,8 +1,9 @@
 """`marquee eval`: the pipeline and the strongest simple peers on the same split, side by side.
 
-The protocol is fixed (training/protocol.py) so numbers compare across runs and datasets. Every
-model fits on the same TrainData and is scored by the same code; the pipeline is the model named
-`pipeline`. Datasets: `movielens:PATH` (either layout) or `world:DIR` (a Marquee dataset).
+The protocol is fixed (models/protocol.py) so numbers compare across runs and datasets. Every
+model's settings are chosen on the validation split with the same budget (training/tuning.py);
+then it fits on the full training data and is scored on test once. The pipeline is the model
+named `pipeline`. Datasets: `movielens:PATH` (either layout) or `world:DIR` (a Marquee dataset).
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from marquee.dataset_spec import DatasetSpec
-from models.protocol import evaluate, temporal_split
+from models import sasrec
+from models.protocol import evaluate, temporal_split, validation_split
 from models.ranker_features import StoreLink
 from models.retrieval import TitleContent
+from training.tuning import (
+    CONFIGS_PER_MODEL,
+    SASREC_CONFIGS,
+    SELECTED_BY,
+    ModelGrid,
+    budget_of,
+    peer_grids,
+    pipeline_grid,
+    sasrec_grid,
+    tune,
+)
 
 
 @dataclass
@@ -99,26 +112,46 @@ def title_content(titles: pa.Table, title_ids: np.ndarray) -> TitleContent:
     return TitleContent(matrix, year_out, maturity_out)
 
 
-def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local", seed: int = 7,
-             features: str | Path | None = None, progress=None) -> dict:
-    """Fit every model on the same split and evaluate; returns the JSON-ready report."""
-    from models.peers import default_peers
+def model_grids(content: TitleContent, store: StoreLink | None, *, engine: str, seed: int) -> dict[str, ModelGrid]:
+    """Every model `marquee eval` knows, each with its defaults and its tuning grid."""
     from models.pipeline_config import PipelineConfig
     from training.pipeline import Pipeline
 
+    def build_pipeline(settings: dict) -> Pipeline:
+        base = PipelineConfig()
+        config = PipelineConfig(engine=engine, seed=seed, rounds=settings["rounds"], depth=dict(settings["depth"]),
+                                params={**base.params, "max_depth": settings["max_depth"]})
+        return Pipeline(config, content, store)
+
+    base = PipelineConfig()
+    grids = {**peer_grids(seed),
+             "pipeline": pipeline_grid(build_pipeline, {"rounds": base.rounds, "max_depth": base.params["max_depth"],
+                                                        "depth": dict(base.depth)})}
+    if sasrec.available():
+        grids["sasrec"] = sasrec_grid(lambda s: sasrec.SASRec(**s, random_state=seed))
+    return grids
+
+
+def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local", seed: int = 7,
+             features: str | Path | None = None, tune_settings: bool = True,
+             grids: dict[str, ModelGrid] | None = None, progress=None) -> dict:
+    """Tune every model on the validation split (unless `tune_settings` is off: defaults), refit
+    it on the full training data with the chosen settings, and score the test split once.
+    `grids` replaces the stated grids (tests use tiny ones); returns the JSON-ready report."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     say = progress or (lambda message: None)
     data = load_eval_data(spec)
     split = temporal_split(data.interactions)
+    validation = validation_split(split)
     train = split.train_data()
     content = title_content(data.titles, split.title_ids)
     store = StoreLink(str(features), split.member_ids, split.title_ids) if features else None
-    pipeline = Pipeline(PipelineConfig(engine=engine, seed=seed), content, store)
-    candidates = {**default_peers(seed), "pipeline": pipeline}
-    chosen = models or list(candidates)
-    unknown = [m for m in chosen if m not in candidates]
+    known = grids if grids is not None else model_grids(content, store, engine=engine, seed=seed)
+    every = [*known] if "sasrec" in known else [*known, "sasrec"]
+    chosen = models or every
+    unknown = [m for m in chosen if m not in every]
     if unknown:
-        raise ValueError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(candidates)}")
+        raise ValueError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(every)}")
     report: dict = {
         "dataset": data.name,
         "protocol": {"holdout": 10, "min_interactions": 20, "k_ndcg": 10, "k_recall": 20},
@@ -126,24 +159,58 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
         "members": int(split.n_members),
         "titles": int(split.n_titles),
         "train_interactions": int(split.train.nnz),
+        "tuning": {
+            "tuned": tune_settings, "selected_by": SELECTED_BY, "seed": seed,
+            "configs_per_model": CONFIGS_PER_MODEL, "budget": budget_of({m: known[m] for m in chosen if m in known}),
+            "validation": {"holdout": 10, "members": int(len(validation.test_members)),
+                           "train_interactions": int(validation.train.nnz)},
+            "note": "popularity has no setting (1 configuration); "
+                    f"sasrec gets {len(SASREC_CONFIGS)} (minutes a fit here)",
+        },
         "models": {},
+        "skipped": {},
     }
     for name in chosen:
-        say(f"eval: fitting {name} ...")
-        started = time.perf_counter()
-        model = candidates[name].fit(train)
-        fit_s = time.perf_counter() - started
-        metrics = evaluate(split, model.score, title_genres=content.genres)
-        report["models"][name] = {**_json_numbers(metrics.as_dict()), "fit_s": round(fit_s, 2),
-                                  "eval_s": round(time.perf_counter() - started - fit_s, 2)}
-        say(f"eval: {name} ndcg@10={metrics.ndcg_at_10:.4f} recall@20={metrics.recall_at_20:.4f}")
+        if name not in known:
+            say(f"eval: {sasrec.MISSING}")
+            report["skipped"][name] = sasrec.MISSING
+            continue
+        report["models"][name] = _run_model(known[name], split, validation, train, content, tune_settings, say)
     peers = {k: v for k, v in report["models"].items() if k != "pipeline"}
     if "pipeline" in report["models"] and peers:
-        best = max(peers, key=lambda k: peers[k]["ndcg@10"])
+        best = max(peers, key=lambda k: peers[k]["test"]["ndcg@10"])
         report["best_peer"] = best
         report["pipeline_vs_best_peer_ndcg"] = round(
-            report["models"]["pipeline"]["ndcg@10"] / max(peers[best]["ndcg@10"], 1e-12), 4)
+            report["models"]["pipeline"]["test"]["ndcg@10"] / max(peers[best]["test"]["ndcg@10"], 1e-12), 4)
     return report
+
+
+def _run_model(grid: ModelGrid, split, validation, train, content: TitleContent, tune_settings: bool, say) -> dict:
+    """Tune on validation (or take the defaults), then one fit on all training and one test score."""
+    started = time.perf_counter()
+    entry: dict = {"tuned": tune_settings}
+    if tune_settings:
+        say(f"eval: tuning {grid.name} on validation ({len(grid.configs)} configurations) ...")
+        tuned = tune(grid, validation, progress=say)
+        settings = tuned.settings
+        entry["validation"] = {"ndcg@10": round(tuned.best.ndcg_at_10, 5), "recall@20": round(tuned.best.recall_at_20, 5),
+                               "members": int(len(validation.test_members))}
+        entry["grid"] = [trial.as_dict() for trial in tuned.trials]
+    else:
+        settings = grid.defaults
+        entry["validation"] = None
+        entry["grid"] = []
+    entry["settings"] = settings
+    entry["tune_s"] = round(time.perf_counter() - started, 2)
+    say(f"eval: fitting {grid.name} {settings} on all training ...")
+    started = time.perf_counter()
+    model = grid.build(settings).fit(train)
+    entry["fit_s"] = round(time.perf_counter() - started, 2)
+    metrics = evaluate(split, model.score, title_genres=content.genres)
+    entry["eval_s"] = round(time.perf_counter() - started - entry["fit_s"], 2)
+    entry["test"] = _json_numbers(metrics.as_dict())
+    say(f"eval: {grid.name} test ndcg@10={metrics.ndcg_at_10:.4f} recall@20={metrics.recall_at_20:.4f}")
+    return entry
 
 
 def _json_numbers(metrics: dict) -> dict:
@@ -161,6 +228,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default=None,
                         help="offline feature store of this dataset (marquee features --out DIR): "
                              "the ranker also reads its member/title features, point in time")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="skip tuning on validation: every model fits once with its defaults (quick)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -168,7 +237,7 @@ def cli_main(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     try:
         report = run_eval(args.dataset, models=models, engine=args.engine, seed=args.seed,
-                          features=args.features,
+                          features=args.features, tune_settings=not args.no_tune,
                           progress=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as exc:
         print(f"marquee eval: {exc}", file=sys.stderr)
@@ -176,7 +245,11 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, sort_keys=True, allow_nan=False))
     else:
-        for name, metrics in report["models"].items():
-            print(f"{name:12s} ndcg@10 {metrics['ndcg@10']:.4f}  recall@20 {metrics['recall@20']:.4f}  "
-                  f"coverage {metrics['coverage@10']:.3f}  fit {metrics['fit_s']:.1f}s")
+        for name, entry in report["models"].items():
+            test, valid = entry["test"], entry["validation"]
+            shown = f"validation ndcg@10 {valid['ndcg@10']:.4f}  " if valid else ""
+            print(f"{name:12s} {shown}test ndcg@10 {test['ndcg@10']:.4f}  recall@20 {test['recall@20']:.4f}  "
+                  f"coverage {test['coverage@10']:.3f}  settings {json.dumps(entry['settings'], sort_keys=True)}")
+        for name, why in report["skipped"].items():
+            print(f"{name:12s} {why}")
     return 0

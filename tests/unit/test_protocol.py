@@ -81,3 +81,48 @@ def test_top_k_masks_training_titles():
     scores = np.array([[5.0, 4.0, 3.0, 2.0]])
     seen = sp.csr_matrix(np.array([[1, 0, 1, 0]], dtype=np.float32))
     assert top_k(scores, seen, 2).tolist() == [[1, 3]]
+
+
+def test_validation_is_each_evaluated_members_last_ten_training_rows_before_test():
+    from models.protocol import validation_split
+
+    rows = [(1, 100 + i, 10 * i) for i in range(25)]  # member 1: titles 100..124 in time order
+    rows += [(2, 200 + i, 5 + i) for i in range(5)]  # member 2: too few to be evaluated
+    rows += [(3, 300 + i, 1000 - i) for i in range(23)]  # member 3: reversed times
+    split = temporal_split(interactions(rows), holdout=10, min_interactions=20)
+    validation = validation_split(split, holdout=10)
+    index = {int(t): i for i, t in enumerate(split.title_ids)}
+
+    def titles(members_row):
+        return sorted(int(split.title_ids[t]) for t in members_row)
+
+    assert list(validation.test_members) == list(split.test_members) == [0, 2]
+    # member 1: test 115..124, validation the ten before (105..114), training-for-validation 100..104
+    assert titles(split.test_items[0]) == list(range(115, 125))
+    assert titles(validation.test_items[0]) == list(range(105, 115))
+    assert titles(validation.train[0].indices) == list(range(100, 105))
+    # member 3 (times run backwards): test = 300..309, validation = 310..319, the rest trains
+    assert titles(validation.test_items[1]) == list(range(310, 320))
+    assert titles(validation.train[2].indices) == [320, 321, 322]
+    # member 2 is not evaluated: keeps all five rows in both trainings, has no validation set
+    assert validation.train[1].nnz == split.train[1].nnz == 5
+    # no test row of anyone enters training-for-validation, and no row after a member's point in time
+    for position, member in enumerate(split.test_members):
+        assert not set(split.test_items[position]) & set(validation.train[member].indices)
+        assert not set(validation.test_items[position]) & set(validation.train[member].indices)
+    events = validation.train_events
+    member_col, ts_col = events.column("member").to_numpy(), events.column("timestamp").to_numpy()
+    assert ts_col[member_col == 0].max() == 40 < 50  # member 1's first validation row is at t=50
+    assert validation.train_last_ts[0] == 40 and validation.train_last_ts[2] == 1000 - 20
+    assert validation.train.nnz == split.train.nnz - 20
+    assert index[105] in validation.test_items[0] and index[105] not in split.test_items[0]
+
+
+def test_validation_keeps_the_strong_flag_for_its_training_rows():
+    from models.protocol import validation_split
+
+    rows = [(1, 100 + i, i) for i in range(25)]
+    table = interactions(rows).append_column("strong", pa.array([i % 2 == 0 for i in range(25)]))
+    validation = validation_split(temporal_split(table))
+    data = validation.train_data()
+    assert data.strong is not None and list(data.strong) == [True, False, True, False, True]
