@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.cowatch import CowatchCounts, CowatchIndex
 from marquee.names import DAY_MS as MS_PER_DAY  # noqa: F401 (offline_store reads it here)
 from marquee.schema import DEVICES, EVENT_TYPES
 from marquee.settings import assign, check_int, check_number, fail
@@ -544,80 +545,19 @@ class SnapshotBuilder:
 
     # -- co-watch ----------------------------------------------------------------------------
     def _index_cowatch(self, table: pa.Table) -> None:
-        tidx = self.vocab.title_index(table.column("title_id").to_numpy())
-        known = tidx >= 0
-        first_day = table.column("first_ms").to_numpy()[known] // MS_PER_DAY
-        order = np.argsort(first_day, kind="stable")
-        _, midx = np.unique(table.column("member_id").to_numpy()[known], return_inverse=True)
-        self._cw_day = first_day[order]
-        self._cw_member = midx[order]
-        self._cw_title = tidx[known][order]
-        self._cw_members = int(midx.max()) + 1 if len(midx) else 0
+        self.cowatch_index = CowatchIndex.from_first_plays(
+            table.column("member_id").to_numpy(), self.vocab.title_index(table.column("title_id").to_numpy()),
+            table.column("first_ms").to_numpy() // MS_PER_DAY, len(self.vocab.title_ids))
+
+    def cowatch_counts(self) -> CowatchCounts:
+        """Co-watch counts at the start; `advance(as_of)` day by day, `table(title_ids)` each day."""
+        return CowatchCounts(self.cowatch_index, self.spec.cowatch_k)
 
     def cowatch(self, as_of: int) -> pa.Table:
         """Top-K co-played titles per title from plays before as_of: count = members who played
-        both, score = count / sqrt(n_i * n_j); ranked by count, then score, then title id."""
-        from scipy import sparse
-
-        n_titles, k = len(self.vocab.title_ids), self.spec.cowatch_k
-        end = int(np.searchsorted(self._cw_day, as_of, side="left"))
-        ones, members, titles = np.ones(end, dtype=np.int32), self._cw_member[:end], self._cw_title[:end]
-        shape = (max(self._cw_members, 1), n_titles)
-        x = sparse.csr_matrix((ones, (members, titles)), shape=shape)
-        xt = sparse.csr_matrix((ones, (titles, members)), shape=shape[::-1])  # CSR of x.T: no tocsc
-        co = (xt @ x).tocsr()
-        n_played = co.diagonal().astype(np.float64)
-        co.setdiag(0)
-        co.eliminate_zeros()
-        if co.nnz * 4 < n_titles * n_titles:
-            cat = self._top_k_sparse(co, n_played, k)
-        else:
-            cat = self._top_k_dense(co, n_played, k)
-        return pa.table({
-            "title_id": pa.array(self.vocab.title_ids[cat[0].astype(np.int64)], pa.int64()),
-            "other_title_id": pa.array(self.vocab.title_ids[cat[1].astype(np.int64)], pa.int64()),
-            "count": pa.array(cat[2].astype(np.int32)),
-            "score": pa.array(cat[3].astype(np.float32)),
-            "rank": pa.array(cat[4].astype(np.int16)),
-        })
-
-    @staticmethod
-    def _top_k_sparse(co, n_played: np.ndarray, k: int) -> list[np.ndarray]:
-        """Top-k per row of a sparse co-occurrence matrix: one lexsort over its nonzeros."""
-        rows = np.repeat(np.arange(co.shape[0]), np.diff(co.indptr))
-        cols, counts = co.indices.astype(np.int64), co.data.astype(np.int64)
-        score = counts / np.sqrt(np.maximum(n_played[rows], 1) * np.maximum(n_played[cols], 1))
-        order = np.lexsort((cols, -score, -counts, rows))
-        rows, cols, counts, score = rows[order], cols[order], counts[order], score[order]
-        rank = np.arange(len(rows)) - np.repeat(co.indptr[:-1], np.diff(co.indptr)) + 1
-        keep = rank <= k
-        return [rows[keep], cols[keep], counts[keep], score[keep], rank[keep]]
-
-    @staticmethod
-    def _top_k_dense(co, n_played: np.ndarray, k: int) -> list[np.ndarray]:
-        """Top-k per row in dense row blocks (for dense co-occurrence), same order as sparse."""
-        n_titles = co.shape[0]
-        block = max(1, (1 << 22) // max(n_titles, 1))
-        take = min(k, n_titles)
-        parts = []
-        for lo in range(0, n_titles, block):
-            hi = min(n_titles, lo + block)
-            counts = co[lo:hi].toarray()
-            score = counts / np.sqrt(np.outer(np.maximum(n_played[lo:hi], 1), np.maximum(n_played, 1)))
-            # counts are integers and score <= 1: 2*count + score orders by count, then score
-            key = counts * 2.0 + score
-            top = (np.argpartition(-key, take - 1, axis=1)[:, :take] if take < n_titles
-                   else np.tile(np.arange(n_titles), (hi - lo, 1)))
-            rows = np.arange(hi - lo)[:, None]
-            cols_sorted = np.sort(top, axis=1)  # ties on key resolve to the lower title index
-            order = np.argsort(-key[rows, cols_sorted], axis=1, kind="stable")
-            top = cols_sorted[rows, order]
-            c = counts[rows, top]
-            keep = c > 0
-            parts.append((np.broadcast_to(np.arange(lo, hi)[:, None], top.shape)[keep], top[keep],
-                          c[keep], score[rows, top][keep],
-                          np.broadcast_to(np.arange(1, take + 1), top.shape)[keep]))
-        return [np.concatenate(p) for p in zip(*parts)]
+        both, score = count / sqrt(n_i * n_j); ranked by count, then score, then title id.
+        For a run of days, advance one `cowatch_counts()` instead (features.cowatch)."""
+        return self.cowatch_counts().advance(as_of).table(self.vocab.title_ids)
 
 
 def snapshot(builder: SnapshotBuilder, entity: str, as_of: int) -> pa.Table:

@@ -38,6 +38,9 @@ from features.definitions import (
 )
 
 LATEST = "LATEST"
+# The entities the point-in-time join (and so the ranker) reads; a store for training alone
+# needs only these (co-watch feeds nothing the ranker joins).
+JOINED_ENTITIES = ("member", "title")
 MANIFEST = "manifest.json"
 
 
@@ -154,6 +157,9 @@ def features_as_of(store_dir: Path | str, entity: str, day: date | datetime | st
         raise FeatureStoreError(f"unknown entity {entity!r}; expected one of {', '.join(ENTITIES)}")
     version_dir = resolve_version_dir(store_dir, version)
     manifest = json.loads((version_dir / MANIFEST).read_text())
+    if entity not in manifest.get("entities", ENTITIES):
+        raise FeatureStoreError(f"version {manifest['version']} holds no {entity!r} snapshots (it was built "
+                                f"with entities {', '.join(manifest['entities'])})")
     path = snapshot_path(version_dir, entity, snapshot_day(manifest, day))
     if not path.exists():
         raise FeatureStoreError(f"{path}: snapshot missing from version {manifest['version']}")

@@ -22,6 +22,7 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -134,14 +135,27 @@ def run_feature_job(
     num_blocks: int | None = None,
     snapshot_tasks: int | None = None,
     progress: Callable[[str], None] | None = None,
+    events: pa.Table | None = None,
+    manifest_extra: dict[str, Any] | None = None,
+    entities: tuple[str, ...] = ENTITIES,
 ) -> FeatureJobResult:
     """Compute every snapshot of the dataset's events into a new version under `out_dir` and point
     LATEST at it. `as_of_first`/`as_of_last` narrow the snapshot range (default: every day of the
     events plus the day after the last). With engine="ray", Ray is started (2 CPUs, no dashboard)
     if it is not running and shut down again afterwards; `num_blocks` (Ray Data read blocks) and
-    `snapshot_tasks` (parallel snapshot writers) default to 2 x the cluster's CPUs."""
+    `snapshot_tasks` (parallel snapshot writers) default to 2 x the cluster's CPUs.
+
+    `events` replaces the dataset's event files with a table already in memory (the training
+    events of a split, training.point_in_time): it is aggregated in this process, where it
+    already is (at retrain sizes shipping it to Ray Data costs more than the aggregation); the
+    snapshots still fan out to Ray. `manifest_extra` is recorded in the manifest (what the
+    events were). `entities` narrows the snapshots written (default every entity)."""
     if engine not in ENGINES:
         raise FeatureError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    unknown = [e for e in entities if e not in ENTITIES]
+    if unknown or not entities:
+        raise FeatureError(f"entities: expected some of {', '.join(ENTITIES)}, got {list(entities)}")
+    entities = tuple(e for e in ENTITIES if e in entities)
     spec = spec or FeatureSpec()
     say = progress or (lambda _msg: None)
     stages: dict[str, float] = {}
@@ -155,7 +169,7 @@ def run_feature_job(
 
     dataset = load_dataset(dataset_dir)
     vocab = Vocab.from_tables(dataset.titles, dataset.members)
-    files = event_files(dataset.root)
+    files = event_files(dataset.root) if events is None else []
     lap("load")
     started_ray = False
     if engine == "ray":
@@ -166,7 +180,10 @@ def run_feature_job(
             started_ray = True
         lap("ray_init")
     try:
-        partials = compute_partials(files, vocab, spec, engine, num_blocks)
+        if events is None:
+            partials = compute_partials(files, vocab, spec, engine, num_blocks)
+        else:
+            partials = [partial_aggregate(events.select(EVENT_COLUMNS), vocab, spec)]
         lap("partial")
         combined = combine_partials(partials)
         del partials
@@ -179,12 +196,13 @@ def run_feature_job(
         try:
             _write_title_genres(writer, vocab)
             if engine == "ray":
-                rows, detail = _snapshots_on_ray(builder, days, writer.tmp, snapshot_tasks)
+                rows, detail = _snapshots_on_ray(builder, days, writer.tmp, snapshot_tasks, entities)
             else:
-                rows, detail = write_snapshots(builder, days, writer.tmp)
+                rows, detail = write_snapshots(builder, days, writer.tmp, entities)
             writer.count(rows)
             lap("snapshots")
-            path = writer.commit(_manifest(dataset, engine, spec, vocab, combined, days))
+            path = writer.commit({**_manifest(dataset, engine, spec, vocab, combined, days, entities),
+                                  "events_source": manifest_extra or {"kind": "dataset_events"}})
         except BaseException:
             writer.abort()
             raise
@@ -202,15 +220,22 @@ def run_feature_job(
     )
 
 
-def write_snapshots(builder: SnapshotBuilder, days: list[int], version_dir: Path | str) -> tuple[dict[str, int], dict[str, float]]:
+def write_snapshots(builder: SnapshotBuilder, days: list[int], version_dir: Path | str,
+                    entities: tuple[str, ...] = ENTITIES) -> tuple[dict[str, int], dict[str, float]]:
     """Compute and write every entity's snapshot for `days`; returns (rows per entity, seconds
-    per step). The unit of work of both engines (Ray runs it on chunks of days in parallel)."""
-    rows = {e: 0 for e in ENTITIES}
-    seconds = {**{e: 0.0 for e in ENTITIES}, "write": 0.0}
-    for d in days:
-        for entity in ENTITIES:
+    per step). The unit of work of both engines (Ray runs it on runs of days in parallel).
+    Co-watch counts are carried from one day to the next (each day adds its own pairs), so a
+    run of consecutive days costs one count build, not one per day."""
+    rows = {e: 0 for e in entities}
+    seconds = {**{e: 0.0 for e in entities}, "write": 0.0}
+    cowatch = builder.cowatch_counts() if "cowatch" in entities else None
+    for d in sorted(days):
+        for entity in entities:
             start = time.perf_counter()
-            table = snapshot(builder, entity, d)
+            if entity == "cowatch":
+                table = cowatch.advance(d).table(builder.vocab.title_ids)
+            else:
+                table = snapshot(builder, entity, d)
             middle = time.perf_counter()
             rows[entity] += write_snapshot(Path(version_dir), entity, day_date(d), table)
             seconds[entity] += middle - start
@@ -218,20 +243,32 @@ def write_snapshots(builder: SnapshotBuilder, days: list[int], version_dir: Path
     return rows, seconds
 
 
+def day_runs(builder: SnapshotBuilder, days: list[int], runs: int) -> list[list[int]]:
+    """`days` cut into at most `runs` runs of consecutive days of about equal work. A day's work
+    grows with the plays before it (its co-watch counts), so late runs hold fewer days."""
+    days = sorted(days)
+    runs = max(1, min(runs, len(days)))
+    plays_before = np.searchsorted(builder.cowatch_index.day, np.asarray(days), side="left")
+    work = plays_before + max(1.0, float(plays_before.mean()))  # + a fixed cost per day
+    cumulative = np.cumsum(work)
+    cuts = np.searchsorted(cumulative, cumulative[-1] * np.arange(1, runs) / runs, side="left")
+    bounds = [0, *sorted({int(c) + 1 for c in cuts if 0 <= c < len(days) - 1}), len(days)]
+    return [days[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
 def _snapshots_on_ray(builder: SnapshotBuilder, days: list[int], version_dir: Path,
-                      num_chunks: int | None) -> tuple[dict[str, int], dict[str, float]]:
-    """Fan the as_of days out to Ray tasks (the builder goes to the object store once; numpy
-    arrays are read zero-copy). Assumes `version_dir` is on storage every worker can write: true
-    on one machine, a shared volume on a cluster."""
+                      num_chunks: int | None, entities: tuple[str, ...]) -> tuple[dict[str, int], dict[str, float]]:
+    """Fan runs of consecutive as_of days out to Ray tasks (the builder goes to the object store
+    once; numpy arrays are read zero-copy). Assumes `version_dir` is on storage every worker can
+    write: true on one machine, a shared volume on a cluster."""
     import ray
 
-    chunks = num_chunks or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    chunks = min(chunks, len(days))
+    chunks = num_chunks or max(2, int(ray.cluster_resources().get("CPU", 1)))
     builder_ref = ray.put(builder)
     task = ray.remote(num_cpus=1)(write_snapshots)
-    # round-robin so each chunk gets early (small) and late (large) days alike
-    results = ray.get([task.remote(builder_ref, days[i::chunks], str(version_dir)) for i in range(chunks)])
-    rows = {e: sum(r[0][e] for r in results) for e in ENTITIES}
+    results = ray.get([task.remote(builder_ref, run, str(version_dir), entities)
+                       for run in day_runs(builder, days, chunks)])
+    rows = {e: sum(r[0][e] for r in results) for e in entities}
     seconds = {k: sum(r[1][k] for r in results) for k in results[0][1]}
     return rows, seconds
 
@@ -254,7 +291,7 @@ def _write_title_genres(writer: VersionWriter, vocab: Vocab) -> None:
 
 
 def _manifest(dataset, engine: str, spec: FeatureSpec, vocab: Vocab, combined: Combined,
-              days: list[int]) -> dict[str, Any]:
+              days: list[int], entities: tuple[str, ...] = ENTITIES) -> dict[str, Any]:
     return {
         "dataset": str(Path(dataset.root).resolve()),
         "dataset_source": dataset.manifest.get("source"),
@@ -268,7 +305,7 @@ def _manifest(dataset, engine: str, spec: FeatureSpec, vocab: Vocab, combined: C
         "events_first_day": day_date(combined.first_day).isoformat(),
         "events_last_day": day_date(combined.last_day).isoformat(),
         "stats": combined.stats,
-        "entities": list(ENTITIES),
+        "entities": list(entities),
         "created": datetime.now(timezone.utc).isoformat(),
     }
 

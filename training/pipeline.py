@@ -9,6 +9,8 @@ on the world, rated 4+ on MovieLens); the final score is a weighted sum of both 
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +29,9 @@ from models.retrieval import (
 )
 
 
+OBJECTIVES = ("play", "completion")  # the ranker's two boosters, fitted in one training run
+
+
 def build_sources(content: TitleContent | None, seed: int) -> dict:
     sources = {
         "sequence": SequentialCooccurrence(),
@@ -40,19 +45,19 @@ def build_sources(content: TitleContent | None, seed: int) -> dict:
 
 
 def _ray_trainer():
-    """train_ray sized to what the cluster can give now: a worker asking for more CPUs than are
-    free (serving actors hold fractions) would wait forever for its placement group."""
+    """train_ray_many sized to what the cluster can give now: a worker asking for more CPUs than
+    are free (serving actors hold fractions) would wait forever for its placement group."""
     import math
 
     import ray
 
-    from training.xgb_train import train_ray
+    from training.xgb_train import train_ray_many
 
     if not ray.is_initialized():
         ray.init()
     free = ray.available_resources().get("CPU", 1.0)
     cpus = max(1, min(int(math.floor(free + 1e-9)), int(ray.cluster_resources().get("CPU", 1))))
-    return lambda table, spec: train_ray(table, spec, num_workers=1, cpus_per_worker=cpus)
+    return lambda table, specs: train_ray_many(table, specs, num_workers=1, cpus_per_worker=cpus)
 
 
 def holdout_last(data: TrainData, holdout: int, min_rows: int) -> tuple[TrainData, dict[int, set[int]], dict[int, set[int]]]:
@@ -82,6 +87,7 @@ def _label(candidates: Candidates, sets: dict[int, set[int]]) -> np.ndarray:
 def _table(candidates: Candidates, **labels: np.ndarray) -> pa.Table:
     columns = {name: candidates.features[:, i] for i, name in enumerate(candidates.names)}
     columns["member"] = candidates.members
+    columns["title"] = candidates.titles
     columns.update(labels)
     return pa.table(columns)
 
@@ -102,26 +108,57 @@ class Pipeline:
         depth = {name: d for name, d in self.config.depth.items() if name in sources}
         return FeatureBuilder(data, sources, depth, strong=data.strong, store=self.store)
 
-    def fit(self, data: TrainData) -> "Pipeline":
-        from training.xgb_train import TrainSpec, train_local
+    def ranker_specs(self, feature_names: list[str], nthread: int | None = None) -> dict:
+        """The TrainSpec of each objective (the same features, one label each)."""
+        from training.xgb_train import TrainSpec
 
         cfg = self.config
+        params = {**cfg.params, "seed": cfg.seed, **({} if nthread is None else {"nthread": nthread})}
+        return {objective: TrainSpec(features=list(feature_names), label=objective, params=dict(params),
+                                     num_boost_round=cfg.rounds, seed=cfg.seed)
+                for objective in OBJECTIVES}
+
+    def ranker_examples(self, data: TrainData) -> pa.Table:
+        """The ranker's training rows: the sources fitted on the inner split propose candidates
+        for its members; each row has every ranker feature, the member and title indices, and
+        both labels (play, completion)."""
+        cfg = self.config
         inner, labels, strong_labels = holdout_last(data, cfg.holdout, cfg.min_interactions)
-        builder = self._builder(inner)
-        candidates = builder.build(np.array(sorted(labels)))
-        self.feature_names_ = candidates.names
+        candidates = self._builder(inner).build(np.array(sorted(labels)))
         play = _label(candidates, labels)
-        table = _table(candidates, play=play, completion=_label(candidates, strong_labels) if strong_labels else play)
-        train = _ray_trainer() if cfg.engine == "ray" else train_local
-        self.boosters_ = {}
-        self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "seconds": {}}
-        for objective in ("play", "completion"):
-            spec = TrainSpec(features=self.feature_names_, label=objective, params={**cfg.params, "seed": cfg.seed},
-                             num_boost_round=cfg.rounds, seed=cfg.seed)
-            result = train(table, spec)
-            self.boosters_[objective] = result.booster
-            self.training_["seconds"][objective] = round(result.seconds, 3)
-        self.serving_ = self._builder(data)
+        return _table(candidates, play=play,
+                      completion=_label(candidates, strong_labels) if strong_labels else play)
+
+    def fit(self, data: TrainData) -> "Pipeline":
+        from training.xgb_train import train_local_many
+
+        cfg = self.config
+        started = time.perf_counter()
+        table = self.ranker_examples(data)
+        self.feature_names_ = [c for c in table.column_names if c not in ("member", "title", *OBJECTIVES)]
+        play = table.column("play").to_numpy()
+        self.timeline_ = {"retrieval_inner": time.perf_counter() - started}
+        started = time.perf_counter()
+        train = _ray_trainer() if cfg.engine == "ray" else train_local_many
+        specs = self.ranker_specs(self.feature_names_)
+        # Both objectives in one run (one Ray Train start-up). The run mostly waits on other
+        # processes (Ray Train's start-up) or runs xgboost outside the GIL, so the sources refit
+        # on all the data meanwhile; neither reads the other's results.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker-fit") as pool:
+            running = pool.submit(train, table, specs)
+            refit_started = time.perf_counter()
+            self.serving_ = self._builder(data)
+            self.timeline_["retrieval_full"] = time.perf_counter() - refit_started
+            results = running.result()
+        self.boosters_ = {objective: results[objective].booster for objective in OBJECTIVES}
+        run = results[OBJECTIVES[0]]
+        self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "engine": run.engine,
+                          "seconds": {"run": round(run.seconds, 3),
+                                      **{o: round(results[o].stages["train"], 3) for o in OBJECTIVES}}}
+        per_model = ("split", "dmatrix", "train")
+        self.ranker_stages_ = {**{k: v for k, v in run.stages.items() if k not in per_model},
+                               **{f"{o}.{k}": results[o].stages[k] for o in OBJECTIVES for k in per_model}}
+        self.timeline_["ranker_fit"] = time.perf_counter() - started  # overlaps retrieval_full
         return self
 
     def bundle(self, dataset_name: str, catalog_title_ids: np.ndarray, title_ids: np.ndarray,

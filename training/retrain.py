@@ -30,6 +30,7 @@ from marquee.home import Paths
 from marquee.settings import SettingsError, from_overrides, parse_assignments
 
 STEPS = ("features", "train", "evaluate", "gate", "register", "promote")
+TRAINING_STORES = "training-only"  # under the features dir: stores built from a split's training events
 
 
 class RetrainError(RuntimeError):
@@ -46,7 +47,10 @@ class RetrainReport:
     gate: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     features_version: str | None = None
-    seconds: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)  # per step
+    timeline: dict = field(default_factory=dict)  # per step: seconds and the parts inside it
+    total_s: float | None = None  # end to end, Ray start-up included
+    cpu_s: float | None = None  # CPU seconds of this process and every process it started
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,6 +71,44 @@ def _dataset_dir(spec: str, paths: Paths) -> Path | None:
     except Exception:
         import_movielens(location, target)
     return target
+
+
+def training_store_dir(paths: Paths, source: Path) -> Path:
+    """Where a retrain keeps the feature store it builds from a split's training events: apart
+    from the dataset's own store (paths.features / name, built by `marquee up` from every event
+    for serving), so neither replaces the other's LATEST."""
+    return paths.features / TRAINING_STORES / source.name
+
+
+def load_split(dataset: str):
+    """(data, split) with labels at each member's point in time: on the world, `strong` is a
+    completion by then, not one ever (training.point_in_time)."""
+    from models.protocol import temporal_split
+    from training.evaluate import load_eval_data
+    from training.point_in_time import strong_as_of_point_in_time, world_completions
+
+    data = load_eval_data(dataset)
+    parsed = DatasetSpec.parse(dataset, allow_bare_world=False)
+    if parsed.kind == "world":
+        data = dataclasses.replace(data, interactions=strong_as_of_point_in_time(
+            data.interactions, world_completions(parsed.location)))
+    return data, temporal_split(data.interactions)
+
+
+def _start_ray() -> bool:
+    """Start (or join, under `ray job submit`) one Ray for every step; True if started here."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    return True
 
 
 def retrain(
@@ -91,12 +133,15 @@ def retrain(
         write_bundle,
     )
     from models.pipeline_config import PipelineConfig
-    from models.protocol import evaluate, temporal_split
+    from models.protocol import evaluate
     from models.ranker_features import StoreLink
     from state.registry import Registry
-    from training.evaluate import load_eval_data, title_content
+    from training.evaluate import title_content
     from training.pipeline import Pipeline
+    from training.point_in_time import build_training_store, split_fingerprint
 
+    started_at = time.perf_counter()
+    cpu = CpuMeter()
     paths = paths or Paths()
     # the settings first: a bad --set is refused before minutes of feature work, not after
     config = from_overrides(PipelineConfig, {**(config_overrides or {}), "engine": engine})
@@ -106,6 +151,7 @@ def retrain(
     report.serving_before = serving.version if serving else None
     bar = tqdm(total=len(STEPS), desc="retrain", unit="step", file=sys.stderr, disable=not progress)
     state: dict = {}
+    timeline: dict[str, dict] = {}
 
     def step(name: str, work) -> None:
         bar.set_postfix_str(name)
@@ -118,32 +164,43 @@ def retrain(
             raise RetrainError(f"retrain step '{name}' failed: {exc}; serving version "
                                f"{report.serving_before or '(none)'} left untouched") from exc
         finally:
-            report.seconds[name] = round(time.perf_counter() - started, 2)
+            seconds = time.perf_counter() - started
+            report.seconds[name] = round(seconds, 2)
+            timeline.setdefault(name, {})["seconds"] = round(seconds, 3)
         bar.update(1)
+
+    def part(step_name: str, **seconds: float) -> None:
+        timeline.setdefault(step_name, {}).setdefault("parts", {}).update(
+            {k: round(v, 3) for k, v in seconds.items()})
 
     def features():
         from features.offline_store import read_manifest
-        from training.features import run_feature_job
 
+        t = time.perf_counter()
+        data, split = load_split(dataset)
         source = _dataset_dir(dataset, paths)
-        store_dir = paths.features / source.name
-        if not run_features:  # use the newest complete version already there, if any
+        state["data"], state["split"] = data, split
+        part("features", load_split=time.perf_counter() - t)
+        store_dir = training_store_dir(paths, source)
+        if not run_features:  # the newest version built for this very split, if there is one
             try:
-                report.features_version = read_manifest(store_dir)["version"]
+                manifest = read_manifest(store_dir)
             except Exception:
                 return None
+            if manifest.get("events_source", {}).get("split") != split_fingerprint(split):
+                return None
+            report.features_version = manifest["version"]
             return {"version": report.features_version, "store_dir": str(store_dir)}
-        result = run_feature_job(source, store_dir, engine="ray" if engine == "ray" else "arrow")
+        t = time.perf_counter()
+        result = build_training_store(source, split, store_dir, "ray" if engine == "ray" else "arrow")
+        part("features", feature_job=time.perf_counter() - t,
+             **{f"job.{k}": v for k, v in result.stages.items() if not k.startswith("snapshots.")})
         report.features_version = result.version
         return {"version": result.version, "store_dir": str(store_dir)}
 
-    def load_split():
-        data = load_eval_data(dataset)
-        split = temporal_split(data.interactions)
-        return data, split, split.train_data(), title_content(data.titles, split.title_ids)
-
     def train():
-        data, split, train_data, content = load_split()
+        data, split = state["data"], state["split"]
+        train_data, content = split.train_data(), title_content(data.titles, split.title_ids)
         parsed = DatasetSpec.parse(dataset, allow_bare_world=False)  # a Marquee dataset names itself
         name = dataset_name(parsed.location) if parsed.kind == "world" else data.name
         dataset_id = DatasetIdentity.of_titles(name, data.titles.column("title_id").to_numpy())
@@ -159,6 +216,13 @@ def retrain(
         store = (StoreLink(features["store_dir"], split.member_ids, split.title_ids, features["version"])
                  if features else None)
         model = Pipeline(config, content, store).fit(train_data)
+        line = model.timeline_
+        # retrieval: sources fitted on the inner split + the ranker's candidates and features;
+        # ranker_fit: both boosters in one run, while the sources refit on all the training data
+        # (retrieval_refit, concurrent: not to be added)
+        part("train", retrieval=line["retrieval_inner"], ranker_fit=line["ranker_fit"],
+             retrieval_refit=line["retrieval_full"],
+             **{f"ranker.{k}": v for k, v in model.ranker_stages_.items()})
         return {"data": data, "split": split, "train": train_data, "content": content,
                 "model": model, "config": config, "store": store, "dataset": dataset_id}
 
@@ -182,6 +246,7 @@ def retrain(
         passed = candidate >= serving_ndcg - tolerance
         return {"passed": passed, "candidate_ndcg@10": round(candidate, 5),
                 "serving_ndcg@10": round(serving_ndcg, 5), "tolerance": tolerance,
+                "refit": serving_config != t["config"],
                 "reason": "not worse than serving" if passed else
                 f"candidate ndcg@10 {candidate:.4f} < serving {serving_ndcg:.4f} - tolerance {tolerance}"}
 
@@ -199,6 +264,7 @@ def retrain(
                 metrics={**state["evaluate"], "config": config, "gate": state["gate"],
                          "training": model.training_},
                 data_window={"dataset": dataset, "features_version": report.features_version,
+                             "features": "training events only",
                              "train_interactions": int(split.train.nnz)},
                 feature_schema_hash=feature_schema_hash(model.feature_names_),
                 parent=report.serving_before,
@@ -216,7 +282,12 @@ def retrain(
             return version
         return None
 
+    started_ray = False
     try:
+        if engine == "ray":
+            t = time.perf_counter()
+            started_ray = _start_ray()
+            timeline["ray_init"] = {"seconds": round(time.perf_counter() - t, 3)}
         step("features", features)
         step("train", train)
         step("evaluate", assess)
@@ -226,10 +297,52 @@ def retrain(
         step("promote", promote_step)
     finally:
         bar.close()
+        report.cpu_s = cpu.stop()
+        if started_ray:
+            import ray
+
+            ray.shutdown()
     promoted = registry.promoted()
     report.serving_after = promoted.version if promoted else None
     report.promoted = bool(state.get("promote"))
+    report.timeline = timeline
+    report.total_s = round(time.perf_counter() - started_at, 3)
     return report
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this process and every process it started (Ray's GCS,
+    raylet and workers), sampled on a thread: wall time on a shared machine says little, CPU
+    time says what the retrain cost. A process that lives less than one interval is missed."""
+
+    def __init__(self, interval: float = 0.25):
+        import threading
+
+        import psutil
+
+        self._psutil, self._me, self.interval = psutil, psutil.Process(), interval
+        self._seen: dict[tuple[int, float], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for proc in [self._me, *self._me.children(recursive=True)]:
+            try:
+                times = proc.cpu_times()
+                self._seen[(proc.pid, proc.create_time())] = times.user + times.system
+            except (self._psutil.Error, OSError):
+                continue
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> float:
+        self._sample()
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return round(sum(self._seen.values()), 2)
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:

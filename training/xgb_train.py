@@ -2,8 +2,11 @@
 (`train_local`) or Ray Train's XGBoostTrainer (`train_ray`), on the same rows with the same
 params, so the ranker can move to a cluster without changing its numbers.
 
-Both engines share `_fit_booster` (eval split, DMatrix, xgboost.train), so a 1-worker Ray run and
-a local run see identical rows, split and parameters.
+Both engines share `_fit_boosters` (eval split, DMatrix, xgboost.train), so a 1-worker Ray run and
+a local run see identical rows, split and parameters. Several models on the same rows (the
+ranker's play and completion objectives) go through ONE run: `train_ray_many` fits them in the
+same worker(s), reading the rows and building the DMatrix once (relabelled per model), so the fixed
+cost below is paid once per retrain; `train_local_many` does the same in this process.
 
 Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md section 4):
   * no per-iteration RayTrainReportCallback: each report is a round trip and made xgb.train 25x
@@ -270,36 +273,80 @@ def build_dmatrix(
     return xgboost.DMatrix(features, **kwargs)
 
 
-def _fit_booster(
-    table: pa.Table, spec: TrainSpec, *, nthread: int | None
-) -> tuple[xgboost.Booster, dict, dict[str, float]]:
-    """Split, build matrices, train. Used unchanged by both engines (and by each Ray worker)."""
-    stages: dict[str, float] = {}
-    t = time.perf_counter()
-    train_table, eval_table = split_eval(table, spec)
-    stages["split"] = time.perf_counter() - t
+def _matrix_key(spec: TrainSpec) -> tuple:
+    """What the split and the matrices depend on besides the label: specs with equal keys (the
+    ranker's play and completion objectives) share one split and one DMatrix, relabelled."""
+    return (tuple(spec.features), spec.group, spec.weight, spec.is_ranking and spec.weight is not None,
+            spec.eval_fraction, spec.seed if spec.eval_fraction > 0 else None,
+            _uses_quantile_dmatrix(spec.params), spec.params.get("max_bin", 256))
 
-    t = time.perf_counter()
-    dtrain = build_dmatrix(train_table, spec, nthread=nthread)
-    deval = None if eval_table is None else build_dmatrix(eval_table, spec, nthread=nthread, ref=dtrain)
-    stages["dmatrix"] = time.perf_counter() - t
 
-    params = {"seed": spec.seed, **spec.params}
-    if nthread is not None:
-        params["nthread"] = nthread
-    evals_result: dict = {}
-    t = time.perf_counter()
-    booster = xgboost.train(
-        params,
-        dtrain,
-        num_boost_round=spec.num_boost_round,
-        evals=[] if deval is None else [(deval, "eval")],
-        evals_result=evals_result,
-        early_stopping_rounds=spec.early_stopping_rounds,
-        verbose_eval=False,
-    )
-    stages["train"] = time.perf_counter() - t
-    return booster, evals_result, stages
+def _label(table: pa.Table, spec: TrainSpec) -> np.ndarray:
+    return table.column(spec.label).to_numpy().astype(np.float32, copy=False)
+
+
+def _fit_boosters(
+    table: pa.Table, specs: dict[str, TrainSpec], *, nthread: int | None
+) -> dict[str, tuple[xgboost.Booster, dict, dict[str, float]]]:
+    """Split, build matrices, train each spec in turn. Used unchanged by both engines (and by
+    each Ray worker). Specs that differ only in label and params reuse the previous spec's split
+    and matrices with the label swapped: the quantile sketch and the split never read the label,
+    so the boosters are the ones separate fits would give, without a second DMatrix build."""
+    out: dict[str, tuple[xgboost.Booster, dict, dict[str, float]]] = {}
+    built_for, dtrain, deval, train_table, eval_table = None, None, None, None, None
+    for name, spec in specs.items():
+        stages: dict[str, float] = {}
+        key = _matrix_key(spec)
+        t = time.perf_counter()
+        if key != built_for:
+            train_table, eval_table = split_eval(table, spec)
+            stages["split"] = time.perf_counter() - t
+            t = time.perf_counter()
+            dtrain = build_dmatrix(train_table, spec, nthread=nthread)
+            deval = None if eval_table is None else build_dmatrix(eval_table, spec, nthread=nthread, ref=dtrain)
+            built_for = key
+        else:
+            stages["split"] = 0.0
+            dtrain.set_label(_label(train_table, spec))
+            if deval is not None:
+                deval.set_label(_label(eval_table, spec))
+        stages["dmatrix"] = time.perf_counter() - t
+
+        params = {"seed": spec.seed, **spec.params}
+        if nthread is not None:
+            params["nthread"] = nthread
+        evals_result: dict = {}
+        t = time.perf_counter()
+        booster = xgboost.train(
+            params,
+            dtrain,
+            num_boost_round=spec.num_boost_round,
+            evals=[] if deval is None else [(deval, "eval")],
+            evals_result=evals_result,
+            early_stopping_rounds=spec.early_stopping_rounds,
+            verbose_eval=False,
+        )
+        stages["train"] = time.perf_counter() - t
+        out[name] = (booster, evals_result, stages)
+    return out
+
+
+def _check_specs(specs: dict[str, TrainSpec]) -> None:
+    if not isinstance(specs, dict) or not specs:
+        raise ValueError("specs: expected a non-empty dict of name -> TrainSpec")
+    for name, spec in specs.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"specs: model name {name!r} must be a non-empty string without '/'")
+        if not isinstance(spec, TrainSpec):
+            raise TypeError(f"specs[{name!r}]: expected a TrainSpec, got {type(spec).__name__}")
+    groups = {spec.group for spec in specs.values()}
+    if len(groups) > 1:
+        raise ValueError(f"specs: every model of one run needs the same group column, got {sorted(map(str, groups))}")
+
+
+def _columns(specs: dict[str, TrainSpec]) -> list[str]:
+    """Every column any spec reads, in first-seen order."""
+    return list(dict.fromkeys(c for spec in specs.values() for c in spec.columns))
 
 
 # --------------------------------------------------------------------------- local engine
@@ -307,16 +354,26 @@ def _fit_booster(
 
 def train_local(table: pa.Table, spec: TrainSpec) -> TrainResult:
     """Plain xgboost.train in this process: the baseline and the no-cluster path."""
+    return train_local_many(table, {"model": spec})["model"]
+
+
+def train_local_many(table: pa.Table, specs: dict[str, TrainSpec]) -> dict[str, TrainResult]:
+    """Several boosters on the same rows in this process, one after the other (what
+    train_ray_many does inside its worker). `seconds` of each result is the whole run's."""
     start = time.perf_counter()
     if not isinstance(table, pa.Table):
         raise TypeError(f"train_local takes a pyarrow.Table, got {type(table).__name__}")
+    _check_specs(specs)
     t = time.perf_counter()
-    validate_schema(table.schema, spec)
-    _check_rows(table, spec)
-    stages = {"validate": time.perf_counter() - t}
-    booster, evals, fit_stages = _fit_booster(table, spec, nthread=spec.params.get("nthread"))
-    stages.update(fit_stages)
-    return TrainResult(booster, time.perf_counter() - start, stages, "local", evals)
+    for spec in specs.values():
+        validate_schema(table.schema, spec)
+        _check_rows(table, spec)
+    validate_s = time.perf_counter() - t
+    nthreads = {spec.params.get("nthread") for spec in specs.values()}
+    fitted = _fit_boosters(table, specs, nthread=nthreads.pop() if len(nthreads) == 1 else None)
+    seconds = time.perf_counter() - start
+    return {name: TrainResult(booster, seconds, {"validate": validate_s, **stages}, "local", evals)
+            for name, (booster, evals, stages) in fitted.items()}
 
 
 # --------------------------------------------------------------------------- Ray Train engine
@@ -356,9 +413,9 @@ def _dataset_schema(ds: "ray.data.Dataset") -> pa.Schema:
     return pa.schema(fields)
 
 
-def _shard_table(table: pa.Table, spec: TrainSpec, num_workers: int) -> dict[str, "ray.data.Dataset"]:
-    table = table.select(spec.columns)  # only the columns training reads travel to the workers
-    groups = None if spec.group is None else group_runs(table.column(spec.group), spec.group)
+def _shard_table(table: pa.Table, columns: list[str], group: str | None, num_workers: int) -> dict[str, "ray.data.Dataset"]:
+    table = table.select(columns)  # only the columns training reads travel to the workers
+    groups = None if group is None else group_runs(table.column(group), group)
     cuts = shard_bounds(table.num_rows, num_workers, groups)
     return {
         f"{_DATASET_PREFIX}{rank}": _materialized(table.slice(cuts[rank], cuts[rank + 1] - cuts[rank]))
@@ -376,7 +433,8 @@ def _materialized(table: pa.Table) -> "ray.data.Dataset":
     return ray.data.from_arrow(table)
 
 
-def _shard_dataset(ds: "ray.data.Dataset", spec: TrainSpec, num_workers: int) -> dict[str, "ray.data.Dataset"]:
+def _shard_dataset(ds: "ray.data.Dataset", columns: list[str], group: str | None,
+                   num_workers: int) -> dict[str, "ray.data.Dataset"]:
     from ray.data.dataset import MaterializedDataset
 
     if not isinstance(ds, MaterializedDataset):
@@ -389,17 +447,17 @@ def _shard_dataset(ds: "ray.data.Dataset", spec: TrainSpec, num_workers: int) ->
         options = ray.data.DataContext.get_current().execution_options
         kept, options.preserve_order = options.preserve_order, True
         try:
-            ds = ds.select_columns(spec.columns).materialize()
+            ds = ds.select_columns(columns).materialize()
         finally:
             options.preserve_order = kept
     if num_workers == 1:
         return {f"{_DATASET_PREFIX}0": ds}
     groups = None
-    if spec.group is not None:
+    if group is not None:
         import ray
 
-        ids = pa.concat_tables(ray.get(ds.select_columns([spec.group]).to_arrow_refs())).column(spec.group)
-        groups = group_runs(ids, spec.group)
+        ids = pa.concat_tables(ray.get(ds.select_columns([group]).to_arrow_refs())).column(group)
+        groups = group_runs(ids, group)
     cuts = shard_bounds(ds.count(), num_workers, groups)
     pieces = ds.split_at_indices(cuts[1:-1])
     return {f"{_DATASET_PREFIX}{rank}": piece for rank, piece in enumerate(pieces)}
@@ -445,13 +503,13 @@ def _read_shard_as_arrow(shard) -> list[pa.Table]:
 
 
 def _train_loop_per_worker(config: dict) -> None:
-    """Runs inside each Ray Train worker: read this worker's shard as Arrow, fit with the shared
-    core, report once with the model as a checkpoint (rank 0) and the stage timings."""
+    """Runs inside each Ray Train worker: read this worker's shard as Arrow, fit every spec with
+    the shared core, report once with the models as a checkpoint (rank 0) and the timings."""
     import ray
     import ray.train
 
     started_at = time.time()
-    spec: TrainSpec = config["spec"]
+    specs: dict[str, TrainSpec] = config["specs"]
     nthread: int = config["nthread"]
     rank = ray.train.get_context().get_world_rank()
 
@@ -459,28 +517,34 @@ def _train_loop_per_worker(config: dict) -> None:
     blocks = _read_shard_as_arrow(ray.train.get_dataset_shard(f"{_DATASET_PREFIX}{rank}"))
     if not blocks:
         raise ValueError(f"Ray Train worker {rank} received no rows")
-    table = pa.concat_tables(blocks).select(spec.columns)
-    _check_rows(table, spec)
-    stages = {"ingest": time.perf_counter() - t}
+    table = pa.concat_tables(blocks).select(_columns(specs))
+    for spec in specs.values():
+        _check_rows(table, spec)
+    shared = {"ingest": time.perf_counter() - t}
 
-    booster, evals, fit_stages = _fit_booster(table, spec, nthread=nthread)
-    stages.update(fit_stages)
+    fitted = _fit_boosters(table, specs, nthread=nthread)
 
     t = time.perf_counter()
     checkpoint = None
     with tempfile.TemporaryDirectory(prefix="marquee-xgb-ckpt-") as tmp:
         if rank == 0:
-            booster.save_model(str(Path(tmp) / MODEL_FILENAME))
+            for name, (booster, _, _) in fitted.items():
+                booster.save_model(str(Path(tmp) / _model_file(name)))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        stages["checkpoint_save"] = time.perf_counter() - t
+        shared["checkpoint_save"] = time.perf_counter() - t
         metrics = {
-            "stages": stages,
-            "evals": evals,
+            "stages": shared,
+            "models": {name: {"stages": stages, "evals": evals} for name, (_, evals, stages) in fitted.items()},
             "rows": table.num_rows,
             "started_at": started_at,
             "reporting_at": time.time(),
         }
         ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _model_file(name: str) -> str:
+    """The checkpoint file of one model ('model' -> model.ubj, RayTrainReportCallback's name)."""
+    return f"{name}.ubj"
 
 
 def train_ray(
@@ -494,6 +558,21 @@ def train_ray(
     A pyarrow Table is projected to the training columns and cut into one contiguous shard per
     worker (groups whole); a lazy Dataset is materialized on the driver first, then cut the same
     way. Call ray.init first (or Ray starts a local cluster on its own)."""
+    name = Path(MODEL_FILENAME).stem
+    return train_ray_many(data, {name: spec}, num_workers=num_workers, cpus_per_worker=cpus_per_worker)[name]
+
+
+def train_ray_many(
+    data: "pa.Table | ray.data.Dataset",
+    specs: dict[str, TrainSpec],
+    *,
+    num_workers: int = 1,
+    cpus_per_worker: int = 2,
+) -> dict[str, TrainResult]:
+    """Several boosters in ONE Ray Train run: the same workers read the rows once and fit every
+    spec in turn (as train_local_many does), so the run's fixed start-up (~4-5 s here, see the
+    module docstring) is paid once, not once per model. Every spec needs the same group column
+    (the shards are cut at its boundaries). `seconds` of each result is the whole run's."""
     import ray
     import ray.data
     import ray.train
@@ -504,19 +583,24 @@ def train_ray(
         raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
     if not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
         raise ValueError(f"cpus_per_worker must be an int >= 1, got {cpus_per_worker!r}")
+    _check_specs(specs)
+    columns, group = _columns(specs), next(iter(specs.values())).group
 
     t = time.perf_counter()
     if isinstance(data, pa.Table):
-        validate_schema(data.schema, spec)
-        _check_rows(data, spec)
+        for spec in specs.values():
+            validate_schema(data.schema, spec)
+            _check_rows(data, spec)
         stages = {"validate": time.perf_counter() - t}
         t = time.perf_counter()
-        datasets = _shard_table(data, spec, num_workers)
+        datasets = _shard_table(data, columns, group, num_workers)
     elif isinstance(data, ray.data.Dataset):
-        validate_schema(_dataset_schema(data), spec)
+        schema = _dataset_schema(data)
+        for spec in specs.values():
+            validate_schema(schema, spec)
         stages = {"validate": time.perf_counter() - t}
         t = time.perf_counter()
-        datasets = _shard_dataset(data, spec, num_workers)
+        datasets = _shard_dataset(data, columns, group, num_workers)
     else:
         raise TypeError(f"train_ray takes a pyarrow.Table or a ray.data.Dataset, got {type(data).__name__}")
     stages["prepare_data"] = time.perf_counter() - t
@@ -524,7 +608,7 @@ def train_ray(
     with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage:
         trainer = XGBoostTrainer(
             _train_loop_per_worker,
-            train_loop_config={"spec": spec, "nthread": cpus_per_worker},
+            train_loop_config={"specs": specs, "nthread": cpus_per_worker},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}
             ),
@@ -541,9 +625,11 @@ def train_ray(
         t = time.perf_counter()
         if result.checkpoint is None:
             raise RuntimeError("Ray Train finished without a checkpoint: the worker did not report its model")
+        boosters = {}
         with result.checkpoint.as_directory() as path:
-            booster = xgboost.Booster()
-            booster.load_model(str(Path(path) / MODEL_FILENAME))
+            for name in specs:
+                boosters[name] = xgboost.Booster()
+                boosters[name].load_model(str(Path(path) / _model_file(name)))
         load_seconds = time.perf_counter() - t
 
     metrics = result.metrics
@@ -553,7 +639,11 @@ def train_ray(
     stages["report_and_teardown"] = max(0.0, fit_ended_at - metrics["reporting_at"])
     stages["fit"] = fit_ended_at - fit_started_at
     stages["load_model"] = load_seconds
-    return TrainResult(booster, time.perf_counter() - start, stages, "ray_train", metrics["evals"])
+    seconds = time.perf_counter() - start
+    return {name: TrainResult(boosters[name], seconds,
+                              {**stages, **{k: float(v) for k, v in metrics["models"][name]["stages"].items()}},
+                              "ray_train", metrics["models"][name]["evals"])
+            for name in specs}
 
 
 def predict(booster: xgboost.Booster, table: pa.Table, features: list[str]) -> np.ndarray:
@@ -568,7 +658,9 @@ __all__ = [
     "TrainSpec",
     "TrainResult",
     "train_local",
+    "train_local_many",
     "train_ray",
+    "train_ray_many",
     "predict",
     "validate_schema",
     "split_eval",

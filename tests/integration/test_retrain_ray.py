@@ -26,7 +26,7 @@ def test_retrain_on_ray_promotes_an_evaluated_version(ray_cluster, tmp_path):
     report = retrain(f"world:{world}", paths=paths, engine="ray", progress=False,
                      config_overrides={"rounds": 30})
     assert report.promoted and report.features_version
-    assert (paths.features / "world" / report.features_version / "manifest.json").exists()
+    assert (paths.features / "training-only" / "world" / report.features_version / "manifest.json").exists()
     version = Registry(paths.registry).promoted()
     assert version.version == report.candidate
     assert version.metrics["ndcg@10"] == report.metrics["ndcg@10"] > 0

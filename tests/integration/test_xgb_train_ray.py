@@ -98,12 +98,33 @@ def test_shards_are_contiguous_and_never_split_a_group(ray_cluster, as_dataset):
     table = small_table(rows=3_010)  # last group is short: cuts must still land on boundaries
     spec = binary_spec(params={"objective": "rank:ndcg"}, group="group_id")
     if as_dataset:
-        shards = _shard_dataset(ray.data.from_arrow(table).repartition(4), spec, 3)
+        shards = _shard_dataset(ray.data.from_arrow(table).repartition(4), spec.columns, spec.group, 3)
     else:
-        shards = _shard_table(table, spec, 3)
+        shards = _shard_table(table, spec.columns, spec.group, 3)
     assert sorted(shards) == ["train_0", "train_1", "train_2"]
     pieces = [pa.concat_tables(ray.get(shards[f"train_{rank}"].to_arrow_refs())) for rank in range(3)]
     assert pa.concat_tables(pieces).select(spec.columns).equals(table.select(spec.columns))
     groups = [set(piece.column("group_id").to_pylist()) for piece in pieces]
     assert not (groups[0] & groups[1]) and not (groups[1] & groups[2])
     assert all(abs(piece.num_rows - 1_003) <= 30 for piece in pieces)
+
+
+def test_both_objectives_in_one_run_are_the_separate_local_models(ray_cluster):
+    """The retrain's fit: two boosters (two labels, the same features) in ONE Ray Train run give
+    the predictions of two separate local fits, bit for bit, for a fixed seed."""
+    from training.xgb_train import train_ray_many
+
+    table = small_table()
+    second = (table.column("f0").to_numpy() - table.column("f2").to_numpy() > 0.2).astype(np.int8)
+    table = table.append_column("completion", pa.array(second))
+    params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 4, "subsample": 0.8,
+              "nthread": 1}
+    specs = {"play": binary_spec(params=dict(params), eval_fraction=0.0, seed=5),
+             "completion": binary_spec(label="completion", params=dict(params), eval_fraction=0.0, seed=5)}
+    together = train_ray_many(table, specs, num_workers=1, cpus_per_worker=1)
+    assert set(together) == {"play", "completion"}
+    assert together["play"].stages["startup"] == together["completion"].stages["startup"]  # one run
+    for name, spec in specs.items():
+        alone = train_local(table, spec)
+        np.testing.assert_array_equal(predict(together[name].booster, table, FEATURES),
+                                      predict(alone.booster, table, FEATURES))

@@ -89,3 +89,26 @@ def test_a_dataset_of_another_catalog_is_refused_before_training(world, tmp_path
     assert f"serves {served.name} (catalog fingerprint {served.fingerprint[:16]}" in message
     assert "Nothing was trained" in message
     assert registry.promoted_version() == first.candidate and registry.versions() == [first.candidate]
+
+
+def test_the_report_carries_a_timeline_and_the_store_is_training_only(world, tmp_path):
+    """`marquee retrain --json` prints seconds per step (train split into retrieval and ranker
+    fit) and total_s; the store it builds records that it holds a split's training events only."""
+    from features.offline_store import read_manifest as read_store_manifest
+
+    paths = Paths(tmp_path / "home")
+    report = retrain(world, paths=paths, engine="local", run_features=True, progress=False,
+                     config_overrides={"rounds": 10})
+    line = report.timeline
+    assert set(line) == {"features", "train", "evaluate", "gate", "register", "promote"}
+    assert {"retrieval", "ranker_fit", "retrieval_refit"} <= set(line["train"]["parts"])
+    assert {"load_split", "feature_job"} <= set(line["features"]["parts"])
+    assert report.total_s >= sum(step["seconds"] for step in line.values()) - 0.05
+    assert report.cpu_s > 0
+    manifest = read_store_manifest(paths.features / "training-only" / "w")
+    assert manifest["events_source"]["kind"] == "training_only" and manifest["entities"] == ["member", "title"]
+    assert manifest["events_source"]["removed_held_out"] > 0
+    again = retrain(world, paths=paths, engine="local", run_features=False, progress=False,
+                    config_overrides={"rounds": 10})
+    assert again.features_version == report.features_version  # same split: the store is reused
+    assert again.gate["refit"] is False  # same config as serving: no refit

@@ -22,6 +22,7 @@ from training.xgb_train import (
     shard_bounds,
     split_eval,
     train_local,
+    train_local_many,
     validate_schema,
 )
 
@@ -272,3 +273,44 @@ def test_auc_matches_known_values():
     assert auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
     assert auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
     assert auc(np.array([0, 1, 0, 1]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+
+
+# ------------------------------------------------------------------------------ several models, one run
+
+
+def two_label_table() -> pa.Table:
+    table = separable_table(rows=3_000, seed=4)
+    x0, x2 = table.column("f0").to_numpy(), table.column("f2").to_numpy()
+    return table.append_column("other", pa.array((x0 - x2 > 0.3).astype(np.int8)))
+
+
+@pytest.mark.parametrize("eval_fraction", [0.0, 0.25])
+def test_many_models_in_one_run_are_the_models_of_separate_runs(eval_fraction):
+    """The second model reuses the first's split and (relabelled) DMatrix: its booster must be
+    the one a separate fit builds, to the last bit of every prediction."""
+    table = two_label_table()
+    specs = {"a": spec(label="label", eval_fraction=eval_fraction, seed=3,
+                       params=dict(BINARY, subsample=0.8, eval_metric="logloss")),
+             "b": spec(label="other", eval_fraction=eval_fraction, seed=3,
+                       params=dict(BINARY, subsample=0.8, eval_metric="logloss"))}
+    together = train_local_many(table, specs)
+    assert set(together) == {"a", "b"} and together["b"].stages["split"] == 0.0  # shared
+    for name, one in specs.items():
+        alone = train_local(table, one)
+        np.testing.assert_array_equal(predict(together[name].booster, table, FEATURES),
+                                      predict(alone.booster, table, FEATURES))
+        assert together[name].evals == alone.evals
+    assert not np.array_equal(predict(together["a"].booster, table, FEATURES),
+                              predict(together["b"].booster, table, FEATURES))  # two labels, two models
+
+
+def test_many_models_refuse_mixed_groups_and_bad_names():
+    table = two_label_table()
+    with pytest.raises(ValueError, match="same group column"):
+        train_local_many(table, {"a": spec(), "b": spec(label="other", group="group_id")})
+    with pytest.raises(ValueError, match="model name"):
+        train_local_many(table, {"a/b": spec()})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        train_local_many(table, {})
+    with pytest.raises(KeyError, match="'nope' \\(label\\)"):
+        train_local_many(table, {"a": spec(), "b": spec(label="nope")})
