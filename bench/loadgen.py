@@ -53,9 +53,10 @@ def percentile(values: list[float], p: float) -> float | None:
 class LoadResult:
     """One closed-loop run. Counts cover responses completed inside the timed window only.
 
-    requests: HTTP responses of any status; ok: the 2xx ones. p50/p95/p99/max_ms are over 2xx
-    latencies (a fast 503 must not flatter the served latency); 503s are reported apart.
-    errors = non-2xx responses other than 503 + transport errors and timeouts.
+    requests: HTTP responses of any status; ok: the 2xx ones. p50/p95/p99/max_ms are over every
+    response (a shed request is a 503 answered with its latency: a server cannot look fast by
+    refusing the slow ones); accepted_*_ms over the 2xx ones alone; overload_503_*_ms over the
+    503s. errors = non-2xx responses other than 503 + transport errors and timeouts.
     """
 
     clients: int
@@ -70,6 +71,10 @@ class LoadResult:
     p95_ms: float | None = None
     p99_ms: float | None = None
     max_ms: float | None = None
+    accepted_p50_ms: float | None = None
+    accepted_p95_ms: float | None = None
+    accepted_p99_ms: float | None = None
+    accepted_max_ms: float | None = None
     status: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     transport_errors: int = 0
@@ -124,6 +129,7 @@ class _Recorder:
         self.window_start = window_start
         self.window_end = window_end
         self.ok_latencies: list[float] = []
+        self.all_latencies: list[float] = []  # every response, whatever its status
         self.latencies_503: list[float] = []
         self.status: Counter = Counter()
         self.errors = 0
@@ -147,6 +153,7 @@ class _Recorder:
                 self.warmup_errors += 1
             return
         self.status[status] += 1
+        self.all_latencies.append(latency)
         if 200 <= status < 300:
             self.ok_latencies.append(latency)
         elif status == 503:
@@ -191,10 +198,14 @@ def _summarize(rec: _Recorder, clients: int, duration_s: float, warmup_s: float,
         ok=ok,
         requests_per_s=round(requests / duration_s, 1),
         ok_per_s=round(ok / duration_s, 1),
-        p50_ms=ms(percentile(rec.ok_latencies, 50)),
-        p95_ms=ms(percentile(rec.ok_latencies, 95)),
-        p99_ms=ms(percentile(rec.ok_latencies, 99)),
-        max_ms=ms(percentile(rec.ok_latencies, 100)),
+        p50_ms=ms(percentile(rec.all_latencies, 50)),
+        p95_ms=ms(percentile(rec.all_latencies, 95)),
+        p99_ms=ms(percentile(rec.all_latencies, 99)),
+        max_ms=ms(percentile(rec.all_latencies, 100)),
+        accepted_p50_ms=ms(percentile(rec.ok_latencies, 50)),
+        accepted_p95_ms=ms(percentile(rec.ok_latencies, 95)),
+        accepted_p99_ms=ms(percentile(rec.ok_latencies, 99)),
+        accepted_max_ms=ms(percentile(rec.ok_latencies, 100)),
         status={str(code): n for code, n in sorted(rec.status.items())},
         errors=rec.errors,
         transport_errors=rec.transport_errors,
@@ -254,9 +265,11 @@ class _RawConnection:
     def close(self) -> None:
         self.writer.close()
 
-    async def request(self, head: bytes, method: str) -> tuple[int, bool, bool]:
+    async def request(self, head: bytes, method: str, body: bytes = b"",
+                      keep_body: bool = False) -> tuple[int, float | None, bool] | tuple[int, float | None, bool, bytes]:
+        """Send `head` (+ `body`), read the whole answer; with keep_body the answer's body too."""
         self.used += 1
-        self.writer.write(head)
+        self.writer.write(head + body if body else head)
         reader = self.reader
         while True:
             block = await reader.readuntil(b"\r\n\r\n")
@@ -264,21 +277,23 @@ class _RawConnection:
             if status >= 200:
                 break  # 1xx are interim answers: the real one follows
         keep_open = headers.get(b"connection", b"keep-alive" if not http10 else b"close").lower() != b"close"
+        answer = b""
         if method == "HEAD" or status in (204, 304):
             pass
         elif b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            await _read_chunked(reader)
+            answer = await _read_chunked(reader, keep_body)
         elif b"content-length" in headers:
             try:
                 length = int(headers[b"content-length"])
             except ValueError:
                 raise ProtocolError(f"bad Content-Length {headers[b'content-length']!r}") from None
             if length:
-                await reader.readexactly(length)
+                answer = await reader.readexactly(length)
         else:
-            await reader.read()  # body runs to end of stream (HTTP/1.0 style)
+            answer = await reader.read()  # body runs to end of stream (HTTP/1.0 style)
             keep_open = False
-        return status, _retry_after_s(headers.get(b"retry-after")), keep_open
+        retry_after = _retry_after_s(headers.get(b"retry-after"))
+        return (status, retry_after, keep_open, answer) if keep_body else (status, retry_after, keep_open)
 
 
 def _parse_head(block: bytes) -> tuple[int, dict[bytes, bytes], bool]:
@@ -298,7 +313,8 @@ def _parse_head(block: bytes) -> tuple[int, dict[bytes, bytes], bool]:
     return status, headers, status_line[0] == b"HTTP/1.0"
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> None:
+async def _read_chunked(reader: asyncio.StreamReader, keep: bool = False) -> bytes:
+    parts: list[bytes] = []
     while True:
         size_line = await reader.readuntil(b"\r\n")
         try:
@@ -308,10 +324,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> None:
         if size == 0:
             while await reader.readuntil(b"\r\n") != b"\r\n":
                 pass  # trailers
-            return
+            return b"".join(parts)
         chunk = await reader.readexactly(size + 2)
         if chunk[-2:] != b"\r\n":
             raise ProtocolError("chunk not terminated by CRLF")
+        if keep:
+            parts.append(chunk[:-2])
 
 
 # Errors after which a request on a *reused* connection is retried once on a fresh one: the server
@@ -469,7 +487,7 @@ def _run_here(spec: dict) -> dict:
 
 def _child_main(conn, spec: dict) -> None:
     try:
-        conn.send(("ok", _run_here(spec)))
+        conn.send(("ok", _post_here(spec) if spec.get("mode") == "post" else _run_here(spec)))
     except BaseException as exc:  # report anything to the parent rather than dying silently
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
     finally:
@@ -531,6 +549,104 @@ def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: f
             "warmup_s": float(warmup_s), "timeout_s": float(timeout_s), "method": method,
             "client": client, "honor_retry_after": honor_retry_after}
     return LoadResult.from_dict(_run_isolated(spec) if isolate else _run_here(spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sending a fixed set of request bodies (event batches), each until it is acknowledged
+
+
+MAX_POST_ATTEMPTS = 20
+
+
+def _post_head(url: str, content_type: str) -> tuple[tuple[str, int], bytes]:
+    target = _Target(url, "POST")
+    head = target.head.replace(b"Content-Length: 0\r\n", b"")  # the real length goes per body
+    return target.origin, head[:-2] + f"Content-Type: {content_type}\r\nContent-Length: ".encode()
+
+
+async def _post_worker(origin, head: bytes, bodies: list[bytes], next_index, timeout_s: float,
+                       outcomes: list, stats: dict) -> None:
+    """Take the next body, send it until a non-503 answer or MAX_POST_ATTEMPTS; a 503 waits its
+    Retry-After, a transport error or timeout retries on a fresh connection (the bodies must be
+    safe to resend: event batches are idempotent by event_id)."""
+    conn: _RawConnection | None = None
+    clock = time.perf_counter
+    try:
+        while (index := next_index()) < len(bodies):
+            body = bodies[index]
+            request_head = head + str(len(body)).encode() + b"\r\n\r\n"
+            outcome = [0, 0, None, None]  # status, attempts, latency of the answered attempt, answer
+            while outcome[1] < MAX_POST_ATTEMPTS:
+                outcome[1] += 1
+                start = clock()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        if conn is None:
+                            conn = await _RawConnection.open(origin)
+                        status, retry_after, keep_open, answer = await conn.request(
+                            request_head, "POST", body, keep_body=True)
+                except (OSError, EOFError, asyncio.LimitOverrunError, ProtocolError, TimeoutError) as exc:
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    stats["transport_errors"] += 1
+                    if len(stats["error_examples"]) < MAX_ERROR_EXAMPLES:
+                        stats["error_examples"].append(f"{type(exc).__name__}: {exc}"[:300])
+                    await asyncio.sleep(CONNECT_ERROR_BACKOFF_S)
+                    continue
+                outcome[0], outcome[2], outcome[3] = status, clock() - start, answer
+                if not keep_open:
+                    conn.close()
+                    conn = None
+                if status != 503:
+                    break
+                stats["shed_503"] += 1
+                if retry_after is None:
+                    stats["503_without_retry_after"] += 1
+                await asyncio.sleep(retry_after or CONNECT_ERROR_BACKOFF_S)
+            outcomes[index] = outcome
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+def _post_here(spec: dict) -> dict:
+    bodies = spec["bodies"]
+    outcomes: list = [None] * len(bodies)
+    stats = {"shed_503": 0, "503_without_retry_after": 0, "transport_errors": 0, "error_examples": []}
+    origin, head = _post_head(spec["url"], spec["content_type"])
+    counter = iter(range(1 << 62)).__next__
+
+    async def drive() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(_post_worker(origin, head, bodies, counter, spec["timeout_s"], outcomes, stats)
+                               for _ in range(spec["concurrency"])))
+        return time.perf_counter() - start
+
+    loop = _new_loop()
+    try:
+        elapsed = loop.run_until_complete(drive())
+    finally:
+        loop.close()
+    return {"elapsed_s": elapsed, "outcomes": outcomes, **stats}
+
+
+def post_bodies(url: str, bodies: list[bytes], concurrency: int, *, timeout_s: float = 30.0,
+                content_type: str = "application/json", isolate: bool = True) -> dict:
+    """POST every body to `url` from `concurrency` keep-alive connections, each body until it is
+    answered with something other than 503. Returns elapsed_s (first send to last answer),
+    outcomes[i] = [status, attempts, latency_s of the answered attempt, answer body] (status 0:
+    never answered), and counts of 503s, 503s without Retry-After and transport errors."""
+    if concurrency < 1:
+        raise LoadGenError(f"concurrency must be >= 1, got {concurrency}")
+    if not bodies:
+        raise LoadGenError("post_bodies needs at least one body")
+    _post_head(url, content_type)  # fail early on a bad URL
+    spec = {"mode": "post", "url": url, "bodies": list(bodies), "concurrency": concurrency,
+            "timeout_s": float(timeout_s), "content_type": content_type,
+            # _run_isolated's budget: every body may time out once per attempt in the worst case
+            "warmup_s": 0.0, "duration_s": float(timeout_s) * MAX_POST_ATTEMPTS}
+    return _run_isolated(spec) if isolate else _post_here(spec)
 
 
 # ---------------------------------------------------------------------------------------------

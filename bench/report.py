@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
-from typing import Callable
+from typing import Callable, Iterator
 
 
 def emit(result: dict, as_json: bool) -> int:
@@ -18,3 +20,19 @@ def progress(benchmark: str) -> Callable[[str], None]:
         print(f"[bench {benchmark}] {message}", file=sys.stderr, flush=True)
 
     return say
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout - ours, Ray's, child servers' (they inherit fd 1) - to
+    stderr while the benchmark runs, so stdout carries only the one JSON object."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
