@@ -22,10 +22,13 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from marquee.dataset_spec import DatasetSpec
+from marquee.home import Paths
 from models import sasrec
 from models.protocol import evaluate, temporal_split, validation_split
 from models.ranker_features import StoreLink
 from models.retrieval import TitleContent
+from training.point_in_time import build_training_store, completions, strong_as_of_point_in_time
+from training.sources import marquee_dataset_dir
 from training.tuning import (
     CONFIGS_PER_MODEL,
     SASREC_CONFIGS,
@@ -76,16 +79,9 @@ def load_eval_data(spec: str) -> EvalData:
     dataset = load_dataset(location)
     events = dataset.events(columns=["member_id", "title_id", "timestamp", "type"])
     plays = events.filter(pc.equal(events.column("type"), "play"))
-    done = events.filter(pc.equal(events.column("type"), "completion"))
-    done_keys = set(zip(done.column("member_id").to_pylist(), done.column("title_id").to_pylist()))
-    strong = [(m, t) in done_keys for m, t in zip(plays.column("member_id").to_pylist(),
-                                                    plays.column("title_id").to_pylist())]
-    interactions = pa.table({
-        "member_id": plays.column("member_id"),
-        "title_id": plays.column("title_id"),
-        "timestamp": plays.column("timestamp"),
-        "strong": pa.array(strong),
-    })
+    # strong = completed by the member's point in time (a later completion is not known then)
+    interactions = strong_as_of_point_in_time(plays.select(["member_id", "title_id", "timestamp"]),
+                                              completions(events))
     titles = dataset.titles.select(["title_id", "genres", "release_year", "maturity"])
     return EvalData(f"world:{Path(location).name}", interactions, titles)
 
@@ -145,7 +141,11 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
     validation = validation_split(split)
     train = split.train_data()
     content = title_content(data.titles, split.title_ids)
-    store = StoreLink(str(features), split.member_ids, split.title_ids) if features else None
+    store = None
+    if features:  # built here from the split's training events only: no held-out row of anyone
+        say(f"eval: building the feature store from the training events into {features}")
+        built = build_training_store(marquee_dataset_dir(spec, Paths()), split, Path(features), engine="arrow")
+        store = StoreLink(str(features), split.member_ids, split.title_ids, built.version)
     known = grids if grids is not None else model_grids(content, store, engine=engine, seed=seed)
     every = [*known] if "sasrec" in known else [*known, "sasrec"]
     chosen = models or every
@@ -226,8 +226,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
                         help="train the pipeline's ranker with plain xgboost or Ray Train")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--features", default=None,
-                        help="offline feature store of this dataset (marquee features --out DIR): "
-                             "the ranker also reads its member/title features, point in time")
+                        help="directory to build a feature store in from the split's training "
+                             "events only (no held-out row of anyone): the ranker also reads its "
+                             "member/title features, point in time")
     parser.add_argument("--no-tune", action="store_true",
                         help="skip tuning on validation: every model fits once with its defaults (quick)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -121,11 +121,9 @@ def strong_as_of_point_in_time(interactions: pa.Table, completions: pa.Table) ->
     return interactions.select(kept).append_column("strong", pa.array(strong))
 
 
-def world_completions(dataset_dir: Path | str) -> pa.Table:
-    """(member_id, title_id, timestamp) of every completion event of a Marquee dataset."""
-    from marquee.dataset import load_dataset
-
-    events = load_dataset(dataset_dir).events(columns=["member_id", "title_id", "timestamp", "type"])
+def completions(events: pa.Table) -> pa.Table:
+    """(member_id, title_id, timestamp) of every completion event among `events` (a Marquee
+    event table with at least those columns and `type`)."""
     done = events.filter(pc.and_(pc.equal(events.column("type"), "completion"),
                                  pc.is_valid(events.column("title_id"))))
     return done.select(["member_id", "title_id", "timestamp"])

@@ -56,23 +56,6 @@ class RetrainReport:
         return dataclasses.asdict(self)
 
 
-def _dataset_dir(spec: str, paths: Paths) -> Path | None:
-    """The Marquee dataset directory behind `spec` (importing raw MovieLens once), for features."""
-    parsed = DatasetSpec.parse(spec, allow_bare_world=False)
-    target = parsed.directory(paths)
-    if parsed.kind == "world":
-        return target
-    location = parsed.location
-    from marquee.dataset import load_dataset
-    from producers.movielens.importer import import_movielens
-
-    try:
-        load_dataset(target)
-    except Exception:
-        import_movielens(location, target)
-    return target
-
-
 def training_store_dir(paths: Paths, source: Path) -> Path:
     """Where a retrain keeps the feature store it builds from a split's training events: apart
     from the dataset's own store (paths.features / name, built by `marquee up` from every event
@@ -81,17 +64,11 @@ def training_store_dir(paths: Paths, source: Path) -> Path:
 
 
 def load_split(dataset: str):
-    """(data, split) with labels at each member's point in time: on the world, `strong` is a
-    completion by then, not one ever (training.point_in_time)."""
+    """(data, split); labels are at each member's point in time (training.evaluate.load_eval_data)."""
     from models.protocol import temporal_split
     from training.evaluate import load_eval_data
-    from training.point_in_time import strong_as_of_point_in_time, world_completions
 
     data = load_eval_data(dataset)
-    parsed = DatasetSpec.parse(dataset, allow_bare_world=False)
-    if parsed.kind == "world":
-        data = dataclasses.replace(data, interactions=strong_as_of_point_in_time(
-            data.interactions, world_completions(parsed.location)))
     return data, temporal_split(data.interactions)
 
 
@@ -139,6 +116,7 @@ def retrain(
     from training.evaluate import title_content
     from training.pipeline import Pipeline
     from training.point_in_time import build_training_store, split_fingerprint
+    from training.sources import marquee_dataset_dir
 
     started_at = time.perf_counter()
     cpu = CpuMeter()
@@ -178,7 +156,7 @@ def retrain(
 
         t = time.perf_counter()
         data, split = load_split(dataset)
-        source = _dataset_dir(dataset, paths)
+        source = marquee_dataset_dir(dataset, paths)
         state["data"], state["split"] = data, split
         part("features", load_split=time.perf_counter() - t)
         store_dir = training_store_dir(paths, source)

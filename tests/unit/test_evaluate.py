@@ -225,3 +225,49 @@ def test_cli_no_tune_reports_defaults_with_validation_null(capsys, month_world):
     assert report["tuning"]["tuned"] is False
     assert report["models"]["itemknn"]["settings"] == {"k": 400, "shrink": 0.0}
     assert report["models"]["ease"]["validation"] is None and report["models"]["ease"]["test"]["members"] > 0
+
+
+def test_eval_features_store_is_built_from_the_splits_training_events_only(month_world, tmp_path):
+    """`--features DIR` builds the store from the split's training events (its manifest names the
+    split), never reads one built from the whole log."""
+    from features.offline_store import read_manifest
+    from models.protocol import temporal_split
+    from training.evaluate import run_eval
+    from training.point_in_time import split_fingerprint
+
+    store = tmp_path / "store"
+    report = run_eval(f"world:{month_world}", models=["popularity"], tune_settings=False, features=store)
+    split = temporal_split(load_eval_data(f"world:{month_world}").interactions)
+    manifest = read_manifest(store)
+    assert manifest["events_source"]["split"] == split_fingerprint(split)
+    assert report["models"]["popularity"]["test"]["members"] == len(split.test_members)
+
+
+def test_world_strong_is_a_completion_by_the_members_point_in_time(month_world):
+    """A play is strong only if the member completed it by their last training play: the labels
+    are strictly fewer than "completed ever" on a world where members finish titles later."""
+    from marquee.dataset import load_dataset
+    from training.point_in_time import completions
+
+    data = load_eval_data(f"world:{month_world}")
+    split_last = temporal_split_last_ts(data)
+    events = load_dataset(month_world).events(columns=["member_id", "title_id", "timestamp", "type"])
+    done = completions(events)
+    first_done: dict = {}
+    for m, t, ts in zip(done.column("member_id").to_pylist(), done.column("title_id").to_pylist(),
+                        done.column("timestamp").to_pylist()):
+        first_done[(m, t)] = min(ts, first_done.get((m, t), ts))
+    strong = data.interactions.column("strong").to_pylist()
+    members, titles = data.interactions.column("member_id").to_pylist(), data.interactions.column("title_id").to_pylist()
+    expected = [(m, t) in first_done and first_done[(m, t)].timestamp() <= split_last[m]
+                for m, t in zip(members, titles)]
+    ever = [(m, t) in first_done for m, t in zip(members, titles)]
+    assert strong == expected
+    assert sum(strong) < sum(ever)
+
+
+def temporal_split_last_ts(data) -> dict:
+    from models.protocol import temporal_split
+
+    split = temporal_split(data.interactions)
+    return {int(m): float(split.train_last_ts[i]) for i, m in enumerate(split.member_ids)}
