@@ -27,6 +27,7 @@ from models import sasrec
 from models.protocol import evaluate, temporal_split, validation_split
 from models.ranker_features import StoreLink
 from models.retrieval import TitleContent
+from producers.movielens.importer import add_drop_unknown_items_flag, dropped_unknown_items_note
 from training.point_in_time import build_training_store, completions, strong_as_of_point_in_time
 from training.sources import marquee_dataset_dir
 from training.tuning import (
@@ -49,16 +50,18 @@ class EvalData:
     name: str
     interactions: pa.Table
     titles: pa.Table  # title_id, genres (list<string>), release_year, maturity
+    dropped_ratings_unknown_item: int | None = None  # movielens: ratings of items not in the movie file
+    unknown_item_ids: tuple[int, ...] = ()
 
 
-def load_eval_data(spec: str) -> EvalData:
+def load_eval_data(spec: str, *, drop_unknown_items: bool = False) -> EvalData:
     """`movielens:PATH` or `world:DIR` (any Marquee dataset directory)."""
     parsed = DatasetSpec.parse(spec, allow_bare_world=False)
     location = str(parsed.location)
     if parsed.kind == "movielens":
         from producers.movielens.importer import load_movielens
 
-        ml = load_movielens(location)
+        ml = load_movielens(location, drop_unknown_items=drop_unknown_items)
         ratings = ml.ratings
         interactions = pa.table({
             "member_id": ratings.column("user_id"),
@@ -73,7 +76,8 @@ def load_eval_data(spec: str) -> EvalData:
             "release_year": items.column("year"),
             "maturity": pa.array(np.zeros(items.num_rows, dtype=np.int8)),
         })
-        return EvalData(f"movielens:{Path(location).name}", interactions, titles)
+        return EvalData(f"movielens:{Path(location).name}", interactions, titles,
+                        ml.stats["dropped_ratings_unknown_item"], tuple(ml.unknown_item_ids))
     from marquee.dataset import load_dataset
 
     dataset = load_dataset(location)
@@ -130,13 +134,16 @@ def model_grids(content: TitleContent, store: StoreLink | None, *, engine: str, 
 
 def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local", seed: int = 7,
              features: str | Path | None = None, tune_settings: bool = True,
-             grids: dict[str, ModelGrid] | None = None, progress=None) -> dict:
+             grids: dict[str, ModelGrid] | None = None, progress=None,
+             drop_unknown_items: bool = False) -> dict:
     """Tune every model on the validation split (unless `tune_settings` is off: defaults), refit
     it on the full training data with the chosen settings, and score the test split once.
     `grids` replaces the stated grids (tests use tiny ones); returns the JSON-ready report."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     say = progress or (lambda message: None)
-    data = load_eval_data(spec)
+    data = load_eval_data(spec, drop_unknown_items=drop_unknown_items)
+    if data.dropped_ratings_unknown_item:
+        say(f"eval: {dropped_unknown_items_note(data.dropped_ratings_unknown_item, list(data.unknown_item_ids))}")
     split = temporal_split(data.interactions)
     validation = validation_split(split)
     train = split.train_data()
@@ -144,7 +151,7 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
     store = None
     if features:  # built here from the split's training events only: no held-out row of anyone
         say(f"eval: building the feature store from the training events into {features}")
-        built = build_training_store(marquee_dataset_dir(spec, Paths()), split, Path(features), engine="arrow")
+        built = build_training_store(marquee_dataset_dir(spec, Paths(), drop_unknown_items=drop_unknown_items), split, Path(features), engine="arrow")
         store = StoreLink(str(features), split.member_ids, split.title_ids, built.version)
     known = grids if grids is not None else model_grids(content, store, engine=engine, seed=seed)
     every = [*known] if "sasrec" in known else [*known, "sasrec"]
@@ -154,6 +161,9 @@ def run_eval(spec: str, *, models: list[str] | None = None, engine: str = "local
         raise ValueError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(every)}")
     report: dict = {
         "dataset": data.name,
+        "dataset_loading": {"drop_unknown_items": drop_unknown_items,
+                            "dropped_ratings_unknown_item": data.dropped_ratings_unknown_item,
+                            "unknown_item_ids": list(data.unknown_item_ids[:20])},
         "protocol": {"holdout": 10, "min_interactions": 20, "k_ndcg": 10, "k_recall": 20},
         "members_evaluated": int(len(split.test_members)),
         "members": int(split.n_members),
@@ -231,6 +241,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
                              "member/title features, point in time")
     parser.add_argument("--no-tune", action="store_true",
                         help="skip tuning on validation: every model fits once with its defaults (quick)")
+    add_drop_unknown_items_flag(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -239,7 +250,8 @@ def cli_main(args: argparse.Namespace) -> int:
     try:
         report = run_eval(args.dataset, models=models, engine=args.engine, seed=args.seed,
                           features=args.features, tune_settings=not args.no_tune,
-                          progress=lambda m: print(m, file=sys.stderr, flush=True))
+                          progress=lambda m: print(m, file=sys.stderr, flush=True),
+                          drop_unknown_items=args.drop_unknown_items)
     except (ValueError, FileNotFoundError) as exc:
         print(f"marquee eval: {exc}", file=sys.stderr)
         return 2

@@ -15,8 +15,9 @@ from marquee.home import Paths
 from producers.movielens.importer import import_movielens
 
 
-def marquee_dataset_dir(spec: str, paths: Paths) -> Path:
-    """The dataset directory of `spec`, importing raw MovieLens into `paths` the first time."""
+def marquee_dataset_dir(spec: str, paths: Paths, *, drop_unknown_items: bool = False) -> Path:
+    """The dataset directory of `spec`, importing raw MovieLens into `paths` the first time
+    (`drop_unknown_items`: drop ratings of items missing from the item file, as the loader does)."""
     parsed = DatasetSpec.parse(spec, allow_bare_world=False)
     target = parsed.directory(paths)
     if parsed.kind == "world":
@@ -24,5 +25,5 @@ def marquee_dataset_dir(spec: str, paths: Paths) -> Path:
     try:
         load_dataset(target)
     except Exception:  # not imported yet (or a broken earlier import): import it afresh
-        import_movielens(parsed.location, target)
+        import_movielens(parsed.location, target, drop_unknown_items=drop_unknown_items)
     return target

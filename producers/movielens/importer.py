@@ -20,7 +20,11 @@ Decisions about the data's quirks (ml-100k as shipped here has them):
   MovieLens ships clean, so a bad line means a damaged copy someone should look at.
 - Duplicate (user, item, timestamp) ratings keep the first in file order (their event ids
   would collide otherwise); the manifest counts the ones dropped.
-- A rating for an item missing from the movie file is an error (a title needs a name).
+- A rating for an item missing from the movie file is an error naming the ids, how many
+  ratings reference them and the file (a title needs a name); `drop_unknown_items`
+  (`--drop-unknown-items`) drops those ratings instead, counted in
+  `stats['dropped_ratings_unknown_item']` and the manifest. Unknown users are not treated
+  the same way: they are kept, as said above (ml-100k has three such ratings).
 - The 100K "unknown" genre flag and the current layout's "(no genres listed)" both mean no genre.
 """
 
@@ -88,6 +92,8 @@ THEME_BY_GENRE: dict[str, str] = {
 THEME_PADDING: tuple[str, ...] = ("scenic", "ensemble", "character")
 MIN_ARTWORK, MAX_ARTWORK = 3, 6
 EVENT_CHUNK_ROWS = 1_000_000
+DROP_UNKNOWN_ITEMS_FLAG = "--drop-unknown-items"  # on import-movielens and eval
+UNKNOWN_ITEM_IDS_SHOWN = 5  # ids a refusal or a drop note names
 
 # Same plausibility window as marquee.schema's event timestamps (1990..2100), in seconds.
 _MIN_TS_S = 631_152_000
@@ -150,6 +156,7 @@ class MovieLens:
     users: pa.Table | None = None  # USERS_SCHEMA, when the layout has a user file
     tags: pa.Table | None = None  # user_id, item_id, tag, timestamp (current layout, optional)
     stats: dict[str, int] = field(default_factory=dict)
+    unknown_item_ids: list[int] = field(default_factory=list)  # rated, not in the movie file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,8 +557,30 @@ def _read_tags(file: Path) -> pa.Table:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_movielens(path: Path | str) -> MovieLens:
-    """Parse a MovieLens folder of any supported layout (see the module docstring)."""
+def _without_unknown_items(ratings: pa.Table, items: pa.Table, ratings_file: Path,
+                           movies_file: Path, drop: bool) -> tuple[pa.Table, list[int]]:
+    """Ratings whose item is in the movie file, and the sorted ids of those that are not; with
+    `drop` off, any unknown item is a MovieLensError naming the ids, the count and the flag."""
+    unknown = pc.invert(pc.is_in(ratings.column("item_id"), value_set=items.column("item_id")))
+    n_unknown = pc.sum(unknown).as_py() or 0
+    if not n_unknown:
+        return ratings, []
+    ids = pc.unique(pc.filter(ratings.column("item_id"), unknown)).sort().to_pylist()
+    if not drop:
+        shown = ", ".join(map(str, ids[:UNKNOWN_ITEM_IDS_SHOWN]))
+        hidden = len(ids) - UNKNOWN_ITEM_IDS_SHOWN
+        more = f" and {hidden} more" if hidden > 0 else ""
+        raise MovieLensError(
+            f"{ratings_file}: {n_unknown} rating(s) reference {len(ids)} item id(s) missing from "
+            f"{movies_file}: {shown}{more}; pass {DROP_UNKNOWN_ITEMS_FLAG} "
+            f"(drop_unknown_items=True) to drop those ratings and count them")
+    return ratings.filter(pc.invert(unknown)), ids
+
+
+def load_movielens(path: Path | str, *, drop_unknown_items: bool = False) -> MovieLens:
+    """Parse a MovieLens folder of any supported layout (see the module docstring). A rating of
+    an item missing from the movie file is an error unless `drop_unknown_items`, which drops
+    it and counts it in stats['dropped_ratings_unknown_item']."""
     path = Path(path)
     layout = detect_layout(path)
     ratings_name, movies_name, users_name, tags_name = LAYOUT_FILES[layout]
@@ -562,12 +591,10 @@ def load_movielens(path: Path | str) -> MovieLens:
     movies_file = path / movies_name
     reader = {"100k": _read_u_item, "current": _read_movies_csv, "1m": _read_movies_dat}[layout]
     items = _items_table(movies_file, reader(movies_file))
-    missing = pc.filter(pc.unique(ratings.column("item_id")),
-                        pc.invert(pc.is_in(pc.unique(ratings.column("item_id")),
-                                           value_set=items.column("item_id"))))
-    if len(missing):
-        raise MovieLensError(f"{path / ratings_name}: {len(missing)} rated item id(s) missing "
-                             f"from {movies_name}, e.g. {missing.to_pylist()[:5]}")
+    kept, unknown_ids = _without_unknown_items(ratings, items, path / ratings_name, movies_file,
+                                               drop_unknown_items)
+    stats["dropped_ratings_unknown_item"] = ratings.num_rows - kept.num_rows
+    ratings = kept
 
     users = None
     if users_name and (path / users_name).is_file():
@@ -576,7 +603,7 @@ def load_movielens(path: Path | str) -> MovieLens:
     if tags_name and (path / tags_name).is_file():
         tags = _read_tags(path / tags_name)
     return MovieLens(path=path, layout=layout, ratings=ratings, items=items, users=users,
-                     tags=tags, stats=stats)
+                     tags=tags, stats=stats, unknown_item_ids=unknown_ids)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,11 +755,13 @@ def _check_replaceable(out: Path, source: Path) -> None:
                              f"(expected {', '.join(DATASET_FILES)}, {EVENTS_DIR}/)")
 
 
-def import_movielens(path: Path | str, out: Path | str | None = None) -> Path:
-    """Convert a MovieLens folder into a Marquee dataset directory (atomically); returns it."""
+def import_movielens(path: Path | str, out: Path | str | None = None, *,
+                     drop_unknown_items: bool = False) -> Path:
+    """Convert a MovieLens folder into a Marquee dataset directory (atomically); returns it.
+    `drop_unknown_items`: as in load_movielens (the manifest counts what was dropped)."""
     out = Path(out) if out is not None else default_out(path)
     _check_replaceable(out, Path(path))
-    ml = load_movielens(path)
+    ml = load_movielens(path, drop_unknown_items=drop_unknown_items)
     titles = titles_table(ml.items)
     artwork = artwork_table(ml.items)
     members = members_table(ml.ratings, ml.users)
@@ -754,6 +783,7 @@ def import_movielens(path: Path | str, out: Path | str | None = None) -> Path:
         **ml.stats,
         "members_without_profile": len(without_profile),
         "members_without_profile_ids": without_profile[:20],
+        "unknown_item_ids": ml.unknown_item_ids[:20],
         "tags": None if ml.tags is None else ml.tags.num_rows,
         "start": _iso(pc.min(seconds).as_py()),
         "end": _iso(pc.max(seconds).as_py()),
@@ -811,15 +841,34 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="dataset directory to write "
                              "(default: MARQUEE_HOME/movielens/<folder name>)")
+    add_drop_unknown_items_flag(parser)
+
+
+def add_drop_unknown_items_flag(parser: argparse.ArgumentParser) -> None:
+    """The one definition of the flag, shared by `import-movielens` and `eval`."""
+    parser.add_argument(DROP_UNKNOWN_ITEMS_FLAG, dest="drop_unknown_items", action="store_true",
+                        help="drop ratings whose item is missing from the movie file (and count "
+                             "them) instead of refusing the dataset")
+
+
+def dropped_unknown_items_note(dropped: int, ids: list[int]) -> str:
+    """The stderr line saying what --drop-unknown-items dropped."""
+    shown = ", ".join(map(str, ids[:UNKNOWN_ITEM_IDS_SHOWN]))
+    more = ", ..." if len(ids) > UNKNOWN_ITEM_IDS_SHOWN else ""
+    return f"dropped {dropped} rating(s) of item id(s) missing from the movie file: {shown}{more}"
 
 
 def cli_main(args: argparse.Namespace) -> int:
     try:
-        out = import_movielens(args.path, args.out)
+        out = import_movielens(args.path, args.out, drop_unknown_items=args.drop_unknown_items)
     except (MovieLensError, DatasetError) as exc:
         print(f"marquee import-movielens: {exc}", file=sys.stderr)
         return 2
     manifest = load_dataset(out).manifest
+    dropped = manifest["dropped_ratings_unknown_item"]
+    if dropped:
+        note = dropped_unknown_items_note(dropped, manifest["unknown_item_ids"])
+        print(f"marquee import-movielens: {note}", file=sys.stderr)
     print(f"imported {manifest['plays']:,} plays by {manifest['members']:,} members on "
           f"{manifest['titles']:,} titles ({manifest['layout']} layout, "
           f"{manifest['duplicates_dropped']} duplicate(s) dropped) into {out}")

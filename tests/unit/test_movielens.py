@@ -123,7 +123,8 @@ def test_100k_layout_loads_with_its_quirks(ml100k):
         {"user_id": 0, "item_id": 10, "rating": 5.0, "timestamp": ts(883603013)},
     ]
     assert ml.stats == {"ratings_read": 6, "blank_lines": 1, "lines_repaired": 1,
-                        "duplicates_dropped": 1}
+                        "duplicates_dropped": 1, "dropped_ratings_unknown_item": 0}
+    assert ml.unknown_item_ids == []
     assert ml.items.to_pylist() == [
         {"item_id": 10, "title": "Usual Suspects, The (1995)", "name": "The Usual Suspects",
          "year": 1995, "release_date": date(1995, 8, 14), "genres": ["Crime", "Thriller"]},
@@ -387,7 +388,7 @@ def test_half_a_layout_names_the_missing_file(tmp_path):
     (["1\t10\t4\t881250949", "1\t\t4\t881250949"], r"u\.data:2: empty field"),
     (["1\t10\t4\t881250949000"], r"u\.data:1: a timestamp outside 1990\.\.2100"),
     (["-1\t10\t4\t881250949"], r"u\.data:1: a negative user id"),
-    (["1\t99\t4\t881250949"], r"1 rated item id\(s\) missing from u\.item, e\.g\. \[99\]"),
+    (["1\t99\t4\t881250949"], r"1 rating\(s\) reference 1 item id\(s\) missing from .*u\.item: 99;"),
 ])
 def test_malformed_ratings_name_file_and_line(tmp_path, lines, message):
     folder = write_100k(tmp_path / "bad", lines)
@@ -413,7 +414,157 @@ def test_wrong_csv_header_is_named(ml_current):
         load_movielens(ml_current)
 
 
+# --- ratings of items missing from the movie file -------------------------------------------
+
+
+# lines 2 and 4 rate item 99 and line 3 item 77, none of which u.item lists
+DATA_100K_UNKNOWN_ITEMS = [
+    "1\t10\t4\t881250949",
+    "2\t99\t3\t881250950",
+    "0\t77\t5\t883603013",
+    "1\t99\t2\t881337351",
+    "2\t20\t1\t881250951",
+]
+
+
+@pytest.fixture
+def ml100k_unknown(tmp_path):
+    return write_100k(tmp_path / "ml-unknown", DATA_100K_UNKNOWN_ITEMS)
+
+
+@pytest.fixture
+def ml_current_unknown(ml_current):
+    with open(ml_current / "ratings.csv", "a") as fh:
+        fh.write("2,42,3.0,1445714900\n")
+    return ml_current
+
+
+def test_100k_rating_of_unknown_item_is_refused_naming_ids_count_file_and_flag(ml100k_unknown):
+    with pytest.raises(MovieLensError) as info:
+        load_movielens(ml100k_unknown)
+    message = str(info.value)
+    assert message.startswith(f"{ml100k_unknown / 'u.data'}: ")
+    assert "3 rating(s) reference 2 item id(s)" in message
+    assert f"missing from {ml100k_unknown / 'u.item'}: 77, 99;" in message
+    assert "--drop-unknown-items" in message and "drop_unknown_items=True" in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_100k_drop_unknown_items_drops_and_counts(ml100k_unknown):
+    ml = load_movielens(ml100k_unknown, drop_unknown_items=True)
+    assert [(r["user_id"], r["item_id"], r["rating"]) for r in ml.ratings.to_pylist()] == [
+        (1, 10, 4.0), (2, 20, 1.0)]
+    assert ml.stats["dropped_ratings_unknown_item"] == 3
+    assert ml.stats["ratings_read"] == 5
+    assert ml.unknown_item_ids == [77, 99]
+    assert ml.items.num_rows == 4  # the movie file is untouched
+    assert ml.users.column("user_id").to_pylist() == [1, 2, 3]
+
+
+def test_current_layout_rating_of_unknown_item_is_refused_then_dropped(ml_current_unknown):
+    with pytest.raises(MovieLensError) as info:
+        load_movielens(ml_current_unknown)
+    message = str(info.value)
+    assert message.startswith(f"{ml_current_unknown / 'ratings.csv'}: ")
+    assert f"1 rating(s) reference 1 item id(s) missing from " \
+           f"{ml_current_unknown / 'movies.csv'}: 42;" in message
+    assert "--drop-unknown-items" in message
+
+    ml = load_movielens(ml_current_unknown, drop_unknown_items=True)
+    assert [(r["user_id"], r["item_id"]) for r in ml.ratings.to_pylist()] == [(1, 3), (1, 1), (2, 2)]
+    assert ml.stats["dropped_ratings_unknown_item"] == 1 and ml.unknown_item_ids == [42]
+
+
+def test_many_unknown_items_name_the_first_five_and_how_many_more(tmp_path):
+    lines = [f"1\t{item}\t4\t{881250949 + item}" for item in (10, 101, 102, 103, 104, 105, 106, 107)]
+    folder = write_100k(tmp_path / "many", lines)
+    with pytest.raises(MovieLensError, match=r"7 rating\(s\) reference 7 item id\(s\) .*u\.item: "
+                                             r"101, 102, 103, 104, 105 and 2 more;"):
+        load_movielens(folder)
+    assert load_movielens(folder, drop_unknown_items=True).ratings.num_rows == 1
+
+
+def test_flag_changes_nothing_when_every_item_is_known(ml100k):
+    plain, flagged = load_movielens(ml100k), load_movielens(ml100k, drop_unknown_items=True)
+    assert flagged.ratings.equals(plain.ratings) and flagged.stats == plain.stats
+
+
+def test_import_cli_refuses_unknown_items_then_drops_them_with_the_flag(ml100k_unknown, tmp_path,
+                                                                       capsys):
+    out = tmp_path / "out"
+    assert main(["import-movielens", str(ml100k_unknown), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "3 rating(s) reference 2 item id(s)" in err and "77, 99" in err
+    assert "--drop-unknown-items" in err
+    assert not out.exists()
+
+    assert main(["import-movielens", str(ml100k_unknown), "--out", str(out),
+                 "--drop-unknown-items"]) == 0
+    captured = capsys.readouterr()
+    assert "dropped 3 rating(s) of item id(s) missing from the movie file: 77, 99" in captured.err
+    assert "imported 2 plays" in captured.out
+    manifest = load_dataset(out).manifest
+    assert (manifest["plays"], manifest["dropped_ratings_unknown_item"]) == (2, 3)
+    assert manifest["unknown_item_ids"] == [77, 99]
+    assert set(load_dataset(out).events().column("title_id").to_pylist()) == {10, 20}
+
+
+def _eval_sized_100k(folder):
+    """25 users x 30 of 40 known items (enough for the protocol's 20 interactions and holdout
+    of 10), plus 2 ratings of item 999, which u.item does not list."""
+    folder.mkdir()
+    lines, t = [], 881250949
+    for user in range(1, 26):
+        for k in range(30):
+            t += 60
+            lines.append(f"{user}\t{(user + k) % 40 + 1}\t{1 + (user * k) % 5}\t{t}")
+    lines += [f"3\t999\t4\t{t + 60}", f"7\t999\t5\t{t + 120}"]
+    (folder / "u.data").write_text("".join(line + "\n" for line in lines))
+    (folder / "u.item").write_bytes("\n".join(
+        u_item_line(i, f"Film {i} (1995)", "01-Jan-1995", ["Drama"]) for i in range(1, 41)
+    ).encode("latin-1") + b"\n")
+    return folder
+
+
+def test_eval_refuses_unknown_items_then_reports_the_drop_in_json(tmp_path, capsys):
+    import argparse
+
+    from training.evaluate import cli_main, configure_cli
+
+    folder = _eval_sized_100k(tmp_path / "ml-eval")
+    parser = argparse.ArgumentParser()
+    configure_cli(parser)
+    argv = ["--dataset", f"movielens:{folder}", "--models", "popularity", "--no-tune", "--json"]
+
+    assert cli_main(parser.parse_args(argv)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "marquee eval:" in captured.err and "2 rating(s) reference 1 item id(s)" in captured.err
+    assert "u.item: 999;" in captured.err and "--drop-unknown-items" in captured.err
+
+    assert cli_main(parser.parse_args([*argv, "--drop-unknown-items"])) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["dataset_loading"] == {"drop_unknown_items": True,
+                                         "dropped_ratings_unknown_item": 2,
+                                         "unknown_item_ids": [999]}
+    assert report["titles"] == 40  # item 999 never reaches the split
+    assert "dropped 2 rating(s) of item id(s) missing from the movie file: 999" in captured.err
+
+
 # --- the real thing ------------------------------------------------------------------------
+
+
+@pytest.mark.movielens
+def test_real_ml_100k_loads_as_before(movielens_100k):
+    """The unknown-item check changes nothing on ml-100k: every rated item is in u.item."""
+    ml = load_movielens(movielens_100k)
+    assert (ml.ratings.num_rows, ml.items.num_rows, ml.users.num_rows) == (100_003, 1682, 943)
+    assert ml.stats == {"ratings_read": 100_003, "blank_lines": 0, "lines_repaired": 1,
+                        "duplicates_dropped": 0, "dropped_ratings_unknown_item": 0}
+    assert ml.unknown_item_ids == []
+    flagged = load_movielens(movielens_100k, drop_unknown_items=True)
+    assert flagged.ratings.equals(ml.ratings) and flagged.stats == ml.stats
 
 
 @pytest.mark.movielens
@@ -425,6 +576,7 @@ def test_real_ml_100k_imports(movielens_100k, tmp_path):
     assert m["members"] == 944 and m["members_without_profile_ids"] == [0]
     assert m["titles"] == 1682 and ds.titles.num_rows == 1682
     assert m["lines_repaired"] == 1 and m["duplicates_dropped"] == 0
+    assert m["dropped_ratings_unknown_item"] == 0 and m["unknown_item_ids"] == []
     per_title = ds.artwork.group_by("title_id").aggregate([("artwork_id", "count")])
     assert per_title.num_rows == 1682
     counts = per_title.column("artwork_id_count")
