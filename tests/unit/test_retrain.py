@@ -112,3 +112,33 @@ def test_the_report_carries_a_timeline_and_the_store_is_training_only(world, tmp
                     config_overrides={"rounds": 10})
     assert again.features_version == report.features_version  # same split: the store is reused
     assert again.gate["refit"] is False  # same config as serving: no refit
+
+
+def test_the_feature_job_runs_on_ray_data_only_where_it_pays(world, monkeypatch):
+    """Below RAY_DATA_MIN_EVENTS the retrain's feature job runs in-process (and meanwhile Ray
+    starts); at or above it, on Ray Data; the plain engine never uses Ray."""
+    import training.retrain as module
+    from marquee.dataset import load_dataset
+
+    directory = world.split(":", 1)[1]
+    events = load_dataset(directory).manifest["events"]
+    assert module.feature_engine("ray", directory) == "arrow"
+    assert module.feature_engine("local", directory) == "arrow"
+    monkeypatch.setattr(module, "RAY_DATA_MIN_EVENTS", events)
+    assert module.feature_engine("ray", directory) == "ray"
+    assert module.feature_engine("local", directory) == "arrow"
+
+
+def test_a_ray_start_that_fails_is_raised_on_the_retrains_thread(monkeypatch):
+    import training.retrain as module
+
+    def broken():
+        raise OSError("no GCS")
+
+    monkeypatch.setattr(module, "_start_ray", broken)
+    starting = module.RayStart()
+    starting.start()
+    with pytest.raises(RetrainError, match="Ray did not start: no GCS"):
+        starting.wait()
+    starting.finish()  # nothing was started: nothing to shut down, the thread ends
+    assert not starting._thread.is_alive()
