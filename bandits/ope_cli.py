@@ -5,8 +5,9 @@ Dataset's random logs, against the rate BTS really had (bandits/obd.py). The eva
 policy's action probabilities are estimated per position from its own logs over the whole log
 (--time-bins 1, the default, as the dataset's authors do: one action distribution per item and
 position); --time-bins 0 picks a time-binned estimate by held-out likelihood of BTS's actions. `--logs HOME --policy NAME`
-(a policy evaluated on Marquee's own served logs) needs the server's decision records and is not
-implemented here: it exits 2 and says so rather than print a number it cannot stand behind.
+(a candidate judged on Marquee's own served logs, from the server's decision records) is run by
+training/ope.py, the `marquee ope` command, which reuses these arguments; this module's cli_main
+evaluates --obd only (the bandits layer cannot reach a home's event log).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
                         help="Open Bandit Dataset root (holding random/NAME/NAME.csv and bts/NAME/NAME.csv)")
     parser.add_argument("--campaign", metavar="NAME", default="all", help="campaign folder name (default all)")
     parser.add_argument("--logs", metavar="HOME", default=None,
-                        help="a Marquee home's served logs (needs the server's decision records; not yet)")
+                        help="a Marquee home whose served logs (the server's decision records, joined to "
+                             "impressions and plays) judge --policy")
     parser.add_argument("--policy", metavar="NAME", default=None, help="policy to evaluate on --logs")
     parser.add_argument("--seed", type=int, default=7, help="seeds folds and the bootstrap")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="bootstrap resamples")
@@ -39,9 +41,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     if args.logs is not None or args.policy is not None:
-        print("marquee ope: --logs/--policy (evaluating a policy on Marquee's served logs) needs the "
-              "server's decision records (context, arms offered, propensity per impression); it is not "
-              "implemented yet", file=sys.stderr)
+        print("marquee ope: --logs/--policy (a policy judged on the server's decision records) is run by "
+              "training.ope, the `marquee ope` command; bandits.ope_cli evaluates --obd only", file=sys.stderr)
         return 2
     if args.obd is None:
         print("marquee ope: give --obd PATH (Open Bandit Dataset root)", file=sys.stderr)

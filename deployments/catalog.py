@@ -40,6 +40,7 @@ class ServingCatalog:
     genres: tuple[str, ...] = ()
     default_country: str = "US"  # for a member with no profile and no country in the request
     plays_all: dict[int, float] = field(default_factory=dict)  # all-time plays of every played title
+    artwork_theme: dict[str, str] = field(default_factory=dict)  # artwork id -> its theme (the bandit's arm class)
 
     def profile(self, member_id: int) -> MemberProfile | None:
         return self.members.get(member_id)
@@ -67,8 +68,10 @@ def load_catalog(dataset_dir: str | Path, *, trending_days: int = 7, country_day
     dataset = load_dataset(dataset_dir)
     titles = catalog_from_rows(dataset.titles.to_pylist())
     artwork: dict[int, list[str]] = {}
-    for art, tid in zip(dataset.artwork.column("artwork_id").to_pylist(), dataset.artwork.column("title_id").to_pylist()):
+    art_ids = dataset.artwork.column("artwork_id").to_pylist()
+    for art, tid in zip(art_ids, dataset.artwork.column("title_id").to_pylist()):
         artwork.setdefault(int(tid), []).append(art)
+    artwork_theme = dict(zip(art_ids, dataset.artwork.column("theme").to_pylist()))
     members = {
         int(m): MemberProfile(country, min(int(maturity), MAX_MATURITY))
         for m, country, maturity in zip(dataset.members.column("member_id").to_pylist(),
@@ -104,6 +107,7 @@ def load_catalog(dataset_dir: str | Path, *, trending_days: int = 7, country_day
     return ServingCatalog(
         titles=titles,
         artwork={tid: tuple(arts) for tid, arts in artwork.items()},
+        artwork_theme=artwork_theme,
         members=members,
         top_in_country=by_country,
         popular=_top(counts(country_days), POPULAR_DEPTH),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -319,9 +319,10 @@ class Selector(Protocol):
 
 @runtime_checkable
 class Decorator(Protocol):
-    """Adds one field to each item of a rendered row (explanation, artwork). `field` names it."""
+    """Adds one field to each item of the rendered rows (explanation, artwork), for the whole page
+    at once; `field` names it. May return what the page's decision record keeps."""
 
     name: str
     field: str
 
-    def __call__(self, ctx: HomepageContext, row: Row, items: list[dict]) -> None: ...
+    def __call__(self, ctx: HomepageContext, rows: Sequence[Row], items: Sequence[list[dict]]) -> Any: ...

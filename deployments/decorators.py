@@ -1,41 +1,43 @@
 """Decorators: what each title on the page carries besides its id and score.
 
 `ExplanationDecorator` says which sources proposed a title and why; `ArtworkDecorator` asks the
-artwork policy for one artwork per title and records the propensity it was chosen with (logged
-with the impression, for off-policy evaluation). HomepageConfig.decorators names them; each adds
-one field of the response item, so the homepage JSON keeps its shape whatever the policy.
+artwork stage for every title's artwork in one call (a contextual bandit chooses for the whole
+page) and fills in each title's artwork and the propensity it was chosen with. HomepageConfig.
+decorators names them; each adds one field of the response item, so the homepage JSON keeps its
+shape whatever the policy. A decorator may return what the page's decision record should keep
+(the artwork decision, for the reward join).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from deployments.artwork import ArtworkPolicy
+from deployments.artwork import ArtworkStage, PageArtwork
 from deployments.contracts import HomepageContext, Row
 
 
 class ExplanationDecorator:
     name = field = "explanation"
 
-    def __call__(self, ctx: HomepageContext, row: Row, items: list[dict]) -> None:
-        for item, out in zip(row.items, items):
-            out["explanation"] = {"sources": list(item.sources), "reasons": list(item.reasons)}
+    def __call__(self, ctx: HomepageContext, rows: Sequence[Row], items: Sequence[list[dict]]) -> None:
+        for row, out_items in zip(rows, items):
+            for item, out in zip(row.items, out_items):
+                out["explanation"] = {"sources": list(item.sources), "reasons": list(item.reasons)}
 
 
 class ArtworkDecorator:
-    """One artwork per title, chosen by the policy; a title without artwork gets none (propensity 1)."""
+    """One artwork per title, chosen for the whole page; a title without artwork gets none
+    (propensity 1). Returns the decision, which the page's decision record keeps."""
 
     name = field = "artwork"
 
-    def __init__(self, policy: ArtworkPolicy, artwork: Mapping[int, Sequence[str]]):
-        self.policy, self.artwork = policy, artwork
+    def __init__(self, stage: ArtworkStage):
+        self.stage = stage
 
-    def __call__(self, ctx: HomepageContext, row: Row, items: list[dict]) -> None:
-        select = self.policy.select
-        for item, out in zip(row.items, items):
-            arms = self.artwork.get(item.title_id, ())
-            arm, propensity = (None, 1.0)
-            if arms:
-                arm, propensity = select({"request_id": ctx.request_id, "member_id": ctx.member_id,
-                                          "title_id": item.title_id, "device": ctx.device, "row": row.row_id}, arms)
-            out["artwork"] = {"artwork_id": arm, "propensity": round(float(propensity), 6)}
+    def __call__(self, ctx: HomepageContext, rows: Sequence[Row], items: Sequence[list[dict]]) -> PageArtwork:
+        decision = self.stage.choose(ctx, [item.title_id for row in rows for item in row.items])
+        for row, out_items in zip(rows, items):
+            for item, out in zip(row.items, out_items):
+                arm, propensity = decision.choices[item.title_id]
+                out["artwork"] = {"artwork_id": arm, "propensity": round(propensity, 6)}
+        return decision

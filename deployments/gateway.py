@@ -40,7 +40,8 @@ from marquee.api import (
     Title,
     preferences_model,
 )
-from marquee.schema import DEVICES, MATURITY_LABELS, MAX_ID, event_problems, field_path
+from marquee.schema import (DEVICES, MATURITY_LABELS, MAX_ID, MAX_REQUEST_ID_LENGTH, REQUEST_ID_PATTERN, event_problems,
+                            field_path)
 
 log = logging.getLogger("marquee.gateway")
 
@@ -250,7 +251,7 @@ def make_api(service: GatewayService) -> FastAPI:
         maturity: Literal[MATURITY_LABELS] | None = Query(None, description="override the profile's maturity"),  # type: ignore[valid-type]
         rows: int = Query(10, ge=1, le=20, description="at most this many rows"),
         titles_per_row: int = Query(10, ge=1, le=40),
-        request_id: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$"),
+        request_id: str | None = Query(None, max_length=MAX_REQUEST_ID_LENGTH, pattern=REQUEST_ID_PATTERN),
     ):
         rid = request_id or uuid.uuid4().hex
         page = await service.homepage(HomepageRequest(member_id, country, device, maturity, rows, titles_per_row, rid))

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from deployments.artwork import PageArtwork
 from deployments.candidates import Retrieved
 from deployments.catalog import ServingCatalog
 from deployments.contracts import Decorator, HomepageContext, ScoredItem
 from deployments.rows import Page, RowBuilder
-from marquee.schema import MATURITY_LABELS, MAX_MATURITY
+from marquee.schema import MATURITY_LABELS, MAX_MATURITY, decision_event
 
 log = logging.getLogger("marquee.homepage")
 MemberFn = Callable[[int], Awaitable[Any]]
@@ -72,8 +73,10 @@ class Homepage:
 
     def __init__(self, catalog: ServingCatalog, rows: RowBuilder, decorators: Sequence[Decorator],
                  stages: Stages, member: MemberFn, fallback_rows: RowBuilder,
-                 retrieval_timeout_s: float = 2.0, member_timeout_s: float = 1.0):
+                 retrieval_timeout_s: float = 2.0, member_timeout_s: float = 1.0,
+                 record: Callable[[dict], None] | None = None):
         self.catalog, self.rows, self.decorators = catalog, rows, tuple(decorators)
+        self.record = record  # takes the page's decision record (DecisionRecorder.record)
         self.stages, self.member, self.fallback_rows = stages, member, fallback_rows
         self.retrieval_timeout_s, self.member_timeout_s = retrieval_timeout_s, member_timeout_s
 
@@ -122,7 +125,9 @@ class Homepage:
             fallback = True
             page = self.fallback_rows.build_page(ctx, self.popular_sources(ctx))
         t = timer.add("rows", t)
-        rows = self.render(ctx, page)
+        rows, artwork = self.render(ctx, page)
+        if self.record is not None:
+            self.record(decision_record(ctx, rows, artwork, experiments={}))
         timer.add("artwork", t)
         timer.stages["total"] = round((time.perf_counter() - started) * 1e3, 2)
         return {
@@ -225,20 +230,21 @@ class Homepage:
 
     # -- response ------------------------------------------------------------------------------
 
-    def render(self, ctx: HomepageContext, page: Page) -> list[dict]:
-        """The rows as JSON: each title's facts, then what each decorator adds."""
+    def render(self, ctx: HomepageContext, page: Page) -> tuple[list[dict], PageArtwork | None]:
+        """The rows as JSON: each title's facts, then what each decorator adds (for the whole
+        page at once); and the page's artwork decision, if a decorator made one."""
         titles = self.catalog.titles
-        rows = []
-        for row in page.rows:
-            items = []
-            for position, item in enumerate(row.items):
-                info = titles[item.title_id]
-                items.append({"title_id": item.title_id, "name": info.name, "position": position,
-                              "score": round(float(item.score), 6), "genres": list(info.genres)})
-            for decorator in self.decorators:
-                decorator(ctx, row, items)
-            rows.append({"row_id": row.row_id, "title": row.title, "items": items})
-        return rows
+        items = [[{"title_id": item.title_id, "name": titles[item.title_id].name, "position": position,
+                   "score": round(float(item.score), 6), "genres": list(titles[item.title_id].genres)}
+                  for position, item in enumerate(row.items)] for row in page.rows]
+        artwork = None
+        for decorator in self.decorators:
+            made = decorator(ctx, page.rows, items)
+            if isinstance(made, PageArtwork):
+                artwork = made
+        rows = [{"row_id": row.row_id, "title": row.title, "items": row_items}
+                for row, row_items in zip(page.rows, items)]
+        return rows, artwork
 
 
 def _has_candidates(retrieved: Retrieved) -> bool:
@@ -254,3 +260,18 @@ def _keep_order(items: Sequence[ScoredItem], base: float | None = None) -> list[
     level = max(level, 1e-6)
     return [item.with_score(level * (1.0 - 1e-3 * i)) for i, item in enumerate(items)]
 
+
+
+def decision_record(ctx: HomepageContext, rows: list[dict], artwork: PageArtwork | None,
+                    experiments: dict[str, str]) -> dict:
+    """The server's record of what this page decided (marquee.schema.decision_event): every
+    title shown with its artwork arm, propensity, row and position, the policy and its version,
+    the experiment assignments and the context the policy saw."""
+    items = [(item["title_id"], item["artwork"]["artwork_id"], item["artwork"]["propensity"], row["row_id"],
+              item["position"]) for row in rows for item in row["items"]
+             if item.get("artwork", {}).get("artwork_id") is not None]
+    return decision_event(
+        request_id=ctx.request_id, member_id=ctx.member_id, timestamp_ms=ctx.now_ms, device=ctx.device,
+        country=ctx.country, policy=artwork.policy if artwork else "none",
+        policy_version=artwork.version if artwork else 0, items=items, experiments=experiments,
+        context=artwork.context if artwork else {})

@@ -9,10 +9,11 @@ pipeline keeps serving), never per request. `build_homepage` then assembles the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from deployments.artwork import ARTWORK_POLICIES, ArtworkPolicy
+from bandits.policies import POLICIES
+from deployments.artwork import ArtworkStage, BanditServing
 from deployments.candidates import MODEL_SOURCES, ROW_SOURCES
 from deployments.catalog import ServingCatalog
 from deployments.decorators import ArtworkDecorator, ExplanationDecorator
@@ -57,9 +58,9 @@ def check(config: HomepageConfig) -> None:
     missing = [f for f in ITEM_FIELDS if f not in config.decorators]
     if missing:
         raise ValueError(f"decorators: a homepage item needs {missing} (the response schema); name them")
-    if config.artwork.policy not in ARTWORK_POLICIES:
+    if config.artwork.policy not in POLICIES:
         raise ValueError(f"artwork.policy: unknown policy {config.artwork.policy!r}; "
-                         f"known: {', '.join(ARTWORK_POLICIES)}")
+                         f"known: {', '.join(POLICIES)}")
     for spec in config.rows.rows:
         where = f"rows.rows[{spec.row_id}]"
         givers = ROW_INPUTS.get(spec.source)
@@ -73,14 +74,10 @@ def check(config: HomepageConfig) -> None:
                              f"and `sources` names none of them")
 
 
-def artwork_policy(config: HomepageConfig, previous: ArtworkPolicy | None = None) -> ArtworkPolicy:
-    """The configured policy; the previous one is kept (with the new epsilon) when it is the
-    same policy and seed, so what it learned survives a reconfigure."""
-    cls = ARTWORK_POLICIES[config.artwork.policy]
-    if type(previous) is cls and getattr(previous, "seed", None) == config.artwork.seed:
-        previous.epsilon = config.artwork.epsilon
-        return previous
-    return cls(config.artwork.epsilon, seed=config.artwork.seed)
+def artwork_stage(config: HomepageConfig, serving: BanditServing) -> ArtworkStage:
+    """The configured policy and exploration over the replica's shared learned state."""
+    art = config.artwork
+    return ArtworkStage(serving, art.policy, art.params_for(POLICIES[art.policy]._params), art.seed)
 
 
 def build_rows(config: HomepageConfig, catalog: ServingCatalog) -> RowBuilder:
@@ -94,20 +91,15 @@ def build_rows(config: HomepageConfig, catalog: ServingCatalog) -> RowBuilder:
 
 
 def build_homepage(config: HomepageConfig, catalog: ServingCatalog, stages: Stages, member: MemberFn, *,
-                   artwork: ArtworkPolicy | None = None, **timeouts: Any) -> Homepage:
-    """The checked pipeline of one config. `artwork`: the policy to keep (see artwork_policy)."""
+                   bandit: BanditServing | None = None, record: Callable[[dict], None] | None = None,
+                   **timeouts: Any) -> Homepage:
+    """The checked pipeline of one config. `bandit`: the replica's learned artwork state (kept
+    across rebuilds); `record`: where each page's decision record goes (none: not recorded)."""
     check(config)
-    policy = artwork_policy(config, artwork)
+    serving = bandit or BanditServing(catalog)
     made: Mapping[str, Any] = {"explanation": lambda: ExplanationDecorator(),
-                               "artwork": lambda: ArtworkDecorator(policy, catalog.artwork)}
+                               "artwork": lambda: ArtworkDecorator(artwork_stage(config, serving))}
     decorators = [made[name]() for name in config.decorators]
     fallback = build_rows(HomepageConfig(), catalog)  # the popular rows under the default plan
-    return Homepage(catalog, build_rows(config, catalog), decorators, stages, member, fallback, **timeouts)
-
-
-def artwork_of(homepage: Homepage) -> ArtworkPolicy | None:
-    """The artwork policy a built homepage uses (to keep it across a rebuild)."""
-    for decorator in homepage.decorators:
-        if isinstance(decorator, ArtworkDecorator):
-            return decorator.policy
-    return None
+    return Homepage(catalog, build_rows(config, catalog), decorators, stages, member, fallback,
+                    record=record, **timeouts)

@@ -141,15 +141,27 @@ class SelectorsConfig:
 
 @dataclass(frozen=True)
 class ArtworkConfig:
-    policy: str = "epsilon_greedy"
+    """The artwork bandit (bandits/policies.py) and how much it explores: epsilon for
+    epsilon_greedy, alpha (the confidence width) for linucb, scale (of the posterior draws) for
+    linear_ts; each policy reads only its own. Hot: an experiment may vary them per member."""
+
+    policy: str = "linucb"  # what the nearline learner trains (actors/bandit_learner.py)
     epsilon: float = 0.1
+    alpha: float = 0.03  # as `marquee bench bandit` tuned it (the learner's default too)
+    scale: float = 1.0
     seed: int = 7
 
     def __post_init__(self) -> None:
         if not isinstance(self.policy, str) or not self.policy:
             raise ValueError(f"policy: expected a name, got {self.policy!r}")
         _number("epsilon", self.epsilon, minimum=0.0, maximum=1.0)
+        _number("alpha", self.alpha, positive=True)
+        _number("scale", self.scale, positive=True)
         _number("seed", self.seed, integer=True)
+
+    def params_for(self, params: tuple[str, ...]) -> dict:
+        """This config's values of the parameters a policy takes (the others keep its defaults)."""
+        return {name: getattr(self, name) for name in ("epsilon", "alpha", "scale") if name in params}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,10 @@ from typing import Any, Awaitable, Callable
 from deployments.catalog import ServingCatalog, load_catalog
 from deployments.gateway import ApiError, call_with_retry
 from deployments.homepage import Homepage, HomepageRequest, Stages
-from deployments.page_builder import artwork_of, build_homepage
+from bandits.store import PolicyStore
+from deployments.artwork import BanditServing
+from deployments.decisions import DecisionRecorder
+from deployments.page_builder import build_homepage
 from deployments.page_config import HotValues
 from deployments.placement import PLACEMENTS
 from marquee.home import Paths
@@ -78,6 +81,7 @@ class MarqueeService:
         self.stages, self.event_log, self.placement = stages, event_log, settings.placement
         self.admin_token = settings.admin_token
         self._retrain_job: tuple[Any, str] | None = None  # (job client, id) of the last retrain submitted
+        self.decisions: DecisionRecorder | None = None  # where each page's decision record goes
 
     async def homepage(self, request: HomepageRequest) -> dict:
         return await self.homepage_stage(request)
@@ -212,11 +216,16 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
     stages, apply_to_stages = PLACEMENTS[settings.placement](settings.registry_root, settings.dataset, catalog, hot,
                                                              dict(handles or {}))
     member = member_reader(member_state)
-    service = MarqueeService(settings, catalog, build_homepage(hot.page, catalog, stages, member), stages, event_log)
+    # the replica's learned artwork state, kept across reconfigures, following the learner's store
+    bandit = BanditServing(catalog).follow(PolicyStore(Paths(Path(settings.home)).bandit_store))
+    recorder = DecisionRecorder(lambda: event_log.get() if isinstance(event_log, ActorRef) else event_log)
+    service = MarqueeService(settings, catalog, build_homepage(hot.page, catalog, stages, member, bandit=bandit,
+                                                               record=recorder.record), stages, event_log)
+    service.decisions = recorder
 
     def reconfigure(user_config: dict) -> None:
         new = HotValues.parse(user_config)  # raises on a bad value: nothing below changes
-        homepage = build_homepage(new.page, catalog, stages, member, artwork=artwork_of(service.homepage_stage))
+        homepage = build_homepage(new.page, catalog, stages, member, bandit=bandit, record=recorder.record)
         apply_to_stages(new)
         service.homepage_stage = homepage
 

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 
 from features.cowatch import CowatchCounts, CowatchIndex
 from marquee.names import DAY_MS as MS_PER_DAY  # noqa: F401 (offline_store reads it here)
-from marquee.schema import DEVICES, EVENT_TYPES
+from marquee.schema import DEVICES, EVENT_TYPES, SERVER_EVENT_TYPES
 from marquee.settings import assign, check_int, check_number, fail
 
 MS_PER_HOUR = 3_600_000
@@ -207,10 +207,16 @@ def partial_aggregate(events: pa.Table, vocab: Vocab, spec: FeatureSpec) -> dict
     """Aggregate one block of events into day-level partials (see module docstring).
 
     Needs only EVENT_COLUMNS; other columns are ignored. Pure function of its block, so blocks can
-    be processed in any order, on any worker, and combined afterwards."""
+    be processed in any order, on any worker, and combined afterwards. The server's own records
+    (SERVER_EVENT_TYPES: the decision of each page served) are no member behaviour: they are left
+    out of every feature and only counted (stats.server_records)."""
     missing = [c for c in EVENT_COLUMNS if c not in events.column_names]
     if missing:
         raise FeatureError(f"events block lacks column(s) {', '.join(missing)}")
+    server = pc.fill_null(pc.is_in(events.column("type"), value_set=pa.array(SERVER_EVENT_TYPES)), False)
+    server_records = int(pc.sum(server).as_py() or 0)
+    if server_records:
+        events = events.filter(pc.invert(server))
     slots = MemberSlots.of(vocab, spec)
     ms = _np(events.column("timestamp").cast(pa.int64()), 0).astype(np.int64)
     member = _np(events.column("member_id"), -1).astype(np.int64)
@@ -267,7 +273,8 @@ def partial_aggregate(events: pa.Table, vocab: Vocab, spec: FeatureSpec) -> dict
     ).rename_columns(["member_id", "title_id", "first_ms", "last_ms", "plays"])
 
     stats = pa.table({
-        "events": [len(ms)],
+        "events": [len(ms)],  # member events aggregated
+        "server_records": [server_records],
         "unknown_type": [int((etype < 0).sum())],
         "unknown_title": [int(((raw_title >= 0) & (title < 0)).sum())],
     })

@@ -55,7 +55,10 @@ class ErrorBody(Exact):
 
 class EventBatch(Body):
     """A batch of events, stored all or nothing: one malformed event refuses the batch (422
-    naming `events[i].field`); resending a batch is safe, events are deduplicated by event_id."""
+    naming `events[i].field`); resending a batch is safe, events are deduplicated by event_id.
+    Events that respond to a homepage carry its `request_id`. A `decision` (what a page showed,
+    with which propensities) is written by the server alone: posting one is refused (422 on
+    `events[i].type`), as is an event_id starting with 'decision-'."""
 
     events: list[EventIn] = Field(..., min_length=1, max_length=MAX_EVENTS_PER_BATCH,  # type: ignore[valid-type]
                                   description=f"1 to {MAX_EVENTS_PER_BATCH} events (more: 413)")

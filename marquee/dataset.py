@@ -21,6 +21,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from marquee.schema import (
+    ADDED_EVENT_COLUMNS,
     ARTWORK_SCHEMA,
     DATASET_FILES,
     EVENTS_DIR,
@@ -51,13 +52,18 @@ class Dataset:
         return self.events_dataset().to_table(columns=columns)
 
 
-def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
-    """Reorder and cast `table` to `schema`, naming the first column that does not fit."""
-    missing = [name for name in schema.names if name not in table.column_names]
+def conform(table: pa.Table, schema: pa.Schema, what: str, absent_as_null: Iterable[str] = ()) -> pa.Table:
+    """Reorder and cast `table` to `schema`, naming the first column that does not fit. Columns
+    named in `absent_as_null` may be missing: they are read as nulls."""
+    optional = set(absent_as_null)
+    missing = [name for name in schema.names if name not in table.column_names and name not in optional]
     if missing:
         raise DatasetError(f"{what}: missing column(s) {', '.join(missing)}")
     columns = []
     for f in schema:
+        if f.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, f.type))
+            continue
         column = table.column(f.name)
         try:
             column = column.cast(f.type)
@@ -69,6 +75,12 @@ def conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def conform_events(table: pa.Table, schema: pa.Schema = STORED_EVENT_SCHEMA, what: str = "events") -> pa.Table:
+    """`conform` for event rows (STORED_EVENT_SCHEMA, EVENT_SCHEMA or a selection of their columns):
+    rows written before a column was added (ADDED_EVENT_COLUMNS) read with nulls there."""
+    return conform(table, schema, what, absent_as_null=ADDED_EVENT_COLUMNS)
+
+
 def day_column(timestamps: pa.ChunkedArray | pa.Array) -> pa.Array:
     """UTC calendar day of each timestamp, as 'YYYY-MM-DD' strings (the partition key)."""
     return pc.strftime(timestamps, format="%Y-%m-%d")
@@ -76,7 +88,7 @@ def day_column(timestamps: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 def write_events(events: pa.Table, events_dir: Path, *, basename: str = "part-{i}.parquet") -> int:
     """Write STORED_EVENT_SCHEMA rows partitioned by UTC day; returns the number of rows."""
-    events = conform(events, STORED_EVENT_SCHEMA, "events")
+    events = conform_events(events)
     events = events.sort_by([("timestamp", "ascending"), ("seq", "ascending")])
     with_day = events.append_column("day", day_column(events.column("timestamp")))
     ds.write_dataset(
@@ -92,7 +104,8 @@ def write_events(events: pa.Table, events_dir: Path, *, basename: str = "part-{i
 
 
 def events_dataset(events_dir: Path | str) -> ds.Dataset:
-    """The day-partitioned event Parquet under `events_dir` as a pyarrow dataset."""
+    """The day-partitioned event Parquet under `events_dir` as a pyarrow dataset. Files written
+    before a column was added (ADDED_EVENT_COLUMNS) read with nulls there (the explicit schema)."""
     events_dir = Path(events_dir)
     if not events_dir.is_dir():
         raise DatasetError(f"no events directory at {events_dir}")

@@ -48,6 +48,16 @@ class Paths:
         return self.home / "registry"
 
     @property
+    def bandit_store(self) -> Path:
+        """The artwork policy's published versions (bandits/store.py): what replicas serve."""
+        return self.home / "bandits"
+
+    @property
+    def bandit_learner(self) -> Path:
+        """The nearline learner's checkpoint (actors/bandit_learner.py)."""
+        return self.home / "bandit_learner"
+
+    @property
     def cluster_record(self) -> Path:
         return self.home / "cluster.json"
 

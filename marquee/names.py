@@ -10,6 +10,7 @@ NAMESPACE = "marquee"  # the Ray namespace of every named actor and of the Serve
 APP_NAME = "marquee"  # the Serve application
 EVENT_LOG_ACTOR = "marquee-event-log"
 MEMBER_STATE_ACTOR = "marquee-member-state"
+BANDIT_LEARNER_ACTOR = "marquee-bandit-learner"  # follows the log, learns the artwork policy
 
 DAY_S = 86_400
 DAY_MS = DAY_S * 1000

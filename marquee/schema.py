@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
+import operator
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
-                      PlainValidator, TypeAdapter, ValidationError, WithJsonSchema, create_model)
+                      PlainValidator, TypeAdapter, ValidationError, WithJsonSchema, create_model,
+                      model_validator)
 from pydantic_core import PydanticCustomError
 
 # ---------------------------------------------------------------------------------------------
@@ -36,7 +41,20 @@ EVENT_TYPES: tuple[str, ...] = (
     "my_list_remove",
     "search",  # title_id may be null; payload {"query": "..."}
     "preference",  # onboarding tastes; title_id may be null; payload {"genres": ["...", ...]}
+    "decision",  # the server's record of a homepage it served (decision_event below); never posted
 )
+# Types only the server writes (straight to the event log). The public API refuses them, so a
+# client cannot forge the artwork arms and propensities the reward join reads from decisions;
+# member state and the feature jobs skip them (a record of what was shown is no member behaviour).
+SERVER_EVENT_TYPES: tuple[str, ...] = ("decision",)
+CLIENT_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t not in SERVER_EVENT_TYPES)
+
+# A homepage request id (GET /v1/homepage?request_id=, X-Marquee-Request-Id): events that respond
+# to a page carry it, and its decision record is the event f"{DECISION_ID_PREFIX}{request_id}", so
+# the log's dedup by event_id keeps one decision per request. Clients may not use the prefix.
+MAX_REQUEST_ID_LENGTH = 64
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+DECISION_ID_PREFIX = "decision-"
 
 # Maturity levels, ordered: a profile with level L may see titles with level <= L.
 MATURITY_LABELS: tuple[str, ...] = ("kids", "family", "teen", "mature")
@@ -69,8 +87,16 @@ EVENT_SCHEMA = pa.schema(
         pa.field("value", pa.float64()),  # progress fraction, thumb +1/-1/0, MovieLens rating
         pa.field("experiments", pa.string()),  # JSON object {experiment: variant}
         pa.field("payload", pa.string()),  # JSON object, type-specific extras
+        pa.field("request_id", pa.string()),  # the homepage request the event responds to (Part 6)
     ]
 )
+
+# Columns added after event files were first written (WAL segments, compacted and dataset Parquet):
+# every reader fills them with nulls for a file that lacks them (marquee.dataset.conform_events),
+# so they must be nullable.
+ADDED_EVENT_COLUMNS: tuple[str, ...] = ("request_id",)
+if any(not EVENT_SCHEMA.field(name).nullable for name in ADDED_EVENT_COLUMNS):
+    raise AssertionError("a column added to EVENT_SCHEMA later must be nullable: old files lack it")
 
 # What the event log and the world store on disk: the event plus the log's sequence number.
 # Parquet datasets are hive-partitioned by `day=YYYY-MM-DD` (UTC day of `timestamp`).
@@ -153,6 +179,8 @@ class FieldRule:
     lt: float | None = None
     max_length: int | None = None
     nonblank: bool = False
+    pattern: str | None = None  # a text must match it (anchored with ^...$ to match it whole)
+    forbidden_prefix: str = ""  # a text may not start with it
     choices: tuple[float, ...] = ()
     message: str = ""  # replaces "expected <expect>" (the type-specific rules)
     noun: str = "items"  # a list's items, in "at most N <noun>"
@@ -162,8 +190,8 @@ class FieldRule:
         return f"{self.message or 'expected ' + self.expect}, got {value!r}"
 
 
-def _text(max_length: int = 256, description: str = "", **kw: Any) -> FieldRule:
-    return FieldRule("text", f"a string of at most {max_length} characters", max_length=max_length,
+def _text(max_length: int = 256, description: str = "", expect: str = "", **kw: Any) -> FieldRule:
+    return FieldRule("text", expect or f"a string of at most {max_length} characters", max_length=max_length,
                      description=description, **kw)
 
 
@@ -172,8 +200,8 @@ EVENT_FIELD_RULES: dict[str, FieldRule] = {
                           nonblank=True, description="unique per event: a resent batch is deduplicated by it"),
     "member_id": FieldRule("integer", f"an integer >= 0 and <= {MAX_ID}", required=True, ge=0, le=MAX_ID),
     "title_id": FieldRule("integer", f"an integer >= 0 and <= {MAX_ID}", ge=0, le=MAX_ID,
-                          description="the title; required except for search and preference events"),
-    "type": FieldRule("type", "one of " + ", ".join(EVENT_TYPES), required=True),
+                          description="the title; required except for search, preference and decision events"),
+    "type": FieldRule("type", "one of " + ", ".join(CLIENT_EVENT_TYPES), required=True),
     "timestamp": FieldRule("timestamp", "epoch milliseconds or an ISO-8601 time in 1990..2100", required=True,
                            ge=MIN_TIMESTAMP_MS, lt=MAX_TIMESTAMP_MS,
                            description="epoch milliseconds, or an ISO-8601 time (UTC when it has no offset)"),
@@ -189,12 +217,17 @@ EVENT_FIELD_RULES: dict[str, FieldRule] = {
                        description="progress/completion: fraction watched in [0, 1]; thumb: +1, -1 or 0"),
     "experiments": FieldRule("object", "a JSON object", description="{experiment: variant}"),
     "payload": FieldRule("object", "a JSON object", description="type-specific extras"),
+    "request_id": _text(MAX_REQUEST_ID_LENGTH, pattern=REQUEST_ID_PATTERN,
+                        expect=f"a string of at most {MAX_REQUEST_ID_LENGTH} characters matching "
+                               f"{REQUEST_ID_PATTERN}",
+                        description="the homepage request this event responds to: the X-Marquee-Request-Id / "
+                                    "request_id of the page (impressions, plays, progress, completions, thumbs)"),
 }
 if tuple(EVENT_FIELD_RULES) != tuple(EVENT_SCHEMA.names):  # one list of fields, in one order
     raise AssertionError("EVENT_FIELD_RULES and EVENT_SCHEMA name different fields")
 
 # Rules that depend on the event's type.
-TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search", "preference"}
+TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search", "preference", "decision"}
 VALUE_RULES: dict[str, FieldRule] = {
     "progress": FieldRule("number", ge=0.0, le=1.0, message="a progress fraction must lie in [0, 1]",
                           description="fraction watched so far"),
@@ -217,6 +250,39 @@ GENRE_NAME_RULE = FieldRule("text", f"a non-empty string of at most {MAX_GENRE_N
 
 _REQUIRED_TITLE_RULE = replace(EVENT_FIELD_RULES["title_id"], required=True, description="the title")
 
+# Every event but a decision: its id may not take a decision's (which would make the log drop the
+# server's record of that page as a duplicate).
+MEMBER_EVENT_ID_RULE = replace(EVENT_FIELD_RULES["event_id"], forbidden_prefix=DECISION_ID_PREFIX,
+                               expect=f"{EVENT_FIELD_RULES['event_id'].expect}, not starting with "
+                                      f"{DECISION_ID_PREFIX!r} (the server's decision records)")
+
+# A decision event (decision_event below): request_id required, event_id f"decision-{request_id}",
+# payload {"policy", "policy_version", "items": [[title_id, artwork_id, propensity, row_id,
+# position], ...], "context": {...}}; each item follows the rules of the impression field it is.
+DECISION_ITEM_FIELDS: tuple[str, ...] = ("title_id", "artwork_id", "propensity", "row_id", "position")
+_DECISION_ITEM_RULES: dict[str, FieldRule] = {
+    "title_id": _REQUIRED_TITLE_RULE,
+    "artwork_id": replace(EVENT_FIELD_RULES["artwork"], required=True, description="the artwork arm shown"),
+    "propensity": replace(EVENT_FIELD_RULES["propensity"], required=True),
+    "row_id": replace(EVENT_FIELD_RULES["row"], required=True),
+    "position": replace(EVENT_FIELD_RULES["position"], required=True),
+}
+MAX_POLICY_NAME = 64
+DECISION_ID_RULE = FieldRule("text", required=True,
+                             message=f"a decision's event_id is {DECISION_ID_PREFIX!r} + its request_id")
+DECISION_RULES: dict[str, FieldRule] = {
+    "request_id": replace(EVENT_FIELD_RULES["request_id"], required=True),
+    "payload": FieldRule("object", 'a JSON object {"policy", "policy_version", "items", "context"}', required=True),
+    "payload.policy": FieldRule("text", f"a non-empty string of at most {MAX_POLICY_NAME} characters",
+                                required=True, max_length=MAX_POLICY_NAME, nonblank=True),
+    "payload.policy_version": FieldRule("integer", f"an integer >= 0 and <= {MAX_ID}", required=True, ge=0,
+                                        le=MAX_ID),
+    "payload.items": FieldRule("list", "a list of [" + ", ".join(DECISION_ITEM_FIELDS) + "]", required=True),
+    "payload.items[]": FieldRule("list", "[" + ", ".join(DECISION_ITEM_FIELDS) + "]", required=True),
+    **{f"payload.items[].{name}": rule for name, rule in _DECISION_ITEM_RULES.items()},
+    "payload.context": FieldRule("object", "a JSON object", required=True),
+}
+
 
 def rule_for(event_type: str | None, path: str) -> FieldRule | None:
     """The rule behind a field path of an event ("value", "payload.genres[]")."""
@@ -227,6 +293,11 @@ def rule_for(event_type: str | None, path: str) -> FieldRule | None:
     if event_type == "preference" and path.startswith("payload"):
         return {"payload": PREFERENCE_PAYLOAD_RULE, "payload.genres": PREFERENCE_GENRES_RULE,
                 "payload.genres[]": GENRE_NAME_RULE}.get(path)
+    if event_type == "decision":
+        if path in DECISION_RULES or path.startswith("payload"):
+            return DECISION_RULES.get(path)
+    elif path == "event_id":
+        return MEMBER_EVENT_ID_RULE
     return EVENT_FIELD_RULES.get(path)
 
 
@@ -299,8 +370,17 @@ def json_int(**limits: Any) -> Any:
 def _annotation(rule: FieldRule) -> Any:
     limits = {key: getattr(rule, key) for key in ("ge", "gt", "le", "lt") if getattr(rule, key) is not None}
     if rule.kind == "text":
-        return Annotated[str, Field(strict=True, min_length=1 if rule.nonblank else None,
-                                    max_length=rule.max_length, pattern=r"\S" if rule.nonblank else None)]
+        text = Annotated[str, Field(strict=True, min_length=1 if rule.nonblank else None, max_length=rule.max_length,
+                                    pattern=rule.pattern or (r"\S" if rule.nonblank else None))]
+        if not rule.forbidden_prefix:
+            return text
+        prefix = rule.forbidden_prefix
+
+        def not_prefixed(value: str) -> str:
+            if value.startswith(prefix):
+                raise ValueError(f"starts with {prefix!r}")
+            return value
+        return Annotated[text, AfterValidator(not_prefixed)]
     if rule.kind == "integer":
         return json_int(**limits)
     if rule.kind == "number":
@@ -338,6 +418,39 @@ class PreferencePayload(BaseModel):
         ..., description="the member's preferred genres; an empty list clears them")
 
 
+# An item as stored, [title_id, artwork_id, propensity, row_id, position], validated inside
+# pydantic-core as a fixed tuple (no Python call per item: a page holds up to hundreds of them);
+# event_problems names a failing position by DECISION_ITEM_FIELDS.
+_DECISION_ITEM = tuple[tuple(_annotation(_DECISION_ITEM_RULES[name]) for name in DECISION_ITEM_FIELDS)]  # type: ignore[misc]
+
+
+class DecisionPayload(BaseModel):
+    """The payload of a decision event: what the artwork policy chose on one page, and what it saw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: _annotation(DECISION_RULES["payload.policy"]) = Field(..., description="the artwork policy's name")
+    policy_version: _annotation(DECISION_RULES["payload.policy_version"]) = Field(
+        ..., description="version of the learned state the policy chose with")
+    items: list[_DECISION_ITEM] = Field(  # type: ignore[valid-type]
+        ..., description="[" + ", ".join(DECISION_ITEM_FIELDS) + "] per title shown")
+    context: dict[str, Any] = Field(..., description="what the policy saw, e.g. {\"hour\": 20, \"member\": [...]}")
+
+
+class _DecisionEventBase(BaseModel):
+    """A decision is the one record of its page: its event_id is fixed by its request_id, so the
+    log's dedup by event_id keeps exactly one per request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _one_record_per_request(self) -> _DecisionEventBase:
+        if self.event_id != DECISION_ID_PREFIX + self.request_id:  # type: ignore[attr-defined]
+            raise PydanticCustomError(_OWN_MESSAGE, "{reason}", {
+                "reason": DECISION_ID_RULE.reason(self.event_id), "field": "event_id"})  # type: ignore[attr-defined]
+        return self
+
+
 def _event_model(event_type: str) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, rule in EVENT_FIELD_RULES.items():
@@ -347,18 +460,28 @@ def _event_model(event_type: str) -> type[BaseModel]:
         rule = rule_for(event_type, name) or rule
         if rule is PREFERENCE_PAYLOAD_RULE:
             annotation = Annotated[PreferencePayload, BeforeValidator(_json_object_text)]
+        elif rule is DECISION_RULES["payload"]:
+            annotation = Annotated[DecisionPayload, BeforeValidator(_json_object_text)]
         else:
             annotation = _annotation(rule)
         fields[name] = _field(annotation, rule)
     title = "".join(part.title() for part in event_type.split("_")) + "Event"
-    return create_model(title, __config__=ConfigDict(extra="forbid", title=title),
-                        __doc__=f"A {event_type.replace('_', ' ')} event.", **fields)
+    doc = f"A {event_type.replace('_', ' ')} event."
+    if event_type == "decision":
+        return create_model(title, __base__=_DecisionEventBase, __doc__=doc, **fields)
+    return create_model(title, __config__=ConfigDict(extra="forbid", title=title), __doc__=doc, **fields)
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {t: _event_model(t) for t in EVENT_TYPES}
-# One event of any type, told apart by `type` (a discriminated union: OpenAPI's oneOf + discriminator)
-EventIn = Annotated[Union[tuple(EVENT_MODELS.values())], Discriminator("type")]  # type: ignore[valid-type]
-_EVENT_ADAPTER: TypeAdapter = TypeAdapter(EventIn)
+# One event a client may post, told apart by `type` (a discriminated union: OpenAPI's oneOf +
+# discriminator). A `decision` is no member of it: POST /v1/events answers 422 on events[i].type.
+EventIn = Annotated[Union[tuple(EVENT_MODELS[t] for t in CLIENT_EVENT_TYPES)],  # type: ignore[valid-type]
+                    Discriminator("type")]
+# Any event, decisions included: what the event log accepts from the server (Event.parse).
+_ANY_EVENT = Annotated[Union[tuple(EVENT_MODELS.values())], Discriminator("type")]  # type: ignore[valid-type]
+_EVENT_ADAPTER: TypeAdapter = TypeAdapter(_ANY_EVENT)
+SERVER_WRITTEN_REASON = ("{type} events are written by the server, never posted: send impressions and plays "
+                         "with the page's request_id")
 
 
 def event_problems(errors: list[dict], raw: Any, prefix: str = "") -> list[tuple[str, str]]:
@@ -369,6 +492,9 @@ def event_problems(errors: list[dict], raw: Any, prefix: str = "") -> list[tuple
     unknown: dict[str, list[str]] = {}
     for error in errors:
         loc = [part for part in error["loc"] if part not in EVENT_MODELS]  # the union's tag is no field
+        if event_type == "decision" and loc[:2] == ["payload", "items"] and len(loc) == 4 \
+                and isinstance(loc[3], int) and loc[3] < len(DECISION_ITEM_FIELDS):
+            loc[3] = DECISION_ITEM_FIELDS[loc[3]]  # an item is an array: its positions have names
         path = field_path(loc)
         kind = error["type"]
         where = f"{prefix}.{path}" if prefix and path else (prefix or path)
@@ -379,8 +505,14 @@ def event_problems(errors: list[dict], raw: Any, prefix: str = "") -> list[tuple
         if kind in ("union_tag_invalid", "union_tag_not_found"):
             where = f"{prefix}.type" if prefix else "type"
             given = raw.get("type") if isinstance(raw, dict) else None
-            out.append((where, "required" if given is None else EVENT_FIELD_RULES["type"].reason(given)))
+            if given in SERVER_EVENT_TYPES:
+                out.append((where, SERVER_WRITTEN_REASON.format(type=given)))
+            else:
+                out.append((where, "required" if given is None else EVENT_FIELD_RULES["type"].reason(given)))
             continue
+        if kind == _OWN_MESSAGE and (error.get("ctx") or {}).get("field"):  # a check across fields
+            path = error["ctx"]["field"]
+            where = f"{prefix}.{path}" if prefix else path
         if kind in ("model_attributes_type", "dict_type", "model_type") and not path:
             out.append((prefix or "event", f"must be an object, got {type(error['input']).__name__}"))
             continue
@@ -389,7 +521,7 @@ def event_problems(errors: list[dict], raw: Any, prefix: str = "") -> list[tuple
             reason = "required"
         elif kind == _OWN_MESSAGE:
             reason = error["msg"]
-        elif kind == "too_long" and rule is not None and rule.kind == "list":
+        elif kind == "too_long" and rule is not None and rule.kind == "list" and rule.max_length is not None:
             reason = f"at most {error['ctx']['max_length']} {rule.noun}, got {error['ctx']['actual_length']}"
         elif rule is not None:
             reason = rule.reason(error.get("input"))
@@ -438,6 +570,7 @@ class Event:
     value: float | None = None
     experiments: str | None = None
     payload: str | None = None
+    request_id: str | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> "Event":
@@ -462,7 +595,7 @@ class Event:
             experiments = _canonical_json(experiments)
         return cls(f["event_id"], f["member_id"], f["title_id"], f["type"], f["timestamp"], f["country"],
                    f["device"], f["row"], f["position"], f["artwork"], f["propensity"], f["value"],
-                   experiments, payload)
+                   experiments, payload, f["request_id"])
 
     def to_row(self) -> dict[str, Any]:
         """A dict keyed like EVENT_SCHEMA (timestamp as epoch milliseconds)."""
@@ -476,6 +609,156 @@ _EVENT_FIELDS = frozenset(EVENT_SCHEMA.names)
 
 def _canonical_json(value: dict) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# -- the decision record: the server's account of one homepage ----------------------------------
+
+
+class DecisionItem(NamedTuple):
+    """One title of a page as the policy decided it (the order of DECISION_ITEM_FIELDS)."""
+
+    title_id: int
+    artwork_id: str
+    propensity: float  # probability the policy had of choosing this artwork, in (0, 1]
+    row_id: str
+    position: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decision event read back (parse_decision): what the server showed on one page and with
+    which probabilities. The reward join credits arms from this, never from a client's event."""
+
+    request_id: str
+    member_id: int
+    timestamp_ms: int
+    device: str | None
+    country: str | None
+    policy: str
+    policy_version: int
+    items: tuple[DecisionItem, ...]
+    experiments: dict[str, Any]
+    context: dict[str, Any]
+    seq: int | None = None  # the log's sequence number, when the row came from the log
+
+    def item(self, title_id: int, row_id: str | None = None) -> DecisionItem | None:
+        """The title's item (in `row_id` when given; else its first on the page), or None."""
+        for item in self.items:
+            if item.title_id == title_id and (row_id is None or item.row_id == row_id):
+                return item
+        return None
+
+
+def _propensity(value: Any, where: str) -> float:
+    rule = _DECISION_ITEM_RULES["propensity"]
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not rule.gt < value <= rule.le:
+        raise ValueError(f"{where}: {rule.reason(value)}")
+    return float(value)
+
+
+def _whole(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    try:
+        return operator.index(value)  # numpy integers too (they are not JSON-serializable as such)
+    except TypeError:
+        raise ValueError(f"{where}: expected an integer, got {value!r}") from None
+
+
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removesuffix("$") + r"\Z")  # "$" in Python also matches before "\n"
+
+
+def decision_event(request_id: str, member_id: int, timestamp_ms: int, device: str | None, country: str | None,
+                   policy: str, policy_version: int, items: Iterable[Sequence[Any]],
+                   experiments: dict[str, str], context: dict[str, Any]) -> dict[str, Any]:
+    """The `decision` event of one served page, in the form the event log stores: event_id
+    f"decision-{request_id}" (one per request: the log deduplicates by it), the request id in its
+    column, `items` ((title_id, artwork_id, propensity, row_id, position) per title shown) with
+    `policy`, `policy_version` and `context` (what the policy saw, e.g. {"hour": 20, "member":
+    [floats]}) as compact JSON in `payload`, `experiments` as JSON in its column.
+
+    Checks what a page could get wrong cheaply (the request id, each item's shape and
+    propensity in (0, 1], JSON-serializable context), raising ValueError naming the field; the
+    event log validates the whole record by the same rules when it is appended."""
+    if not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_LENGTH \
+            or _REQUEST_ID.match(request_id) is None:
+        raise ValueError(f"request_id: {EVENT_FIELD_RULES['request_id'].reason(request_id)}")
+    policy_rule = DECISION_RULES["payload.policy"]
+    if not isinstance(policy, str) or not policy.strip() or len(policy) > policy_rule.max_length:
+        raise ValueError(f"policy: {policy_rule.reason(policy)}")
+    rows = []
+    low, high = _DECISION_ITEM_RULES["propensity"].gt, _DECISION_ITEM_RULES["propensity"].le
+    for i, item in enumerate(items):
+        if len(item) != len(DECISION_ITEM_FIELDS):
+            raise ValueError(f"items[{i}]: expected ({', '.join(DECISION_ITEM_FIELDS)}), got {item!r}")
+        title_id, artwork_id, propensity, row_id, position = item
+        if type(title_id) is int and type(position) is int and type(propensity) is float \
+                and low < propensity <= high and type(artwork_id) is str and type(row_id) is str:
+            rows.append(item)  # what a page holds (a NaN fails the comparison); a tuple is a JSON array
+            continue
+        for name, text in (("artwork_id", artwork_id), ("row_id", row_id)):
+            if not isinstance(text, str):
+                raise ValueError(f"items[{i}].{name}: {_DECISION_ITEM_RULES[name].reason(text)}")
+        rows.append([_whole(title_id, f"items[{i}].title_id"), artwork_id,
+                     _propensity(propensity, f"items[{i}].propensity"), row_id, _whole(position, f"items[{i}].position")])
+    payload = {"policy": policy, "policy_version": _whole(policy_version, "policy_version"), "items": rows,
+               "context": context}
+    return {"event_id": DECISION_ID_PREFIX + request_id, "member_id": member_id, "type": "decision",
+            "timestamp": timestamp_ms, "device": device, "country": country, "request_id": request_id,
+            "experiments": _record_json(experiments, "experiments", experiments),
+            "payload": _record_json(payload, "context", context)}
+
+
+def _record_json(value: dict, where: str, free_form: Any) -> str:
+    """Compact JSON with sorted keys of what a record holds (orjson: a tenth of json.dumps' time
+    on a page's record, measured). The items are checked already, so a failure is the named
+    free-form part's; orjson writes NaN as null, so non-finite numbers in it are refused first."""
+    if not isinstance(free_form, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(free_form).__name__}")
+    _refuse_non_finite(free_form, where)
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError as exc:  # orjson.JSONEncodeError: a value JSON cannot hold
+        raise ValueError(f"{where}: not JSON-serializable ({exc})") from None
+
+
+def _refuse_non_finite(value: Any, where: str) -> None:
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            raise ValueError(f"{where}: not JSON-serializable (non-finite number {value!r})")
+    elif isinstance(value, np.ndarray):
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            raise ValueError(f"{where}: not JSON-serializable (non-finite numbers in an array)")
+    elif isinstance(value, dict):
+        for item in value.values():
+            _refuse_non_finite(item, where)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _refuse_non_finite(item, where)
+
+
+
+def parse_decision(row: dict[str, Any]) -> Decision:
+    """A decision event (a row of the log, `Event.to_row()`, or `decision_event`'s dict) as a
+    Decision, validated by the event rules; EventError names each bad field, e.g.
+    "payload.items[3].propensity: expected a finite number in (0, 1], got 1.5". Other columns
+    (seq, day) are ignored, nulls are absent values."""
+    if not isinstance(row, dict):
+        raise EventError(f"decision must be an object, got {type(row).__name__}")
+    if row.get("type") != "decision":
+        raise EventError(f"type: expected 'decision', got {row.get('type')!r}")
+    raw = {name: value for name, value in row.items() if name in _EVENT_FIELDS and value is not None}
+    try:
+        model = _EVENT_ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise EventError(_problem_text(event_problems(exc.errors(), raw))) from None
+    f, payload = model.__dict__, model.payload  # type: ignore[attr-defined]
+    return Decision(
+        request_id=f["request_id"], member_id=f["member_id"], timestamp_ms=f["timestamp"], device=f["device"],
+        country=f["country"], policy=payload.policy, policy_version=payload.policy_version,
+        items=tuple(DecisionItem(*item) for item in payload.items),
+        experiments=dict(f["experiments"] or {}), context=payload.context, seq=row.get("seq"))
 
 
 # -- (b) the column-wise check of Arrow tables, from the same rules -----------------------------
@@ -496,26 +779,37 @@ def validate_event_table(table: pa.Table) -> TableCheck:
     types = table.column("type")
     problems: list[tuple[np.ndarray, str, FieldRule]] = []
     for name, rule in EVENT_FIELD_RULES.items():
-        if name == "value" or (name == "payload"):
+        if name in ("value", "payload", "event_id", "request_id"):
             continue  # typed rules below
         problems.append((_violations(table.column(name), rule), name, rule))
     needs_title = _mask(pc.is_in(types, value_set=pa.array(sorted(TITLE_REQUIRED_TYPES))))
     problems.append((needs_title & _mask(pc.is_null(table.column("title_id"))), "title_id", _REQUIRED_TITLE_RULE))
-    typed = {t: _mask(pc.equal(types, t)) for t in [*VALUE_RULES, "preference"]}
+    typed = {t: _mask(pc.equal(types, t)) for t in [*VALUE_RULES, "preference", "decision"]}
+    decision = typed["decision"]
+    event_id, request_id = table.column("event_id"), table.column("request_id")
+    for rows, name, rule in ((~decision, "event_id", MEMBER_EVENT_ID_RULE),
+                             (decision, "event_id", EVENT_FIELD_RULES["event_id"]),
+                             (~decision, "request_id", EVENT_FIELD_RULES["request_id"]),
+                             (decision, "request_id", DECISION_RULES["request_id"])):
+        problems.append((rows & _violations(table.column(name), rule), name, rule))
+    if decision.any():  # one record per request: event_id is the prefix + request_id
+        expected = pc.binary_join_element_wise(DECISION_ID_PREFIX, request_id, "")
+        problems.append((decision & _mask(pc.not_equal(event_id, expected)), "event_id", DECISION_ID_RULE))
     untyped_value = ~np.logical_or.reduce([typed[t] for t in VALUE_RULES])
     problems.append((untyped_value & _violations(table.column("value"), EVENT_FIELD_RULES["value"]),
                      "value", EVENT_FIELD_RULES["value"]))
     for event_type, rule in VALUE_RULES.items():
         problems.append((typed[event_type] & _violations(table.column("value"), rule), "value", rule))
     payload = table.column("payload")
-    problems.append((~typed["preference"] & _violations(payload, EVENT_FIELD_RULES["payload"]), "payload",
-                     EVENT_FIELD_RULES["payload"]))
-    preference_reasons = _preference_payload_reasons(payload, typed["preference"])
+    problems.append((~typed["preference"] & ~decision & _violations(payload, EVENT_FIELD_RULES["payload"]),
+                     "payload", EVENT_FIELD_RULES["payload"]))
+    payload_reasons = {**_typed_payload_reasons(payload, typed["preference"], "preference"),
+                       **_typed_payload_reasons(payload, decision, "decision")}
 
     bad = np.zeros(n, dtype=bool)
     for mask, _, _ in problems:
         bad |= mask
-    bad[list(preference_reasons)] = True
+    bad[list(payload_reasons)] = True
     if not bad.any():
         return TableCheck(table, [])
     reasons: dict[int, list[str]] = {}
@@ -525,7 +819,7 @@ def validate_event_table(table: pa.Table) -> TableCheck:
             values = table.column(name).take(pa.array(rows)).to_pylist()
             for row, value in zip(rows.tolist(), values):
                 reasons.setdefault(row, []).append(f"{name}: " + ("required" if value is None else rule.reason(value)))
-    for row, text in preference_reasons.items():
+    for row, text in payload_reasons.items():
         reasons.setdefault(row, []).append(text)
     bad_rows = sorted(reasons)
     ids = table.column("event_id").take(pa.array(bad_rows)).to_pylist()
@@ -561,8 +855,11 @@ def _violations(column: pa.ChunkedArray, rule: FieldRule) -> np.ndarray:
     elif rule.kind == "text":
         if rule.max_length is not None:
             bad |= _mask(pc.greater(pc.utf8_length(present), rule.max_length))
-        if rule.nonblank:
-            bad |= ~_mask(pc.match_substring_regex(present, r"\S")) & ~_mask(pc.is_null(present))
+        for pattern in (rule.pattern, r"\S" if rule.nonblank else None):
+            if pattern is not None:
+                bad |= ~_mask(pc.match_substring_regex(present, pattern)) & ~_mask(pc.is_null(present))
+        if rule.forbidden_prefix:
+            bad |= _mask(pc.starts_with(present, rule.forbidden_prefix))
     elif rule.kind == "type":
         bad |= ~_mask(pc.is_in(present, value_set=pa.array(EVENT_TYPES)))
     elif rule.kind == "object":  # JSON text; repeated payloads are parsed once
@@ -580,13 +877,14 @@ def _is_json_object(text: str) -> bool:
         return False
 
 
-def _preference_payload_reasons(payload: pa.ChunkedArray, rows: np.ndarray) -> dict[int, str]:
-    """Row -> reason for preference events whose payload is not {"genres": [...]} (by the model)."""
+def _typed_payload_reasons(payload: pa.ChunkedArray, rows: np.ndarray, event_type: str) -> dict[int, str]:
+    """Row -> reason for the `rows` (preference or decision events) whose payload does not have
+    their type's shape (by the payload model of their event model)."""
     out: dict[int, str] = {}
     indices = np.flatnonzero(rows)
     if not indices.size:
         return out
-    adapter = _PREFERENCE_ADAPTER
+    adapter = _PAYLOAD_ADAPTERS[event_type]
     for row, text in zip(indices.tolist(), payload.take(pa.array(indices)).to_pylist()):
         if text is None:
             out[row] = "payload: required"
@@ -597,11 +895,12 @@ def _preference_payload_reasons(payload: pa.ChunkedArray, rows: np.ndarray) -> d
             out[row] = f"payload: {exc}"
         except ValidationError as exc:
             errors = [{**e, "loc": ("payload", *e["loc"])} for e in exc.errors()]
-            out[row] = _problem_text(event_problems(errors, {"type": "preference"}))
+            out[row] = _problem_text(event_problems(errors, {"type": event_type}))
     return out
 
 
-_PREFERENCE_ADAPTER: TypeAdapter = TypeAdapter(PreferencePayload)
+_PAYLOAD_ADAPTERS: dict[str, TypeAdapter] = {"preference": TypeAdapter(PreferencePayload),
+                                             "decision": TypeAdapter(DecisionPayload)}
 
 
 def events_to_table(events: list[Event], seqs: list[int] | None = None) -> pa.Table:

@@ -58,6 +58,11 @@ def _serve_config():
     return module.configure_cli, module.cli_main
 
 
+def _ope():
+    from training import ope as module
+    return module.configure_cli, module.cli_main
+
+
 def _bench(name: str):
     def load():
         if name == "ingest":
@@ -66,6 +71,8 @@ def _bench(name: str):
             from bench import features as module
         elif name == "train":
             from bench import train as module
+        elif name == "bandit":
+            from bench import bandit as module
         else:
             from bench import serve as module
         return module.configure_cli, module.cli_main
@@ -83,12 +90,14 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "up": (_up, "start the local system and print where to look"),
     "down": (_down, "stop a system started with `marquee up --detach`"),
     "serve-config": (_serve_config, "print the Ray Serve config (serve.yaml) of a profile"),
+    "ope": (_ope, "off-policy evaluation of an artwork policy (Open Bandit Dataset or served logs)"),
 }
 BENCHMARKS: dict[str, tuple[Callable, str]] = {
     "ingest": (_bench("ingest"), "events/s and ack p99 through the event log actor"),
     "features": (_bench("features"), "feature job: Ray Data against single-process pyarrow"),
     "train": (_bench("train"), "XGBoost via Ray Train against plain xgboost.train, same rows"),
     "serve": (_bench("serve"), "homepage over Serve HTTP against the same code under plain uvicorn"),
+    "bandit": (_bench("bandit"), "artwork policies on the bandit environment: regret against the oracle"),
 }
 
 

@@ -141,6 +141,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
     import ray
 
     from actors.events import start_event_log
+    from actors.bandit_learner import start_bandit_learner
     from actors.member_state import start_member_state
     from models.bundle import DatasetIdentity
     from state.registry import Registry, RegistryError
@@ -162,6 +163,8 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
         lifetime="detached", recent_limit=RECENT_LIMIT)
     applied = ray.get(member_state.sync.remote())
+    # the artwork bandit learns nearline from what is served (decisions joined to plays)
+    start_bandit_learner(paths.bandit_learner, event_log, paths.bandit_store, dataset, lifetime="detached")
     registry = Registry(paths.registry)
     try:  # one home serves one catalog: its models rank that catalog's titles
         registry.bind_catalog(DatasetIdentity.of_dataset_dir(dataset), reason="marquee up")

@@ -70,6 +70,21 @@ class Behaviour:
 
 
 DEFAULT_BEHAVIOUR = Behaviour()
+EVENING_FROM = 18  # the evening term's hours: 18:00-23:59
+SMALL_HOURS = (1, 6)  # the small-hours term's: 01:00-06:59
+
+
+def play_logit(b: Behaviour, match, pop_z, recency, theme_affinity, position, row, hour, device,
+               in_progress=0.0, completed=0.0, listed=0.0) -> np.ndarray:
+    """The world's play logit of an impression (one definition: the simulator draws plays with
+    it, the artwork bandit's environment and oracles read it)."""
+    hour = np.asarray(hour)
+    return (b.play_bias + b.play_match * match + b.play_popularity * pop_z + b.play_recency * recency
+            + b.play_theme * theme_affinity + b.play_position * position + b.play_row * row
+            + b.play_continue * in_progress + b.play_completed * completed + b.play_listed * listed
+            + np.where(hour >= EVENING_FROM, b.play_evening, 0.0)
+            + np.where((hour >= SMALL_HOURS[0]) & (hour <= SMALL_HOURS[1]), b.play_small_hours, 0.0)
+            + np.asarray(b.play_device)[device])
 
 # Row plan coefficients: (estimated match, popularity, recency, already completed) per row kind
 # CW, TOP, POP, TREND, NEW, SEARCH, GENRE. The world's recommender knows tastes only roughly.

@@ -23,6 +23,7 @@ from marquee.names import DAY_MS
 from marquee.schema import DEVICES, EVENT_TYPES, STORED_EVENT_SCHEMA, TIMESTAMP
 from producers.world.behaviour import (
     HOUR_P,
+    play_logit,
     MAX_BINGE,
     MAX_POSITIONS,
     MAX_ROWS,
@@ -230,15 +231,8 @@ class Simulator:
                 row=row, position=pos, art=art, propensity=1.0 / cat.art_count[t])
 
         # Which impressions get played (at most a couple per session, in browsing order).
-        h = hour[s]
-        logit = (b.play_bias + b.play_match * match[s, t] + b.play_popularity * pop[s, t]
-                 + b.play_recency * recency[s, t]
-                 + b.play_theme * mem.theme_affinity[m[s], cat.art_theme[art]]
-                 + b.play_position * pos + b.play_row * slot + b.play_continue * in_progress[s, t]
-                 + b.play_completed * completed[s, t] + b.play_listed * listed[s, t]
-                 + np.where(h >= 18, b.play_evening, 0.0)
-                 + np.where((h >= 1) & (h <= 6), b.play_small_hours, 0.0)
-                 + np.asarray(b.play_device)[dev[s]])
+        logit = play_logit(b, match[s, t], pop[s, t], recency[s, t], mem.theme_affinity[m[s], cat.art_theme[art]],
+                           pos, slot, hour[s], dev[s], in_progress[s, t], completed[s, t], listed[s, t])
         played = rng.random(s.size) < sigmoid(logit)
         played &= group_cumsum(played.astype(np.int64), s) <= b.max_plays_per_session
 
@@ -380,6 +374,7 @@ class Simulator:
             "value": pa.array(c["value"], pa.float64(), mask=np.isnan(c["value"])),
             "experiments": pa.nulls(n, pa.string()),
             "payload": coded(c["payload"], self.payloads),
+            "request_id": pa.nulls(n, pa.string()),  # simulated sessions are not served pages
             "seq": seq,
         }
         arrays = [columns[f.name] for f in STORED_EVENT_SCHEMA]

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from marquee.dataset import day_column
+from marquee.dataset import conform_events, day_column
 from marquee.durable import fsync_path
 from marquee.schema import STORED_EVENT_SCHEMA
 from state.eventlog.errors import LogCorruption
@@ -41,9 +41,16 @@ class CompactedSegment:
         return self.last_seq - self.first_seq + 1
 
     def read(self, columns: list[str] | None = None) -> pa.Table:
-        tables = [pq.ParquetFile(p).read(columns=columns) for p in self.files]
-        table = pa.concat_tables(tables) if tables else STORED_EVENT_SCHEMA.empty_table()
-        return table.sort_by("seq") if columns is None or "seq" in columns else table
+        """Its rows (in seq order when seq is read); a file compacted before a column was added
+        to the schema reads with nulls there."""
+        schema = STORED_EVENT_SCHEMA if columns is None else pa.schema([STORED_EVENT_SCHEMA.field(c) for c in columns])
+        tables = []
+        for path in self.files:
+            parquet = pq.ParquetFile(path)
+            present = [name for name in schema.names if name in parquet.schema_arrow.names]
+            tables.append(conform_events(parquet.read(columns=present), schema, str(path)))
+        table = pa.concat_tables(tables) if tables else schema.empty_table()
+        return table.sort_by("seq") if "seq" in schema.names else table
 
 
 def compact_segment(layout: LogLayout, segment: WalSegment, step: Callable[[str], None]) -> CompactedSegment:

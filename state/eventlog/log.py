@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from marquee.dataset import conform
+from marquee.dataset import conform_events
 from marquee.durable import fsync_path
 from marquee.schema import EVENT_SCHEMA, STORED_EVENT_SCHEMA, Event, EventError, validate_event_table
 from state.eventlog.compaction import CompactedSegment, compact_segment, index_compacted, roll_forward
@@ -171,7 +171,7 @@ class EventLog:
         importing the same history twice changes nothing."""
         if self._fd is None:
             raise RuntimeError("EventLog is closed")
-        table = conform(events.select(EVENT_SCHEMA.names), EVENT_SCHEMA, "events")
+        table = conform_events(events, EVENT_SCHEMA)  # history written before request_id: nulls there
         checked = validate_event_table(table)  # the rules of `append`, a column at a time
         rejected = [Rejection(i, event_id, reason) for i, event_id, reason in checked.rejected]
         table = checked.valid.sort_by([("timestamp", "ascending")])
@@ -386,12 +386,13 @@ class EventLog:
         next_seq = self._compacted[-1].last_seq + 1 if self._compacted else 0
         torn_bytes = 0
         paths = layout.wal_paths()
+        last_current = True  # the newest segment is in today's schema (else: appends go to a new one)
         for n, path in enumerate(paths):
             segment_id = int(path.stem)
             if segment_id in compacted_ids:
                 self._drop_redundant_wal(path, segment_id)
                 continue
-            batches, valid = read_segment(path, next_seq, is_last=n == len(paths) - 1)
+            batches, valid, last_current = read_segment(path, next_seq, is_last=n == len(paths) - 1)
             size = path.stat().st_size
             if valid < size:
                 torn_bytes += size - valid
@@ -404,7 +405,7 @@ class EventLog:
                 self._seen.in_wal.update(b.column("event_id").to_pylist())
             next_seq += segment.count
         last_known = max([s.segment_id for s in self._compacted] + [s.segment_id for s in self._wal_segments] + [-1])
-        if not self._wal_segments or self._wal_segments[-1].segment_id < last_known:
+        if not self._wal_segments or self._wal_segments[-1].segment_id < last_known or not last_current:
             self._wal_segments.append(self._open_segment(last_known + 1))
         self._last_seq = next_seq - 1
         self._fd = os.open(self._active.path, os.O_WRONLY | os.O_APPEND)
@@ -422,7 +423,7 @@ class EventLog:
         """A WAL segment whose Parquet already exists (commit record lost by hand?) is not
         replayed twice; it is deleted only when the Parquet holds exactly as many events."""
         parquet = next(s for s in self._compacted if s.segment_id == segment_id)
-        batches, _ = read_segment(path, parquet.first_seq, is_last=False)
+        batches = read_segment(path, parquet.first_seq, is_last=False).batches
         if sum(b.num_rows for b in batches) != parquet.count:
             raise LogCorruption(f"{path}: WAL segment and its compacted Parquet disagree on the event count")
         path.unlink()

@@ -18,9 +18,11 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 
+from marquee.dataset import DatasetError, conform_events
 from marquee.durable import fsync_path
 from marquee.schema import STORED_EVENT_SCHEMA
 from state.eventlog.errors import LogCorruption
@@ -101,12 +103,19 @@ def _write_all(fd: int, buffers: list) -> None:
             views[0] = views[0][written:]
 
 
-def read_segment(path: Path, expected_first_seq: int, *, is_last: bool) -> tuple[list[pa.RecordBatch], int]:
+class SegmentRead(NamedTuple):
+    batches: list[pa.RecordBatch]  # in STORED_EVENT_SCHEMA, whatever schema the file was written in
+    valid_bytes: int  # length of the valid prefix (shorter than the file: a torn tail)
+    current_format: bool  # written in today's STORED_EVENT_SCHEMA; if not, append no more to it
+
+
+def read_segment(path: Path, expected_first_seq: int, *, is_last: bool) -> SegmentRead:
     """Read and verify a WAL segment. Returns its batches and the byte length of its valid prefix.
 
     A torn or corrupt record at the tail of the LAST segment is a crash mid-append (never
     acknowledged): reading stops there and the caller truncates. Anywhere else it is damage to
-    acknowledged data and raises LogCorruption."""
+    acknowledged data and raises LogCorruption. A segment written before a column was added to
+    the schema reads with nulls in it (its header holds the schema it was written in)."""
     data = path.read_bytes()
     buffer = pa.py_buffer(data)
     head = len(MAGIC) + FILE_HEADER.size
@@ -120,11 +129,12 @@ def read_segment(path: Path, expected_first_seq: int, *, is_last: bool) -> tuple
     offset = head + schema_len
     batches: list[pa.RecordBatch] = []
     next_seq = expected_first_seq
+    current = schema == STORED_EVENT_SCHEMA
 
-    def bad(reason: str) -> tuple[list[pa.RecordBatch], int]:
+    def bad(reason: str) -> SegmentRead:
         if is_last:
             log.warning("%s: dropping %d byte(s) of torn tail at offset %d (%s)", path, len(data) - offset, offset, reason)
-            return batches, offset
+            return SegmentRead(batches, offset, current)
         raise LogCorruption(f"{path}: {reason} at offset {offset} in a sealed segment")
 
     while offset < len(data):
@@ -142,15 +152,21 @@ def read_segment(path: Path, expected_first_seq: int, *, is_last: bool) -> tuple
         batch = pa.ipc.read_record_batch(buffer.slice(start, length), schema)
         if batch.num_rows != count:
             raise LogCorruption(f"{path}: record at offset {offset} holds {batch.num_rows} rows, header says {count}")
-        if schema != STORED_EVENT_SCHEMA:
-            batch = pa.RecordBatch.from_arrays(
-                [batch.column(n).cast(f.type) for n, f in zip(STORED_EVENT_SCHEMA.names, STORED_EVENT_SCHEMA)],
-                schema=STORED_EVENT_SCHEMA,
-            )
+        if not current:
+            batch = _in_current_schema(batch, path, offset)
         batches.append(batch)
         next_seq += count
         offset = start + length
-    return batches, offset
+    return SegmentRead(batches, offset, current)
+
+
+def _in_current_schema(batch: pa.RecordBatch, path: Path, offset: int) -> pa.RecordBatch:
+    """A batch of an older schema by column name, with nulls in the columns added since."""
+    try:
+        table = conform_events(pa.Table.from_batches([batch]))
+    except DatasetError as exc:
+        raise LogCorruption(f"{path}: record at offset {offset} does not fit the event schema: {exc}") from None
+    return pa.RecordBatch.from_arrays([column.combine_chunks() for column in table.columns], schema=STORED_EVENT_SCHEMA)
 
 
 def truncate(path: Path, length: int) -> None:

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from marquee.schema import SERVER_EVENT_TYPES
 from state.member_state import snapshot
 from state.member_state.decode import (
     PLAYBACK_TYPES,
@@ -104,8 +105,9 @@ class MemberState:
 
         Rows with seq <= applied_seq are skipped, so re-applying is harmless. Returns the number
         of new rows consumed (every type counts; impressions and searches only mark the member
-        known and may move its first-event time). Within the batch rows are applied per member in
-        (timestamp, seq) order.
+        known and may move its first-event time; the server's own records, SERVER_EVENT_TYPES such
+        as decisions, only advance applied_seq: a page served is nothing the member did). Within
+        the batch rows are applied per member in (timestamp, seq) order.
         """
         missing = [name for name in REQUIRED_COLUMNS if name not in events.column_names]
         if missing:
@@ -118,6 +120,12 @@ class MemberState:
         events = events.select(list(REQUIRED_COLUMNS)).filter(pc.greater(seq, self._applied_seq))
         if events.num_rows == 0:
             return 0
+        consumed, last_seq = events.num_rows, pc.max(events.column("seq")).as_py()
+        events = events.filter(pc.invert(pc.fill_null(pc.is_in(events.column("type"),
+                                                                pa.array(SERVER_EVENT_TYPES)), False)))
+        if events.num_rows == 0:
+            self._applied_seq = max(self._applied_seq, last_seq)
+            return consumed
         members = events.column("member_id")
         if members.null_count:
             raise MemberStateError(f"events.member_id: {members.null_count} null value(s)")
@@ -133,8 +141,8 @@ class MemberState:
         )
         if relevant.num_rows:
             self._apply_sorted(sorted_columns(relevant))
-        self._applied_seq = max(self._applied_seq, pc.max(events.column("seq")).as_py())
-        return events.num_rows
+        self._applied_seq = max(self._applied_seq, last_seq)
+        return consumed
 
     def _note_first_events(self, events: pa.Table) -> None:
         """Create unseen members and keep each member's earliest event time (any type, any order)."""

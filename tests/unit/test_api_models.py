@@ -18,6 +18,7 @@ from marquee.schema import (
     MAX_ID,
     Event,
     EventError,
+    decision_event,
     events_to_table,
     validate_event_table,
 )
@@ -83,6 +84,13 @@ def test_the_batch_model_is_all_or_nothing_and_bounded():
             EventBatch.model_validate({"events": events})
 
 
+def test_the_batch_model_refuses_a_decision_the_log_accepts():
+    record = GOOD[-1]
+    assert record["type"] == "decision" and Event.parse(record).type == "decision"  # the server's path
+    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+        EventBatch.model_validate({"events": [record]})  # the client's path (422 on events[0].type)
+
+
 # -- one definition of a valid event: the column-wise check agrees with Event.parse ----------------
 
 GOOD = [
@@ -94,7 +102,12 @@ GOOD = [
     {"event_id": "s1", "member_id": 1, "type": "search", "timestamp": T0, "payload": {"query": "heat"}},
     {"event_id": "g1", "member_id": 1, "type": "preference", "timestamp": T0, "payload": {"genres": ["Drama"]}},
     {"event_id": "r1", "member_id": 1, "title_id": 9, "type": "play", "timestamp": T0, "value": 4.0},  # a rating
+    {"event_id": "q1", "member_id": 1, "title_id": 9, "type": "play", "timestamp": T0, "request_id": "req-1"},
+    decision_event("req-1", 1, T0, "tv", "US", "linucb", 2, [(2, "2-0", 0.5, "trending", 0)], {"ranker": "b"},
+                   {"hour": 3, "member": [0.25]}),
 ]
+DECISION_ROW = {**Event.parse(GOOD[-1]).to_row(), "event_id": "decision-r9", "request_id": "r9"}
+GOOD_PAYLOAD = DECISION_ROW["payload"]
 
 # Rows a bulk import may carry that Event.parse refuses: (row in EVENT_SCHEMA columns, field named)
 BAD_ROWS = [
@@ -118,11 +131,26 @@ BAD_ROWS = [
     ({"type": "preference", "title_id": None, "payload": '{"genres": ["Drama", ""]}'}, "payload.genres[1]"),
     ({"type": "preference", "title_id": None, "payload": '{"genres": ["Drama"], "titles": [1]}'}, "payload"),
     ({"type": "preference", "title_id": None, "payload": None}, "payload"),
+    ({"request_id": "x" * 65}, "request_id"),
+    ({"request_id": "has space"}, "request_id"),
+    ({"request_id": "req\n"}, "request_id"),
+    ({"request_id": ""}, "request_id"),
+    ({"event_id": "decision-r9"}, "event_id"),  # a decision's id on a play
+    # decisions: what only the server writes, checked as strictly in bulk as one by one
+    ({**DECISION_ROW, "request_id": None, "event_id": "decision-"}, "request_id"),
+    ({**DECISION_ROW, "event_id": "decision-r8"}, "event_id"),
+    ({**DECISION_ROW, "payload": None}, "payload"),
+    ({**DECISION_ROW, "payload": "[1]"}, "payload"),
+    ({**DECISION_ROW, "payload": GOOD_PAYLOAD.replace("0.5", "1.5")}, "payload.items[0].propensity"),
+    ({**DECISION_ROW, "payload": GOOD_PAYLOAD.replace('"trending",0', '"trending"')}, "payload.items[0].position"),
+    ({**DECISION_ROW, "payload": GOOD_PAYLOAD.replace('"trending",0', '"trending",0,1')}, "payload.items[0]"),
+    ({**DECISION_ROW, "payload": GOOD_PAYLOAD.replace('"policy_version":2', '"policy_version":-2')},
+     "payload.policy_version"),
 ]
 
 BASE_ROW = {"event_id": "b", "member_id": 1, "title_id": 2, "type": "play", "timestamp": T0, "country": None,
             "device": None, "row": None, "position": None, "artwork": None, "propensity": None, "value": None,
-            "experiments": None, "payload": None}
+            "experiments": None, "payload": None, "request_id": None}
 
 
 def _table(rows: list[dict]) -> pa.Table:

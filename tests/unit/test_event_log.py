@@ -13,7 +13,13 @@ import pytest
 
 import state.eventlog.seen_ids as seen_ids_module
 from marquee.dataset import events_dataset
-from marquee.schema import STORED_EVENT_SCHEMA, Event, EventError
+from marquee.schema import (
+    STORED_EVENT_SCHEMA,
+    Event,
+    EventError,
+    decision_event,
+    parse_decision,
+)
 from state.eventlog import AppendResult, EventLog, LogCorruption, LogLocked, Rejection
 
 DAY_MS = 86_400_000
@@ -423,3 +429,47 @@ def test_import_table_is_durable_ordered_and_idempotent(tmp_path):
     assert table.column("seq").to_pylist() == list(range(11))
     assert table.column("event_id").to_pylist() == [f"h{i}" for i in range(9, -1, -1)] + ["live"]
     reopened.close()
+
+
+# -- decisions and request ids (Part 6) --------------------------------------------------------------
+
+
+def page_decision(request_id: str, member_id: int = 3, propensity: float = 0.5) -> dict:
+    return decision_event(request_id, member_id, T0, "tv", "US", "egreedy", 4,
+                          [(1, "1-0", propensity, "trending", 0), (2, "2-1", 1.0, "trending", 1)], {"rows": "A"},
+                          {"hour": 22, "member": [0.5]})
+
+
+def test_the_server_appends_decisions_once_per_request_and_they_read_back(root):
+    with EventLog(root) as log:
+        first = log.append([page_decision("r1"), page_decision("r2"),
+                            event(1, type="impression", request_id="r1"), event(2, request_id="r1")])
+        assert (first.accepted, first.rejected) == (4, [])
+        retry = log.append([page_decision("r1")])  # the recorder resending after a lost ack
+        assert (retry.accepted, retry.duplicates) == (0, 1)
+        forged = page_decision("r3")  # decision_event refuses a zero propensity; the log does too
+        forged["payload"] = forged["payload"].replace('"1-0",0.5', '"1-0",0.0')
+        bad = log.append([forged])
+        assert bad.accepted == 0 and bad.rejected[0].reason.startswith("payload.items[0].propensity:")
+        log.compact(include_active=True)
+    with EventLog(root) as log:
+        table = log.read(-1)
+    assert table.column("request_id").to_pylist() == ["r1", "r2", "r1", "r1"]
+    decisions = [parse_decision(row) for row in table.to_pylist() if row["type"] == "decision"]
+    assert [(d.request_id, d.seq, d.item(1).propensity, d.experiments) for d in decisions] == [
+        ("r1", 0, 0.5, {"rows": "A"}), ("r2", 1, 0.5, {"rows": "A"})]
+
+
+def test_a_play_may_not_take_a_decisions_id_in_append_or_import(root):
+    from marquee.schema import events_to_table
+
+    forged = event(1, event_id="decision-r1")
+    with EventLog(root) as log:
+        result = log.append([forged])
+        assert result.accepted == 0 and result.rejected[0].reason.startswith("event_id:")
+        table = events_to_table([Event.parse(page_decision("r1"))])
+        rows = table.to_pylist()
+        bad = pa.Table.from_pylist([{**rows[0], "type": "play", "title_id": 1}], schema=table.schema)
+        imported = log.import_table(pa.concat_tables([table, bad]))
+        assert imported.accepted == 1 and imported.rejected[0].reason.startswith("event_id:")
+        assert log.read(-1).column("type").to_pylist() == ["decision"]

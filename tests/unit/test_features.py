@@ -32,6 +32,7 @@ from features.definitions import (
 )
 from features.offline_store import FeatureStoreError, read_manifest, snapshot_path
 from marquee.dataset import load_dataset
+from marquee.schema import decision_event
 from marquee.settings import SettingsError
 from ops.cli import main as marquee_main
 from training.features import (
@@ -104,6 +105,35 @@ def test_member_features_exact(hand_store):
     assert (m12["plays"], m12["completion_rate"], m12["play_through_rate"], m12["days_since_last_play"]) == (0, None, 0.0, None)
     assert m12["hour_share"] == pytest.approx([0, 0, 0, 0, 0, 1])
     assert m12["genre_affinity"] == [0, 0, 0, 0]
+
+
+def _decision_rows() -> list[dict]:
+    """The server's decision records of pages shown to the hand members and to a member with no
+    events at all, at hours and on devices none of their own events have."""
+    rows = []
+    for i, (member, day) in enumerate([(10, "2026-01-01"), (11, "2026-01-02"), (12, "2026-01-03"), (13, "2026-01-02")]):
+        record = decision_event(f"req-{i}", member, ms(day, 3), "tablet", "FR", "egreedy", 1,
+                                [(1, "1-0", 0.5, "trending", 0), (2, "2-0", 0.25, "trending", 1)], {}, {"hour": 3})
+        rows.append({k: record[k] for k in ("event_id", "member_id", "type", "timestamp", "device", "country",
+                                            "request_id", "payload")})
+    return rows
+
+
+def test_decision_records_change_no_feature(hand_store, tmp_path):
+    store, result = hand_store
+    titles = titles_table(GENRES, release={4: date(2026, 1, 10)})
+    members = members_table({10: "US", 11: "FR", 12: "US"})
+    dataset = write(tmp_path / "ds", titles, members, HAND_EVENTS + _decision_rows())
+    with_decisions = run_feature_job(dataset, tmp_path / "features", engine="arrow")
+    assert with_decisions.events == result.events == len(HAND_EVENTS)  # member events aggregated
+    for entity in ENTITIES:
+        for day in ("2026-01-02", "2026-01-04", "2026-01-05"):
+            assert features_as_of(tmp_path / "features", entity, day).equals(features_as_of(store, entity, day)), \
+                (entity, day)
+    load = load_dataset(dataset)
+    partials = partial_aggregate(load.events(), Vocab.from_tables(load.titles, load.members), FeatureSpec())
+    assert partials["stats"].to_pylist() == [{"events": len(HAND_EVENTS), "server_records": 4, "unknown_type": 0,
+                                              "unknown_title": 0}]
 
 
 def test_member_snapshot_only_sees_earlier_days(hand_store):

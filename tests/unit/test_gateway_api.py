@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # starlette nags about httpx vs httpx2; irrelev
 import deployments.gateway as gateway  # noqa: E402
 from deployments.gateway import MAX_EVENTS_PER_BATCH, make_api  # noqa: E402
 from deployments.homepage import HomepageRequest  # noqa: E402
-from marquee.schema import Event  # noqa: E402
+from marquee.schema import Event, decision_event  # noqa: E402
 
 TOKEN = "s3cret-token"
 GENRES = ("Comedy", "Drama")
@@ -264,6 +264,51 @@ def test_valid_batch_is_passed_through_and_answered_with_the_result(client, fake
     assert response.json() == {"accepted": 3, "duplicates": 0, "rejected": [], "last_seq": 2}
     (passed,) = fake.appended  # validated and normalized (ISO times as epoch ms), the same events
     assert [Event.parse(e) for e in passed] == [Event.parse(e) for e in batch]
+
+
+def test_a_client_posted_decision_is_refused_naming_its_type(client, fake):
+    """Decisions are the server's record (arm and propensity of each title shown): a client that
+    could post one could forge the propensities the reward join divides by."""
+    forged = decision_event("req-1", 7, TIMESTAMP, "tv", "US", "linucb", 1, [(1, "1-0", 1e-6, "trending", 0)],
+                            {}, {"hour": 20})
+    response = client.post("/v1/events", json={"events": [event(0, request_id="req-1"), forged]})
+    assert_names(response, 422, "events[1].type: decision events are written by the server")
+    body = response.json()
+    assert body["fields"] == ["events[1].type"] and (body["accepted"], body["rejected"]) == (0, 1)
+    assert fake.appended == []
+    # nor may a client's event take a decision's id (the log would drop the real record as a replay)
+    response = client.post("/v1/events", json={"events": [event(0, event_id="decision-req-1")]})
+    assert_names(response, 422, "events[0].event_id")
+    assert "not starting with 'decision-'" in response.json()["error"] and fake.appended == []
+
+
+@pytest.mark.parametrize("request_id", ["x" * 65, "has space", "a/b", "", "req\n"])
+def test_a_bad_request_id_on_an_event_is_422_naming_it(client, fake, request_id):
+    response = client.post("/v1/events", json={"events": [event(0, request_id=request_id)]})
+    assert_names(response, 422, "events[0].request_id")
+    assert fake.appended == []
+
+
+def test_events_carry_the_request_id_of_their_page(client, fake):
+    batch = [event(0, type="impression", request_id="req-1"), event(1, request_id="req-1"),
+             event(2, type="progress", value=0.5, request_id="req-1"), event(3, type="completion", value=1.0,
+             request_id="req-1"), event(4, type="thumb", value=1, request_id="req-1"), event(5)]
+    response = client.post("/v1/events", json={"events": batch})
+    assert response.status_code == 200, response.text
+    (passed,) = fake.appended
+    assert [e.get("request_id") for e in passed] == ["req-1"] * 5 + [None]
+
+
+def test_openapi_lists_no_decision_event_and_documents_request_id(client):
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    assert "DecisionEvent" not in schemas and "PlayEvent" in schemas
+    mapping = schemas["EventBatch"]["properties"]["events"]["items"]["discriminator"]["mapping"]
+    assert "decision" not in mapping and "impression" in mapping
+    request_id = schemas["ImpressionEvent"]["properties"]["request_id"]
+    assert "X-Marquee-Request-Id" in request_id["description"]
+    text = json.dumps(request_id)
+    assert '"maxLength": 64' in text and "^[A-Za-z0-9_.:-]+$" in text
 
 
 # -- POST /v1/members/{id}/preferences -------------------------------------------------------------

@@ -333,3 +333,21 @@ def test_row_building_failing_still_serves_the_popular_rows():
     homepage.rows = Broken()
     page = asyncio.run(homepage(HomepageRequest(member_id=1, request_id="r")))
     assert page["fallback"] is True and "rows" in page["degraded"] and page["rows"]
+
+
+def test_each_page_hands_over_one_decision_record_that_matches_what_it_shows():
+    """The server's record: every title with artwork, its arm and propensity as shown, the policy
+    and version, and the context the policy saw (the learner rebuilds x from it)."""
+    from marquee.schema import parse_decision
+
+    records: list[dict] = []
+    page = page_of(Stages(), HomepageRequest(member_id=1, request_id="page-1"), record=records.append)
+    assert len(records) == 1
+    decision = parse_decision(records[0])
+    assert decision.request_id == "page-1" and decision.member_id == 1 and decision.policy == "linucb"
+    shown = {(i["title_id"], r["row_id"], i["position"]): i["artwork"] for r in page["rows"] for i in r["items"]}
+    assert len(decision.items) == len(shown)
+    for item in decision.items:
+        art = shown[(item.title_id, item.row_id, item.position)]
+        assert art["artwork_id"] == item.artwork_id and art["propensity"] == pytest.approx(item.propensity)
+    assert len(decision.context["member"]) > 0 and decision.context["device"] == "tv"

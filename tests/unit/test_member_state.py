@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from marquee.schema import TITLE_SCHEMA, Event, events_to_table
+from marquee.schema import TITLE_SCHEMA, Event, decision_event, events_to_table
 from state.member_state import (
     ContinueWatching,
     MemberSnapshot,
@@ -273,6 +273,41 @@ def test_impressions_and_searches_make_a_member_known_without_state():
     assert state.apply(log.table()) == 2
     assert state.get(7) == MemberSnapshot(7, [], [], {}, [], known=True, first_event_ms=T0)
     assert state.get(8).known
+
+
+def decision_of(log: Log, member: int, at: int, request_id: str) -> Log:
+    """The server's record of a page shown to `member` (titles 1 and 10, with device and country)."""
+    log.seq += 1
+    log.events.append(Event.parse(decision_event(request_id, member, T0 + at * 1000, "tv", "US", "egreedy", 1,
+                                                 [(1, "1-0", 0.5, "trending", 0), (10, "10-1", 0.25, "trending", 1)],
+                                                 {}, {"hour": 1})))
+    log.seqs.append(log.seq)
+    return log
+
+
+def test_a_decision_changes_no_member_state_but_is_consumed():
+    """A page served is nothing the member did: no member becomes known by it, no first-event
+    time moves, no register changes; its seq is consumed (catch_up goes on past it)."""
+    log = Log().add(7, 1, "progress", 10, value=0.4).add(7, 2, "my_list_add", 11).add(7, 10, "thumb", 12, value=1)
+    plain = state_of(log)
+    decision_of(log, 7, 0, "r0")  # stamped before anything the member did
+    decision_of(log, 7, 20, "r1")
+    decision_of(log, 99, 30, "r2")  # a cold-start member shown a page
+    state = MemberState()
+    assert state.apply(log.table()) == 6 and state.applied_seq == 6
+    assert state.get(7) == plain.get(7) and state.get(7).first_event_ms == T0 + 10_000
+    assert state.get(7).continue_watching and state.get(7).my_list == [2]  # the member's own events count
+    assert state.get(99) == MemberSnapshot(99, [], [], {}, [], known=False)
+    assert state.to_table().equals(plain.to_table())  # every register (the metadata's applied_seq aside)
+
+
+def test_a_batch_of_only_decisions_advances_the_seq_for_catch_up():
+    log = Log()
+    for i in range(4):
+        decision_of(log, 5, i, f"r{i}")
+    state = MemberState()
+    assert state.catch_up(FakeSource(log.table()), batch=2) == 4  # no "breaks the contract" error
+    assert state.applied_seq == 4 and not state.get(5).known
 
 
 def test_missing_columns_are_named():

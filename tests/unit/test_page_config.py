@@ -45,7 +45,7 @@ def test_a_bad_override_is_refused_naming_the_field(override, named):
     ({"filters": ["watched", "profanity"]}, "filters: unknown filter 'profanity'"),
     ({"scorer": "coin_flip"}, "scorer: unknown scorer"),
     ({"decorators": ["explanation"]}, r"decorators: a homepage item needs \['artwork'\]"),
-    ({"artwork": {"policy": "linucb"}}, "artwork.policy: unknown policy"),
+    ({"artwork": {"policy": "ucb1000"}}, "artwork.policy: unknown policy"),
     ({"sources": {"wikipedia": {}}}, "sources.wikipedia: unknown source"),
     ({"rows": {"rows": [{"row_id": "x", "source": "nowhere", "title": "X"}]}}, r"rows\.rows\[x\]: source 'nowhere'"),
     ({"rows": {"rows": [{"row_id": "x", "source": "because_you_watched", "title": "X"}]}}, "per_seed"),

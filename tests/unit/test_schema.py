@@ -1,20 +1,29 @@
-"""Event validation: every malformed field gets a reason naming it; good events round-trip."""
+"""Event validation: every malformed field gets a reason naming it; good events round-trip; the
+server's decision record is built, validated and read back by one definition."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 from marquee.schema import (
+    CLIENT_EVENT_TYPES,
+    DECISION_ID_PREFIX,
     EVENT_SCHEMA,
     EVENT_TYPES,
+    SERVER_EVENT_TYPES,
     STORED_EVENT_SCHEMA,
     TITLE_REQUIRED_TYPES,
+    Decision,
+    DecisionItem,
     Event,
     EventError,
+    decision_event,
     events_to_table,
+    parse_decision,
 )
 
 GOOD = {
@@ -137,3 +146,152 @@ def test_malformed_preference_payload_is_named(payload, fragment):
 def test_twenty_genres_are_accepted():
     genres = [f"g{i}" for i in range(20)]
     assert json.loads(Event.parse({**PREFERENCE, "payload": {"genres": genres}}).payload)["genres"] == genres
+
+
+# -- request_id and the decision record (Part 6) ----------------------------------------------------
+
+ITEMS = [(42, "42-1", 0.25, "trending", 0), (43, "43-0", 1.0, "trending", 1), (42, "42-0", 0.5, "genre:drama", 0)]
+
+
+def decision(**overrides) -> dict:
+    args = {"request_id": "req-1", "member_id": 7, "timestamp_ms": 1767384900000, "device": "tv", "country": "US",
+            "policy": "linucb", "policy_version": 3, "items": ITEMS, "experiments": {"artwork": "b"},
+            "context": {"hour": 20, "member": [0.5, -0.125]}}
+    return decision_event(**{**args, **overrides})
+
+
+def test_types_split_into_what_clients_post_and_what_the_server_writes():
+    assert SERVER_EVENT_TYPES == ("decision",) and "decision" in EVENT_TYPES
+    assert set(CLIENT_EVENT_TYPES) | set(SERVER_EVENT_TYPES) == set(EVENT_TYPES)
+    assert not set(CLIENT_EVENT_TYPES) & set(SERVER_EVENT_TYPES)
+    assert EVENT_TYPES[:len(CLIENT_EVENT_TYPES)] == CLIENT_EVENT_TYPES  # codes of older types never move
+    assert "decision" not in TITLE_REQUIRED_TYPES
+
+
+@pytest.mark.parametrize("event_type, extra", [("impression", {}), ("play", {}), ("progress", {"value": 0.5}),
+                                               ("completion", {"value": 1.0}), ("thumb", {"value": 1})])
+def test_events_responding_to_a_page_carry_its_request_id(event_type, extra):
+    event = Event.parse({**GOOD, "type": event_type, "request_id": "0f3a:b_c.d-9", **extra})
+    assert event.request_id == "0f3a:b_c.d-9" and event.to_row()["request_id"] == "0f3a:b_c.d-9"
+    assert Event.parse(GOOD).request_id is None  # optional
+
+
+@pytest.mark.parametrize("request_id", ["x" * 65, "", "a b", "a/b", "é", "req\n", 5])
+def test_a_malformed_request_id_is_named(request_id):
+    with pytest.raises(EventError, match="request_id: expected a string of at most 64 characters matching"):
+        Event.parse({**GOOD, "request_id": request_id})
+
+
+def test_no_client_event_may_take_a_decisions_id():
+    with pytest.raises(EventError, match="event_id: .*not starting with 'decision-'"):
+        Event.parse({**GOOD, "event_id": DECISION_ID_PREFIX + "req-1"})
+    assert Event.parse({**GOOD, "event_id": "my-decision-1"}).event_id == "my-decision-1"
+
+
+def test_a_decision_is_stored_as_decision_event_built_it_and_reads_back_whole():
+    record = decision()
+    assert record["event_id"] == "decision-req-1" and record["request_id"] == "req-1"
+    assert json.loads(record["experiments"]) == {"artwork": "b"}
+    payload = json.loads(record["payload"])
+    assert payload == {"policy": "linucb", "policy_version": 3, "items": [list(i) for i in ITEMS],
+                       "context": {"hour": 20, "member": [0.5, -0.125]}}
+    assert " " not in record["payload"]  # compact
+    event = Event.parse(record)  # the event log's validation accepts it...
+    assert (event.type, event.title_id, event.payload, event.experiments) == (
+        "decision", None, record["payload"], record["experiments"])  # ...and stores exactly that text
+    parsed = parse_decision(event.to_row())
+    assert parsed == Decision(request_id="req-1", member_id=7, timestamp_ms=1767384900000, device="tv",
+                              country="US", policy="linucb", policy_version=3,
+                              items=tuple(DecisionItem(*i) for i in ITEMS), experiments={"artwork": "b"},
+                              context={"hour": 20, "member": [0.5, -0.125]})
+    assert parsed.item(42) == DecisionItem(42, "42-1", 0.25, "trending", 0)  # first on the page
+    assert parsed.item(42, "genre:drama").artwork_id == "42-0" and parsed.item(99) is None
+    with pytest.raises(AttributeError):
+        parsed.policy = "other"  # frozen
+
+
+def test_a_decision_reads_back_from_a_row_of_the_log():
+    row = events_to_table([Event.parse(decision())], [17]).to_pylist()[0]  # timestamp a datetime, seq
+    row["day"] = "2026-01-02"  # the partition column of a dataset read
+    parsed = parse_decision(row)
+    assert (parsed.seq, parsed.timestamp_ms, parsed.items[2].propensity) == (17, 1767384900000, 0.5)
+
+
+def test_decision_event_accepts_numpy_numbers_and_an_empty_page():
+    items = [(np.int64(5), "5-0", np.float64(0.5), "top10", np.int32(2))]
+    record = decision(items=items, policy_version=np.int64(1),
+                      context={"hour": np.int64(20), "member": np.array([0.5, 0.25], np.float32)})
+    assert json.loads(record["payload"])["items"] == [[5, "5-0", 0.5, "top10", 2]]
+    assert parse_decision(record).context == {"hour": 20, "member": [0.5, 0.25]}
+    assert parse_decision(decision(items=[])).items == ()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"items": [(1, "1-0", 0.0, "r", 0)]}, r"items\[0\]\.propensity: expected a finite number in \(0, 1\]"),
+    ({"items": [(1, "1-0", 1.5, "r", 0)]}, r"items\[0\]\.propensity"),
+    ({"items": [(1, "1-0", float("nan"), "r", 0)]}, r"items\[0\]\.propensity"),
+    ({"items": [(1, "1-0", True, "r", 0)]}, r"items\[0\]\.propensity"),
+    ({"items": [(1, "1-0", "0.5", "r", 0)]}, r"items\[0\]\.propensity"),
+    ({"items": [ITEMS[0], (1, "1-0", 0.5, "r")]}, r"items\[1\]: expected \(title_id, artwork_id"),
+    ({"items": [(1, None, 0.5, "r", 0)]}, r"items\[0\]\.artwork_id"),
+    ({"items": [(1.5, "1-0", 0.5, "r", 0)]}, r"items\[0\]\.title_id: expected an integer"),
+    ({"items": [(1, "1-0", 0.5, "r", "0")]}, r"items\[0\]\.position"),
+    ({"request_id": "a b"}, "request_id: expected a string of at most 64"),
+    ({"request_id": "x" * 65}, "request_id"),
+    ({"request_id": "req\n"}, "request_id"),
+    ({"policy": ""}, "policy: expected a non-empty string"),
+    ({"policy_version": "3"}, "policy_version: expected an integer"),
+    ({"context": [1]}, "context: expected a dict"),
+    ({"context": {"member": [float("nan")]}}, "context: not JSON-serializable"),
+    ({"context": {"member": [0.5, float("inf")]}}, "context: not JSON-serializable"),
+    ({"context": {"member": np.array([0.5, np.nan])}}, "context: not JSON-serializable"),
+    ({"context": {"member": {"x": np.float32("nan")}}}, "context: not JSON-serializable"),
+    ({"context": {"when": object()}}, "context: not JSON-serializable"),
+    ({"experiments": {"x": {1, 2}}}, "experiments: not JSON-serializable"),
+])
+def test_decision_event_refuses_what_the_log_would_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        decision(**overrides)
+
+
+def _with_payload(change) -> dict:
+    record = decision()
+    payload = json.loads(record["payload"])
+    change(payload)
+    return {**record, "payload": json.dumps(payload)}
+
+
+@pytest.mark.parametrize("record, fragment", [
+    (_with_payload(lambda p: p["items"][1].__setitem__(2, 1.5)), "payload.items[1].propensity: expected a finite"),
+    (_with_payload(lambda p: p["items"][0].__setitem__(2, 0)), "payload.items[0].propensity"),
+    (_with_payload(lambda p: p["items"][0].__setitem__(2, None)), "payload.items[0].propensity: required"),
+    (_with_payload(lambda p: p["items"][0].pop()), "payload.items[0].position: required"),
+    (_with_payload(lambda p: p["items"][0].append(9)), "payload.items[0]: expected [title_id, artwork_id, propensity"),
+    (_with_payload(lambda p: p["items"].__setitem__(0, {"title_id": 1})), "payload.items[0]: expected ["),
+    (_with_payload(lambda p: p["items"][2].__setitem__(0, -4)), "payload.items[2].title_id: expected an integer >= 0"),
+    (_with_payload(lambda p: p["items"][2].__setitem__(4, 1.5)), "payload.items[2].position"),
+    (_with_payload(lambda p: p["items"][2].__setitem__(3, 7)), "payload.items[2].row_id"),
+    (_with_payload(lambda p: p.pop("items")), "payload.items: required"),
+    (_with_payload(lambda p: p.__setitem__("items", "all")), "payload.items: expected a list"),
+    (_with_payload(lambda p: p.pop("policy")), "payload.policy: required"),
+    (_with_payload(lambda p: p.__setitem__("policy_version", -1)), "payload.policy_version: expected an integer >= 0"),
+    (_with_payload(lambda p: p.__setitem__("context", 3)), "payload.context: expected a JSON object"),
+    (_with_payload(lambda p: p.__setitem__("arms", [])), "payload: unknown field(s): arms"),
+    ({**decision(), "payload": "{broken"}, "payload: not valid JSON"),
+    ({**decision(), "payload": None}, "payload: required"),
+    ({**decision(), "request_id": None}, "request_id: required"),
+    ({**decision(), "event_id": "decision-req-2"}, "event_id: a decision's event_id is 'decision-' + its request_id"),
+    ({**decision(), "request_id": "req 1", "event_id": "decision-req 1"}, "request_id: expected a string"),
+])
+def test_a_malformed_decision_is_refused_naming_the_field(record, fragment):
+    for read in (Event.parse, parse_decision):  # the log's validation and the reader say the same
+        with pytest.raises(EventError) as info:
+            read(record)
+        assert fragment in str(info.value), (read, str(info.value))
+
+
+def test_parse_decision_reads_only_decisions():
+    with pytest.raises(EventError, match="type: expected 'decision', got 'impression'"):
+        parse_decision(Event.parse(GOOD).to_row())
+    with pytest.raises(EventError, match="decision must be an object"):
+        parse_decision(["decision"])

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from marquee.dataset import load_dataset
-from marquee.schema import EVENT_TYPES, STORED_EVENT_SCHEMA, Event
+from marquee.schema import CLIENT_EVENT_TYPES, EVENT_TYPES, STORED_EVENT_SCHEMA, Event
 from marquee.settings import SettingsError
 from ops.cli import main as marquee_main
 from producers.world.generate import (
@@ -97,7 +97,7 @@ def test_seq_is_dense_and_in_timestamp_order_with_unique_ids(events, world):
     assert events["event_id"].iloc[0] == f"w{SMALL['seed']}-0"
     assert events["timestamp"].min() >= pd.Timestamp("2026-01-01", tz="UTC")
     assert events["timestamp"].max() < pd.Timestamp("2026-01-08", tz="UTC")  # cut at the window's end
-    assert set(events["type"]) == set(EVENT_TYPES) - {"preference"}  # the world simulates no onboarding
+    assert set(events["type"]) == set(CLIENT_EVENT_TYPES) - {"preference"}  # the world simulates no onboarding
     # Partitions hold their own UTC day.
     day = world.events(columns=["timestamp", "day"]).to_pandas()
     assert (day["timestamp"].dt.strftime("%Y-%m-%d") == day["day"]).all()
