@@ -126,6 +126,8 @@ class Homepage:
             page = self.fallback_rows.build_page(ctx, self.popular_sources(ctx))
         t = timer.add("rows", t)
         rows, artwork = self.render(ctx, page)
+        if artwork is not None:
+            versions["artwork"] = f"{artwork.policy}@{artwork.version}"  # the policy and its learned version
         if self.record is not None:
             self.record(decision_record(ctx, rows, artwork, experiments={}))
         timer.add("artwork", t)

@@ -143,7 +143,7 @@ class Homepage(Exact):
     maturity: Literal[MATURITY_LABELS]  # type: ignore[valid-type]
     cold_start: bool | None = Field(..., description="no history yet; null when member state could not be read")
     fallback: bool = Field(..., description="the precomputed popular rows were served")
-    model_versions: dict[str, str] = Field(..., description="{stage: model version} (retrieval, ranker)")
+    model_versions: dict[str, str] = Field(..., description="{stage: model version} (retrieval, ranker; artwork: policy@learned version)")
     experiments: dict[str, str] = Field(..., description="{experiment: variant} this page was built under")
     degraded: list[str] = Field(..., description="stages that failed and were worked around")
     rows: list[PageRow]
