@@ -156,7 +156,7 @@ def test_personalized_page_shape():
     assert (page["country"], page["device"], page["maturity"]) == ("US", "tv", "mature")
     assert page["fallback"] is False and page["cold_start"] is False
     assert page["degraded"] == []
-    assert page["model_versions"] == {"retrieval": VERSION, "ranker": VERSION}
+    assert page["model_versions"] == {"retrieval": VERSION, "ranker": VERSION, "artwork": "linucb@0"}
     assert stages.ranked == [(VERSION, 30)]  # the ranker scored the retrieval version's features
     assert row_ids(page)[0] == "continue_watching"
     assert "because_you_watched:2" in row_ids(page)
@@ -241,7 +241,7 @@ def test_retrieve_raising_serves_popular_rows():
     page = page_of(stages)
     assert_fallback(page)
     assert "candidates" in page["degraded"]
-    assert page["model_versions"] == {}
+    assert page["model_versions"] == {"artwork": "linucb@0"}  # the popular rows still get artwork
     assert stages.ranked == []
     assert row_ids(page)[0] == "continue_watching"  # member state still shapes the popular page
 
@@ -264,7 +264,7 @@ def test_rank_raising_serves_popular_rows():
     page = page_of(stages)
     assert_fallback(page)
     assert "ranker" in page["degraded"]
-    assert page["model_versions"] == {"retrieval": VERSION}
+    assert page["model_versions"] == {"retrieval": VERSION, "artwork": "linucb@0"}
 
 
 def test_ranker_returning_the_wrong_number_of_scores_falls_back():
