@@ -13,6 +13,10 @@ import numpy as np
 import pyarrow as pa
 from scipy import sparse
 
+from features.definitions import FeatureSpec, SnapshotBuilder, Vocab, combine_partials
+from marquee.dataset import load_dataset
+from training.features import compute_partials, event_files
+
 
 def cowatch_from_scratch(builder, as_of: int, exact_ties: bool = False) -> pa.Table:
     n_titles, k = len(builder.vocab.title_ids), builder.spec.cowatch_k
@@ -72,3 +76,37 @@ def _top_k_dense(co, n_played: np.ndarray, k: int) -> list[np.ndarray]:
                       c[keep], score[rows, top][keep],
                       np.broadcast_to(np.arange(1, take + 1), top.shape)[keep]))
     return [np.concatenate(p) for p in zip(*parts)]
+
+
+def builder_of(dataset_dir, spec: FeatureSpec) -> SnapshotBuilder:
+    dataset = load_dataset(dataset_dir)
+    vocab = Vocab.from_tables(dataset.titles, dataset.members)
+    combined = combine_partials(compute_partials(event_files(dataset.root), vocab, spec, "arrow"))
+    return SnapshotBuilder(combined, vocab, spec, dataset.members)
+
+
+def assert_same_up_to_boundary_ties(new: pa.Table, old: pa.Table) -> int:
+    """Equal except which titles fill the last tie group (same count and score) at rank k, which
+    the old dense path chose with argpartition. Returns how many rows differed."""
+    for column in ("title_id", "count", "score", "rank"):
+        assert new.column(column).equals(old.column(column)), column
+    differs = np.flatnonzero(new.column("other_title_id").to_numpy() != old.column("other_title_id").to_numpy())
+    if len(differs):
+        titles, counts, scores = (old.column(c).to_numpy() for c in ("title_id", "count", "score"))
+        last = np.r_[np.flatnonzero(titles[1:] != titles[:-1]), len(titles) - 1]  # each title's last row
+        last_of = last[np.searchsorted(last, differs)]
+        assert (counts[differs] == counts[last_of]).all() and (scores[differs] == scores[last_of]).all()
+    return len(differs)
+
+
+def compare_every_day(builder: SnapshotBuilder, days: list[int], every: int = 1) -> int:
+    """Advance one day at a time (as the feature job does); compare every `every`-th day."""
+    counts = builder.cowatch_counts()
+    tie_rows = 0
+    for i, day in enumerate(days):
+        new = counts.advance(day).table(builder.vocab.title_ids)
+        if i % every and day != days[-1]:
+            continue
+        assert new.equals(cowatch_from_scratch(builder, day, exact_ties=True)), f"day {day}"
+        tie_rows += assert_same_up_to_boundary_ties(new, cowatch_from_scratch(builder, day))
+    return tie_rows

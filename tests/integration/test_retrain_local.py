@@ -1,5 +1,6 @@
 """Retraining: a first candidate is promoted, a deliberately worse one is refused by the gate,
-and a failing step leaves the serving version untouched (plain engine; no Ray needed)."""
+and a failing step leaves the serving version untouched (plain engine; no Ray needed, but whole
+pipelines are fitted: too heavy for the unit tier's minute)."""
 
 from __future__ import annotations
 
