@@ -131,14 +131,15 @@ def retrain_examples(dataset: str | None, nthread: int):
     from training.evaluate import title_content
     from training.pipeline import Pipeline
     from training.point_in_time import build_training_store
-    from training.retrain import _dataset_dir, load_split
+    from training.retrain import load_split
+    from training.sources import marquee_dataset_dir
 
     dataset = dataset or f"movielens:{data_root() / 'ml-100k'}"
     _progress(f"building the ranker examples of a retrain on {dataset}")
     data, split = load_split(dataset)
     with tempfile.TemporaryDirectory(prefix="marquee-bench-train-") as home:
         paths = Paths(Path(home))
-        source = _dataset_dir(dataset, paths)
+        source = marquee_dataset_dir(dataset, paths)
         store = build_training_store(source, split, paths.features / "bench", "arrow")
         link = StoreLink(str(store.path), split.member_ids, split.title_ids)
         pipeline = Pipeline(PipelineConfig(), title_content(data.titles, split.title_ids), link)

@@ -47,7 +47,7 @@ class DecisionRecorder:
     `log_handle()` returns the event-log actor handle (or None while it is not running); its
     `append.remote(events)` must return an awaitable (a Ray ObjectRef is one)."""
 
-    def __init__(self, log_handle: Callable[[], Any], interval_s: float = 0.05, max_batch: int = 500,
+    def __init__(self, log_handle: Callable[[], Any], interval_s: float = 0.25, max_batch: int = 500,
                  max_pending: int = 20_000):
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
