@@ -64,6 +64,11 @@ MINUTE_MS = 60_000
 DEFAULT_WINDOW_MS = 30 * MINUTE_MS
 DEFAULT_LATENESS_MS = 5 * MINUTE_MS
 DEFAULT_MAX_ORPHANS = 100_000
+# Open decisions kept at most: memory and the checkpoint grow with them (a page's record holds
+# ~100 titles), and under load every page stays open for its whole window whether or not an
+# impression ever comes. Past the bound the soonest-due decision closes early (its trials finish
+# with what has arrived; counted as `evicted`): at 100 pages/s this shortens the window to ~3 min.
+DEFAULT_MAX_OPEN = 20_000
 MAX_HELD_PLAYS = 16  # untagged plays of one (member, title) awaiting an impression
 STATE_FORMAT = 1
 _JOINED_TYPES = ("decision", "impression", "play")
@@ -114,6 +119,7 @@ class JoinStats:
     untagged_impressions: int = 0  # impressions without a request_id (no decision to join)
     untagged_plays_credited: int = 0  # rewards from plays without a request_id
     bad_decisions: int = 0  # decision rows parse_decision refused
+    evicted: int = 0  # decisions closed before their window ended, to keep max_open
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -146,8 +152,9 @@ class RewardJoin:
     the trials that finished. See the module docstring for the rules."""
 
     def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, allowed_lateness_ms: int = DEFAULT_LATENESS_MS,
-                 max_orphans: int = DEFAULT_MAX_ORPHANS):
+                 max_orphans: int = DEFAULT_MAX_ORPHANS, max_open: int = DEFAULT_MAX_OPEN):
         self.window_ms = check_int("window_ms", window_ms, ge=1)
+        self.max_open = check_int("max_open", max_open, ge=1)
         self.lateness_ms = check_int("allowed_lateness_ms", allowed_lateness_ms, ge=0)
         self.max_orphans = check_int("max_orphans", max_orphans, ge=0)
         self.stats = JoinStats()
@@ -236,6 +243,10 @@ class RewardJoin:
         self._open[entry.request_id] = entry
         heapq.heappush(self._closing, (entry.deadline_ms, entry.request_id))
         self.stats.decisions += 1
+        while len(self._open) > self.max_open:  # the bound: the soonest due closes now
+            _, rid = heapq.heappop(self._closing)
+            self.stats.evicted += 1
+            self._close(self._open.pop(rid))
 
     def _tagged(self, kind: str, member: int, title: int | None, rid: str, ts: int) -> None:
         entry = self._open.get(rid)
@@ -375,7 +386,7 @@ class RewardJoin:
         return {
             "format": STATE_FORMAT,
             "config": {"window_ms": self.window_ms, "allowed_lateness_ms": self.lateness_ms,
-                       "max_orphans": self.max_orphans},
+                       "max_orphans": self.max_orphans, "max_open": self.max_open},
             "stats": self.stats.to_dict(),
             "max_decision_ms": self.max_decision_ms,
             "open": [{"request_id": e.request_id, "member_id": e.member_id, "decision_ms": e.decision_ms,

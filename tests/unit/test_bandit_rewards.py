@@ -303,3 +303,17 @@ def test_bad_settings_are_refused_naming_them(kwargs, field):
 def test_a_state_of_another_format_is_refused():
     with pytest.raises(ValueError, match="format"):
         RewardJoin.from_state({"format": 99})
+
+
+def test_open_decisions_are_bounded_the_soonest_due_closes_early_and_is_counted():
+    """Memory and the checkpoint grow with open decisions: past max_open the soonest due closes
+    with what has arrived (an exposed title becomes a trial), counted as evicted."""
+    log = Log()
+    for i in range(3):
+        log.decision(f"r{i}", 7, T0 + i, [(11, "11-0", 0.5)]).impression(7, 11, T0 + 100 + i, f"r{i}")
+    join, finished = run(log, RewardJoin(max_open=2))
+    assert join.open_decisions == 2 and join.stats.evicted == 1
+    assert [t.request_id for t in finished] == ["r0"] and finished[0].reward == 0.0
+    assert RewardJoin.from_state(join.to_state()).max_open == 2
+    with pytest.raises(ValueError, match="max_open"):
+        RewardJoin(max_open=0)
