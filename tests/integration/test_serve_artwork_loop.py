@@ -1,4 +1,5 @@
-"""The artwork loop through the running system: each page served writes its decision record to
+"""The artwork loop through the running system (named test_serve_* so it runs after the bench tests,
+which stop Serve on the shared cluster, like the other users of the session's serve_app): each page served writes its decision record to
 the event log (what the page showed, with the same propensities); impressions and plays posted
 with the page's request id become trials for the nearline learner; its new policy version
 reaches the replicas without a restart (the page's model_versions.artwork moves on)."""
