@@ -143,6 +143,8 @@ def run(args: argparse.Namespace, levels: list[int], baselines: list[str]) -> di
     port = args.port or free_port()
     processes: dict = {}
     started = time.monotonic()
+    # a Ray this process was already connected to is not ours to leave (e.g. a test session's)
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
     try:
         _progress(f"bringing up Marquee (home {paths.home}, profile {args.profile}, port {port})")
         system = up.bring_up(paths, data=args.data, port=port, profile=args.profile)
@@ -169,10 +171,10 @@ def run(args: argparse.Namespace, levels: list[int], baselines: list[str]) -> di
     finally:
         for process in processes.values():
             stop_baseline(process)
-        if "ray" in sys.modules:
+        if "ray" in sys.modules and not ray_before:
             import ray
 
-            ray.shutdown()  # leave the cluster before its head goes
+            ray.shutdown()  # leave the cluster bring_up joined, before its head goes
         _progress("stopping Marquee")
         up._stop(paths)
     return build_result(rows, args, specs, setup_s=setup_s)
