@@ -85,7 +85,10 @@ class LearnerSettings:
     update_interval_s: float = 30.0  # ... or this long since the last one, with trials pending
     read_batch: int = 20_000  # rows per read of the log
     poll_interval_s: float = 0.5
-    checkpoint_interval_s: float = 10.0  # also after every published version
+    # also after every published version. Not more often: a checkpoint holds every open decision
+    # (up to the join's max_open), so its cost grows with the traffic; a restart re-reads the
+    # log from the checkpoint's seq, so a longer interval costs only catch-up time
+    checkpoint_interval_s: float = 60.0
     keep_versions: int = 20  # versions the store keeps (pruned after each checkpoint)
     publish_member_counts: bool = True
     window_ms: int = DEFAULT_WINDOW_MS
