@@ -361,6 +361,14 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
+# "Not blank": one character outside every whitespace set the validators and clients use (Python,
+# Rust's regex in pydantic, RE2 in Arrow, ECMA-262 in JSON Schema clients disagree on U+0085 and
+# U+FEFF, so `\S` meant different things to each). Literal characters: every engine reads them.
+_SPACES = [0x9, 0xA, 0xB, 0xC, 0xD, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028, 0x2029,
+           0x202F, 0x205F, 0x3000, 0xFEFF]
+NONBLANK_PATTERN = "[^" + "".join(map(chr, _SPACES)) + "]"
+
+
 def json_int(**limits: Any) -> Any:
     """An integer as JSON means it: whole numbers only, never a string or a boolean. (The limits
     sit on the int itself, before the validator wraps it, so the JSON schema shows them.)"""
@@ -371,7 +379,7 @@ def _annotation(rule: FieldRule) -> Any:
     limits = {key: getattr(rule, key) for key in ("ge", "gt", "le", "lt") if getattr(rule, key) is not None}
     if rule.kind == "text":
         text = Annotated[str, Field(strict=True, min_length=1 if rule.nonblank else None, max_length=rule.max_length,
-                                    pattern=rule.pattern or (r"\S" if rule.nonblank else None))]
+                                    pattern=rule.pattern or (NONBLANK_PATTERN if rule.nonblank else None))]
         if not rule.forbidden_prefix:
             return text
         prefix = rule.forbidden_prefix
@@ -855,7 +863,7 @@ def _violations(column: pa.ChunkedArray, rule: FieldRule) -> np.ndarray:
     elif rule.kind == "text":
         if rule.max_length is not None:
             bad |= _mask(pc.greater(pc.utf8_length(present), rule.max_length))
-        for pattern in (rule.pattern, r"\S" if rule.nonblank else None):
+        for pattern in (rule.pattern, NONBLANK_PATTERN if rule.nonblank else None):
             if pattern is not None:
                 bad |= ~_mask(pc.match_substring_regex(present, pattern)) & ~_mask(pc.is_null(present))
         if rule.forbidden_prefix:

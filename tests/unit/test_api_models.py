@@ -180,3 +180,22 @@ def test_the_column_check_refuses_what_event_parse_refuses_naming_the_same_field
 def test_the_column_check_accepts_what_event_parse_accepts():
     rows = [Event.parse(e).to_row() for e in GOOD]
     assert validate_event_table(_table(rows)).rejected == []
+
+
+def test_blank_means_the_same_to_the_schema_the_api_and_the_log():
+    """U+0085 and U+FEFF are whitespace to some regex engines and not to others (ECMA-262, the
+    JSON Schema dialect, says U+0085 is not): the published pattern names them, and the API and
+    the log refuse exactly what it refuses (schemathesis found "\\u0085" accepted by the schema)."""
+    import re
+
+    from marquee.schema import NONBLANK_PATTERN, Event
+
+    for text, ok in (("\x85", False), ("\ufeff", False), ("\u3000", False), (" \t", False), ("\x85a", True)):
+        assert bool(re.search(NONBLANK_PATTERN, text)) is ok, repr(text)
+        event = {"event_id": text, "member_id": 1, "type": "my_list_add", "title_id": 3,
+                 "timestamp": "2026-01-01T00:00:00Z"}
+        if ok:
+            Event.parse(event)
+        else:
+            with pytest.raises(Exception, match="event_id"):
+                Event.parse(event)
