@@ -11,6 +11,7 @@ precomputed popular rows serve.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -23,8 +24,9 @@ import numpy as np
 from deployments.artwork import PageArtwork
 from deployments.candidates import Retrieved
 from deployments.catalog import ServingCatalog
-from deployments.contracts import Decorator, HomepageContext, ScoredItem
+from deployments.contracts import Decorator, HomepageContext, Row, ScoredItem
 from deployments.rows import Page, RowBuilder
+from experiments.interleaving import seed_of, team_draft
 from marquee.schema import MATURITY_LABELS, MAX_MATURITY, decision_event
 
 log = logging.getLogger("marquee.homepage")
@@ -68,19 +70,36 @@ class Timer:
         return now
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """Who orders the candidates: one scorer, or two interleaved (team draft, in the rows
+    `interleaved_rows` names by plan row id, expanded rows included; the rest of the page is
+    A's). `experiment` names the interleaving
+    experiment in the decision record, so its analysis finds the teams."""
+
+    scorers: tuple[str, ...] = ("ranker",)  # (scorer,) or (A, B)
+    interleaved_rows: frozenset[str] = frozenset()
+    experiment: str | None = None
+
+    @property
+    def interleaving(self) -> bool:
+        return len(self.scorers) == 2
+
+
 class Homepage:
-    """`await homepage(request) -> dict`: one member's page, JSON-ready."""
+    """`await homepage(request, experiments) -> dict`: one member's page, JSON-ready."""
 
     def __init__(self, catalog: ServingCatalog, rows: RowBuilder, decorators: Sequence[Decorator],
                  stages: Stages, member: MemberFn, fallback_rows: RowBuilder,
                  retrieval_timeout_s: float = 2.0, member_timeout_s: float = 1.0,
-                 record: Callable[[dict], None] | None = None):
+                 record: Callable[[dict], None] | None = None, scoring: Scoring = Scoring()):
         self.catalog, self.rows, self.decorators = catalog, rows, tuple(decorators)
         self.record = record  # takes the page's decision record (DecisionRecorder.record)
         self.stages, self.member, self.fallback_rows = stages, member, fallback_rows
         self.retrieval_timeout_s, self.member_timeout_s = retrieval_timeout_s, member_timeout_s
+        self.scoring = scoring
 
-    async def __call__(self, request: HomepageRequest) -> dict:
+    async def __call__(self, request: HomepageRequest, experiments: dict[str, str] | None = None) -> dict:
         timer, degraded = Timer(), []
         started = t = time.perf_counter()
         request_id = request.request_id or uuid.uuid4().hex
@@ -104,34 +123,46 @@ class Homepage:
             versions["retrieval"] = retrieved.model_version
             for name, ms in retrieved.timings_ms.items():
                 timer.stages[f"candidates.{name}"] = ms
-        sources: dict[str, list[ScoredItem]] | None = None
+        by_scorer: dict[str, dict[str, list[ScoredItem]]] | None = None
         if retrieved is not None and not retrieved.failed_closed and _has_candidates(retrieved):
             try:
-                scores = await asyncio.wait_for(self.stages.scores(retrieved), self.retrieval_timeout_s)
-                versions["ranker"] = retrieved.model_version
-                sources = self.sources(ctx, retrieved, np.asarray(scores))
+                scores = await self.scores(retrieved)
+                versions["ranker"] = "|".join(retrieved.model_version if name == "ranker" else name
+                                              for name in self.scoring.scorers)
+                by_scorer = {name: self.sources(ctx, retrieved, s) for name, s in scores.items()}
             except Exception:
                 degraded.append("ranker")
             t = timer.add("rank", t)
-        fallback = sources is None
+        fallback = by_scorer is None
+        sources = self.popular_sources(ctx) if by_scorer is None else by_scorer[self.scoring.scorers[0]]
         if fallback:
-            sources = self.popular_sources(ctx)
             degraded.append("personalization")
+        teams: dict[str, str] | None = None
         try:
             page = self.rows.build_page(ctx, sources)
+            if by_scorer is not None and self.scoring.interleaving:
+                page, teams = self.interleave(ctx, page, self.rows.build_page(ctx, by_scorer[self.scoring.scorers[1]]))
         except Exception:  # e.g. a hot value that slipped past validation: still serve a page
             log.exception("row building failed; serving the popular rows")
             degraded.append("rows")
-            fallback = True
+            fallback, teams = True, None
             page = self.fallback_rows.build_page(ctx, self.popular_sources(ctx))
         t = timer.add("rows", t)
         rows, artwork = self.render(ctx, page)
         if artwork is not None:
             versions["artwork"] = f"{artwork.policy}@{artwork.version}"  # the policy and its learned version
-        if self.record is not None:
-            self.record(decision_record(ctx, rows, artwork, experiments={}))
         timer.add("artwork", t)
-        timer.stages["total"] = round((time.perf_counter() - started) * 1e3, 2)
+        total_ms = round((time.perf_counter() - started) * 1e3, 2)
+        timer.stages["total"] = total_ms
+        degraded = sorted(set(degraded))
+        experiments = dict(experiments or {})
+        if self.record is not None:
+            interleaving = None
+            if teams is not None:
+                a, b = self.scoring.scorers
+                interleaving = {"experiment": self.scoring.experiment, "rankers": {"A": a, "B": b}, "teams": teams}
+            self.record(decision_record(ctx, rows, artwork, experiments=experiments, latency_ms=total_ms,
+                                        degraded=degraded, interleaving=interleaving))
         return {
             "request_id": request_id,
             "member_id": ctx.member_id,
@@ -142,8 +173,8 @@ class Homepage:
             "cold_start": None if "member_state" in degraded else not ctx.has_history,
             "fallback": fallback,
             "model_versions": versions,
-            "experiments": {},
-            "degraded": sorted(set(degraded)),
+            "experiments": experiments,
+            "degraded": degraded,
             "rows": rows,
             "removed": {"counts": page.removal_counts, "total": len(page.removals)},
             "timings_ms": timer.stages,
@@ -175,6 +206,43 @@ class Homepage:
             member_id=request.member_id, country=country, device=request.device, maturity=maturity,
             now_ms=int(time.time() * 1000), rows_limit=request.rows, titles_per_row=request.titles_per_row,
             request_id=request_id, **fields)
+
+    # -- scoring -------------------------------------------------------------------------------
+
+    async def scores(self, retrieved: Retrieved) -> dict[str, np.ndarray]:
+        """Each scorer's scores of the candidates (page_builder.SCORERS): the ranker's from the
+        scoring stage, popularity's from the catalog's all-time plays (no model)."""
+        out: dict[str, np.ndarray] = {}
+        for name in self.scoring.scorers:
+            if name == "ranker":
+                out[name] = np.asarray(await asyncio.wait_for(self.stages.scores(retrieved), self.retrieval_timeout_s))
+            else:
+                plays = self.catalog.plays_all
+                ids = retrieved.title_ids.tolist()
+                out[name] = np.log1p(np.fromiter((plays.get(t, 0.0) for t in ids), dtype=np.float64, count=len(ids)))
+        return out
+
+    def interleave(self, ctx: HomepageContext, page: Page, other: Page) -> tuple[Page, dict[str, str]]:
+        """`page` (A's) with each interleaved row replaced by the team draft of A's and B's row of
+        the same id (seeded by the request, so a page and its record agree); B's titles already
+        elsewhere on A's page are left out, so the page still shows each title once. Returns
+        the page and {title_id: team} of the interleaved rows."""
+        b_rows = {row.row_id: row for row in other.rows}
+        teams: dict[str, str] = {}
+        rows = []
+        for i, row in enumerate(page.rows):
+            b_row = b_rows.get(row.row_id)
+            if b_row is None or row.row_id.partition(":")[0] not in self.scoring.interleaved_rows:
+                rows.append(row)
+                continue
+            elsewhere = {t for j, r in enumerate(page.rows) if j != i for t in r.title_ids}
+            b_items = [item for item in b_row.items if item.title_id not in elsewhere]
+            mixed = team_draft(row.title_ids, [item.title_id for item in b_items], len(row.items),
+                               seed_of(f"{ctx.request_id}:{row.row_id}"))
+            item_of = {item.title_id: item for item in b_items} | {item.title_id: item for item in row.items}
+            rows.append(Row(row.row_id, row.title, tuple(item_of[t] for t in mixed.titles)))
+            teams.update(mixed.team_of())
+        return dataclasses.replace(page, rows=tuple(rows)), teams
 
     # -- sources for the row builder ----------------------------------------------------------
 
@@ -265,10 +333,11 @@ def _keep_order(items: Sequence[ScoredItem], base: float | None = None) -> list[
 
 
 def decision_record(ctx: HomepageContext, rows: list[dict], artwork: PageArtwork | None,
-                    experiments: dict[str, str]) -> dict:
+                    experiments: dict[str, str], **health: Any) -> dict:
     """The server's record of what this page decided (marquee.schema.decision_event): every
     title shown with its artwork arm, propensity, row and position, the policy and its version,
-    the experiment assignments and the context the policy saw."""
+    the experiment assignments and the context the policy saw; `health` (latency_ms, degraded,
+    interleaving) as decision_event takes them."""
     items = [(item["title_id"], item["artwork"]["artwork_id"], item["artwork"]["propensity"], row["row_id"],
               item["position"]) for row in rows for item in row["items"]
              if item.get("artwork", {}).get("artwork_id") is not None]
@@ -276,4 +345,4 @@ def decision_record(ctx: HomepageContext, rows: list[dict], artwork: PageArtwork
         request_id=ctx.request_id, member_id=ctx.member_id, timestamp_ms=ctx.now_ms, device=ctx.device,
         country=ctx.country, policy=artwork.policy if artwork else "none",
         policy_version=artwork.version if artwork else 0, items=items, experiments=experiments,
-        context=artwork.context if artwork else {})
+        context=artwork.context if artwork else {}, **health)

@@ -17,13 +17,15 @@ from deployments.artwork import ArtworkStage, BanditServing
 from deployments.candidates import MODEL_SOURCES, ROW_SOURCES
 from deployments.catalog import ServingCatalog
 from deployments.decorators import ArtworkDecorator, ExplanationDecorator
-from deployments.homepage import Homepage, MemberFn, Stages
+from deployments.homepage import Homepage, MemberFn, Scoring, Stages
 from deployments.page_config import HomepageConfig
 from deployments.rows import RowBuilder
 from deployments.rules import FILTERS
 from deployments.selectors import Diversity, EditorialPins, SeriesCap
 
-SCORERS = ("ranker",)  # the model's blended play/completion boosters (ranking.Ranker)
+# ranker: the model's blended play/completion boosters (ranking.Ranker); popularity: all-time
+# plays, no model (the baseline a ranker must beat, and the other side of an interleaving)
+SCORERS = ("ranker", "popularity")
 DECORATORS = ("explanation", "artwork")
 ITEM_FIELDS = ("explanation", "artwork")  # the fields of a homepage item the decorators fill
 MEMBER_ROWS = ("continue_watching", "my_list")  # row inputs read from member state, not a source
@@ -52,6 +54,9 @@ def check(config: HomepageConfig) -> None:
             raise ValueError(f"filters: unknown filter {name!r}; known: {', '.join(FILTERS)}")
     if config.scorer not in SCORERS:
         raise ValueError(f"scorer: unknown scorer {config.scorer!r}; known: {', '.join(SCORERS)}")
+    for name in config.interleaving.rankers:
+        if name not in SCORERS:
+            raise ValueError(f"interleaving.rankers: unknown scorer {name!r}; known: {', '.join(SCORERS)}")
     for name in config.decorators:
         if name not in DECORATORS:
             raise ValueError(f"decorators: unknown decorator {name!r}; known: {', '.join(DECORATORS)}")
@@ -90,11 +95,23 @@ def build_rows(config: HomepageConfig, catalog: ServingCatalog) -> RowBuilder:
         Diversity(titles, selectors.diversity.mmr_lambda, selectors.diversity.pool_factor))
 
 
+def scoring(config: HomepageConfig, experiment: str | None = None) -> Scoring:
+    """The config's scorer, or its two interleaved ones over the rows the model ranks (source
+    `personalized`, single or one per genre: not per seed, whose items another source orders)."""
+    rankers = config.interleaving.rankers
+    if not rankers:
+        return Scoring((config.scorer,))
+    rows = frozenset(s.row_id for s in config.rows.rows if s.source == "personalized" and s.expand != "per_seed")
+    return Scoring(tuple(rankers), rows, experiment)
+
+
 def build_homepage(config: HomepageConfig, catalog: ServingCatalog, stages: Stages, member: MemberFn, *,
                    bandit: BanditServing | None = None, record: Callable[[dict], None] | None = None,
-                   **timeouts: Any) -> Homepage:
+                   interleaving_experiment: str | None = None, **timeouts: Any) -> Homepage:
     """The checked pipeline of one config. `bandit`: the replica's learned artwork state (kept
-    across rebuilds); `record`: where each page's decision record goes (none: not recorded)."""
+    across rebuilds); `record`: where each page's decision record goes (none: not recorded);
+    `interleaving_experiment`: the experiment an interleaving config belongs to (its records
+    name it)."""
     check(config)
     serving = bandit or BanditServing(catalog)
     made: Mapping[str, Any] = {"explanation": lambda: ExplanationDecorator(),
@@ -102,4 +119,4 @@ def build_homepage(config: HomepageConfig, catalog: ServingCatalog, stages: Stag
     decorators = [made[name]() for name in config.decorators]
     fallback = build_rows(HomepageConfig(), catalog)  # the popular rows under the default plan
     return Homepage(catalog, build_rows(config, catalog), decorators, stages, member, fallback,
-                    record=record, **timeouts)
+                    record=record, scoring=scoring(config, interleaving_experiment), **timeouts)

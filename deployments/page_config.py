@@ -165,6 +165,21 @@ class ArtworkConfig:
 
 
 @dataclass(frozen=True)
+class InterleavingConfig:
+    """Team-draft interleaving (experiments/interleaving.py) of two scorers' rankings, in the rows
+    the model ranks (single rows of source `personalized`): `rankers` = (A, B), scorer names;
+    empty: no interleaving. Why a config value: an interleaving experiment is then one variant
+    override, `{"interleaving": {"rankers": ["popularity", "ranker"]}}`."""
+
+    rankers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rankers", _names("rankers", self.rankers))
+        if len(self.rankers) not in (0, 2):
+            raise ValueError(f"rankers: expected two scorer names (A, B) or none, got {list(self.rankers)}")
+
+
+@dataclass(frozen=True)
 class HomepageConfig:
     """The whole homepage pipeline, as data (see the module docstring)."""
 
@@ -176,10 +191,11 @@ class HomepageConfig:
     selectors: SelectorsConfig = SelectorsConfig()
     decorators: tuple[str, ...] = ("explanation", "artwork")
     artwork: ArtworkConfig = ArtworkConfig()
+    interleaving: InterleavingConfig = InterleavingConfig()
 
     def __post_init__(self) -> None:
         sections = {"candidates": CandidateSettings, "rows": RowPlan, "selectors": SelectorsConfig,
-                    "artwork": ArtworkConfig}
+                    "artwork": ArtworkConfig, "interleaving": InterleavingConfig}
         for name, kind in sections.items():
             if not isinstance(getattr(self, name), kind):
                 raise ValueError(f"{name}: expected a {kind.__name__}, got {type(getattr(self, name)).__name__}")
@@ -236,6 +252,8 @@ class HomepageConfig:
             kw["selectors"] = _selectors(raw["selectors"])
         if "artwork" in raw:
             kw["artwork"] = _flat(ArtworkConfig, raw["artwork"], "artwork")
+        if "interleaving" in raw:
+            kw["interleaving"] = _flat(InterleavingConfig, raw["interleaving"], "interleaving")
         return _within("", lambda: cls(**kw))
 
 

@@ -21,6 +21,7 @@ from deployments.gateway import ApiError, call_with_retry
 from deployments.homepage import Homepage, HomepageRequest, Stages
 from bandits.store import PolicyStore
 from deployments.artwork import BanditServing
+from deployments.assignment import ExperimentRouter, ExperimentsFile, override_validator
 from deployments.decisions import DecisionRecorder
 from deployments.page_builder import build_homepage
 from deployments.page_config import HotValues
@@ -41,6 +42,7 @@ class Settings:
     admin_token: str | None = None  # default: HOME/admin_token
     namespace: str = "marquee"
     hot: dict = field(default_factory=dict)  # initial hot values (same shape as user_config)
+    experiments_file: str = ""  # default: HOME/experiments.yaml (followed: a hot value)
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
@@ -75,8 +77,8 @@ def admin_token(home: Path, create: bool = False) -> str | None:
 class MarqueeService:
     """Implements deployments.gateway.GatewayService."""
 
-    def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage, stages: Stages,
-                 event_log: Any):
+    def __init__(self, settings: Settings, catalog: ServingCatalog, homepage: Homepage | ExperimentRouter,
+                 stages: Stages, event_log: Any):
         self.settings, self.catalog, self.homepage_stage = settings, catalog, homepage
         self.stages, self.event_log, self.placement = stages, event_log, settings.placement
         self.admin_token = settings.admin_token
@@ -114,8 +116,11 @@ class MarqueeService:
             model = await asyncio.wait_for(self.stages.model_status(), HEALTH_STAGE_TIMEOUT_S)
         except Exception as exc:  # still alive: say what could not be read
             model = {"version": None, "last_error": f"the retrieval stage did not answer ({type(exc).__name__})"}
-        return {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
-                "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
+        health = {"status": "ok", "placement": self.placement, "model": model, "pid": os.getpid(),
+                  "titles": len(self.catalog.titles), "dataset": self.settings.dataset}
+        if isinstance(self.homepage_stage, ExperimentRouter):
+            health["experiments"] = self.homepage_stage.status()
+        return health
 
     def admin(self, action: str, version: str | None = None, options: Any = None) -> dict:
         from state.registry import Registry, RegistryError, UnknownVersionError
@@ -219,14 +224,23 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
     # the replica's learned artwork state, kept across reconfigures, following the learner's store
     bandit = BanditServing(catalog).follow(PolicyStore(Paths(Path(settings.home)).bandit_store))
     recorder = DecisionRecorder(lambda: event_log.get() if isinstance(event_log, ActorRef) else event_log)
-    service = MarqueeService(settings, catalog, build_homepage(hot.page, catalog, stages, member, bandit=bandit,
-                                                               record=recorder.record), stages, event_log)
+
+    def build(config, interleaving_experiment=None) -> Homepage:
+        return build_homepage(config, catalog, stages, member, bandit=bandit, record=recorder.record,
+                              interleaving_experiment=interleaving_experiment)
+
+    current = {"page": hot.page}  # the base config the experiments file's variants are checked against
+    experiments = ExperimentsFile(settings.experiments_file or Paths(Path(settings.home)).experiments,
+                                  override_validator(lambda: current["page"])).follow()
+    router = ExperimentRouter(experiments, build(hot.page), build, hot.page, recorder.record)
+    service = MarqueeService(settings, catalog, router, stages, event_log)
     service.decisions = recorder
 
     def reconfigure(user_config: dict) -> None:
         new = HotValues.parse(user_config)  # raises on a bad value: nothing below changes
-        homepage = build_homepage(new.page, catalog, stages, member, bandit=bandit, record=recorder.record)
+        homepage = build(new.page)
         apply_to_stages(new)
-        service.homepage_stage = homepage
+        current["page"] = new.page
+        router.rebase(homepage, new.page)
 
     return service, reconfigure

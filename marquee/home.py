@@ -53,6 +53,11 @@ class Paths:
         return self.home / "bandits"
 
     @property
+    def experiments(self) -> Path:
+        """The experiments file (experiments/spec.py): every gateway replica follows it."""
+        return self.home / "experiments.yaml"
+
+    @property
     def bandit_learner(self) -> Path:
         """The nearline learner's checkpoint (actors/bandit_learner.py)."""
         return self.home / "bandit_learner"

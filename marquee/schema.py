@@ -42,11 +42,12 @@ EVENT_TYPES: tuple[str, ...] = (
     "search",  # title_id may be null; payload {"query": "..."}
     "preference",  # onboarding tastes; title_id may be null; payload {"genres": ["...", ...]}
     "decision",  # the server's record of a homepage it served (decision_event below); never posted
+    "exposure",  # the server's record of a member's first page in an experiment's variant; never posted
 )
 # Types only the server writes (straight to the event log). The public API refuses them, so a
 # client cannot forge the artwork arms and propensities the reward join reads from decisions;
 # member state and the feature jobs skip them (a record of what was shown is no member behaviour).
-SERVER_EVENT_TYPES: tuple[str, ...] = ("decision",)
+SERVER_EVENT_TYPES: tuple[str, ...] = ("decision", "exposure")
 CLIENT_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t not in SERVER_EVENT_TYPES)
 
 # A homepage request id (GET /v1/homepage?request_id=, X-Marquee-Request-Id): events that respond
@@ -55,6 +56,10 @@ CLIENT_EVENT_TYPES: tuple[str, ...] = tuple(t for t in EVENT_TYPES if t not in S
 MAX_REQUEST_ID_LENGTH = 64
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 DECISION_ID_PREFIX = "decision-"
+# An exposure's event id (exposure_event below): one per member and variant, so the log's dedup
+# keeps the first page's. It carries the decision prefix, which clients may not use, and "/",
+# which no request id holds, so neither a client event nor a page's decision can take it first.
+EXPOSURE_ID_PREFIX = DECISION_ID_PREFIX + "exposure/"
 
 # Maturity levels, ordered: a profile with level L may see titles with level <= L.
 MATURITY_LABELS: tuple[str, ...] = ("kids", "family", "teen", "mature")
@@ -227,7 +232,7 @@ if tuple(EVENT_FIELD_RULES) != tuple(EVENT_SCHEMA.names):  # one list of fields,
     raise AssertionError("EVENT_FIELD_RULES and EVENT_SCHEMA name different fields")
 
 # Rules that depend on the event's type.
-TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search", "preference", "decision"}
+TITLE_REQUIRED_TYPES = frozenset(EVENT_TYPES) - {"search", "preference", "decision", "exposure"}
 VALUE_RULES: dict[str, FieldRule] = {
     "progress": FieldRule("number", ge=0.0, le=1.0, message="a progress fraction must lie in [0, 1]",
                           description="fraction watched so far"),
@@ -284,6 +289,16 @@ DECISION_RULES: dict[str, FieldRule] = {
 }
 
 
+EXPERIMENT_NAME_PATTERN = r"[A-Za-z0-9_-]+"  # experiment and variant names (experiments/spec.py NAME_RE)
+EXPOSURE_RULES: dict[str, FieldRule] = {
+    "event_id": FieldRule("text", required=True, pattern=rf"^{re.escape(EXPOSURE_ID_PREFIX)}{EXPERIMENT_NAME_PATTERN}"
+                                                         rf"/{EXPERIMENT_NAME_PATTERN}/[0-9]+$",
+                          message=f"an exposure's event_id is {EXPOSURE_ID_PREFIX!r} + experiment/variant/member_id"),
+    "request_id": replace(EVENT_FIELD_RULES["request_id"], required=True),
+    "experiments": replace(EVENT_FIELD_RULES["experiments"], required=True),
+}
+
+
 def rule_for(event_type: str | None, path: str) -> FieldRule | None:
     """The rule behind a field path of an event ("value", "payload.genres[]")."""
     if path == "value" and event_type in VALUE_RULES:
@@ -296,6 +311,8 @@ def rule_for(event_type: str | None, path: str) -> FieldRule | None:
     if event_type == "decision":
         if path in DECISION_RULES or path.startswith("payload"):
             return DECISION_RULES.get(path)
+    elif event_type == "exposure" and path in EXPOSURE_RULES:
+        return EXPOSURE_RULES[path]
     elif path == "event_id":
         return MEMBER_EVENT_ID_RULE
     return EVENT_FIELD_RULES.get(path)
@@ -443,6 +460,12 @@ class DecisionPayload(BaseModel):
     items: list[_DECISION_ITEM] = Field(  # type: ignore[valid-type]
         ..., description="[" + ", ".join(DECISION_ITEM_FIELDS) + "] per title shown")
     context: dict[str, Any] = Field(..., description="what the policy saw, e.g. {\"hour\": 20, \"member\": [...]}")
+    # the serving path's health per page (experiment guardrails), and an interleaved page's teams
+    latency_ms: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = Field(
+        None, description="server time to build the page")
+    degraded: list[str] = Field(default_factory=list, description="what the page lost (empty: nothing)")
+    interleaving: dict[str, Any] | None = Field(
+        None, description='{"experiment", "rankers": {"A", "B"}, "teams": {title_id: "A" | "B"}}')
 
 
 class _DecisionEventBase(BaseModel):
@@ -598,7 +621,7 @@ class Event:
         f = model.__dict__
         payload, experiments = f["payload"], f["experiments"]
         if payload is not None:
-            payload = _canonical_json(payload.model_dump() if isinstance(payload, BaseModel) else payload)
+            payload = _canonical_json(payload.model_dump(exclude_unset=True) if isinstance(payload, BaseModel) else payload)
         if experiments is not None:
             experiments = _canonical_json(experiments)
         return cls(f["event_id"], f["member_id"], f["title_id"], f["type"], f["timestamp"], f["country"],
@@ -679,12 +702,15 @@ _REQUEST_ID = re.compile(REQUEST_ID_PATTERN.removesuffix("$") + r"\Z")  # "$" in
 
 def decision_event(request_id: str, member_id: int, timestamp_ms: int, device: str | None, country: str | None,
                    policy: str, policy_version: int, items: Iterable[Sequence[Any]],
-                   experiments: dict[str, str], context: dict[str, Any]) -> dict[str, Any]:
+                   experiments: dict[str, str], context: dict[str, Any], *, latency_ms: float | None = None,
+                   degraded: Sequence[str] = (), interleaving: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `decision` event of one served page, in the form the event log stores: event_id
     f"decision-{request_id}" (one per request: the log deduplicates by it), the request id in its
     column, `items` ((title_id, artwork_id, propensity, row_id, position) per title shown) with
     `policy`, `policy_version` and `context` (what the policy saw, e.g. {"hour": 20, "member":
-    [floats]}) as compact JSON in `payload`, `experiments` as JSON in its column.
+    [floats]}) as compact JSON in `payload`, `experiments` as JSON in its column. The page's
+    serving health goes in the payload too (`latency_ms`, `degraded`: the experiments'
+    guardrails read them), and on an interleaved page which ranker contributed each title.
 
     Checks what a page could get wrong cheaply (the request id, each item's shape and
     propensity in (0, 1], JSON-serializable context), raising ValueError naming the field; the
@@ -712,10 +738,31 @@ def decision_event(request_id: str, member_id: int, timestamp_ms: int, device: s
                      _propensity(propensity, f"items[{i}].propensity"), row_id, _whole(position, f"items[{i}].position")])
     payload = {"policy": policy, "policy_version": _whole(policy_version, "policy_version"), "items": rows,
                "context": context}
+    if latency_ms is not None:
+        payload["latency_ms"] = round(float(latency_ms), 3)
+    if degraded:
+        payload["degraded"] = list(degraded)
+    if interleaving is not None:
+        payload["interleaving"] = interleaving
     return {"event_id": DECISION_ID_PREFIX + request_id, "member_id": member_id, "type": "decision",
             "timestamp": timestamp_ms, "device": device, "country": country, "request_id": request_id,
             "experiments": _record_json(experiments, "experiments", experiments),
             "payload": _record_json(payload, "context", context)}
+
+
+def exposure_event(experiment: str, variant: str, member_id: int, request_id: str, timestamp_ms: int) -> dict[str, Any]:
+    """The `exposure` event of a member's first page in `variant` of `experiment`: event_id
+    EXPOSURE_ID_PREFIX + "experiment/variant/member_id" (the log keeps the first: a replica may
+    send it again after a restart), the page's request id, and {experiment: variant}. Analysis
+    counts a member from this moment on, and only members with one (Kohavi et al. 2020, ch. 20:
+    members assigned but never exposed dilute the effect)."""
+    name = re.compile(EXPERIMENT_NAME_PATTERN + r"\Z")
+    for field, value in (("experiment", experiment), ("variant", variant)):
+        if not isinstance(value, str) or name.match(value) is None:
+            raise ValueError(f"{field}: expected a name matching {EXPERIMENT_NAME_PATTERN}, got {value!r}")
+    return {"event_id": f"{EXPOSURE_ID_PREFIX}{experiment}/{variant}/{_whole(member_id, 'member_id')}",
+            "member_id": member_id, "type": "exposure", "timestamp": timestamp_ms, "request_id": request_id,
+            "experiments": orjson.dumps({experiment: variant}).decode()}
 
 
 def _record_json(value: dict, where: str, free_form: Any) -> str:
@@ -792,13 +839,17 @@ def validate_event_table(table: pa.Table) -> TableCheck:
         problems.append((_violations(table.column(name), rule), name, rule))
     needs_title = _mask(pc.is_in(types, value_set=pa.array(sorted(TITLE_REQUIRED_TYPES))))
     problems.append((needs_title & _mask(pc.is_null(table.column("title_id"))), "title_id", _REQUIRED_TITLE_RULE))
-    typed = {t: _mask(pc.equal(types, t)) for t in [*VALUE_RULES, "preference", "decision"]}
-    decision = typed["decision"]
+    typed = {t: _mask(pc.equal(types, t)) for t in [*VALUE_RULES, "preference", *SERVER_EVENT_TYPES]}
+    decision, exposure = typed["decision"], typed["exposure"]
+    member = ~decision & ~exposure
     event_id, request_id = table.column("event_id"), table.column("request_id")
-    for rows, name, rule in ((~decision, "event_id", MEMBER_EVENT_ID_RULE),
+    for rows, name, rule in ((member, "event_id", MEMBER_EVENT_ID_RULE),
                              (decision, "event_id", EVENT_FIELD_RULES["event_id"]),
-                             (~decision, "request_id", EVENT_FIELD_RULES["request_id"]),
-                             (decision, "request_id", DECISION_RULES["request_id"])):
+                             (exposure, "event_id", EXPOSURE_RULES["event_id"]),
+                             (member, "request_id", EVENT_FIELD_RULES["request_id"]),
+                             (decision, "request_id", DECISION_RULES["request_id"]),
+                             (exposure, "request_id", EXPOSURE_RULES["request_id"]),
+                             (exposure, "experiments", EXPOSURE_RULES["experiments"])):
         problems.append((rows & _violations(table.column(name), rule), name, rule))
     if decision.any():  # one record per request: event_id is the prefix + request_id
         expected = pc.binary_join_element_wise(DECISION_ID_PREFIX, request_id, "")

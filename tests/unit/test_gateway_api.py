@@ -14,7 +14,7 @@ with warnings.catch_warnings():  # starlette nags about httpx vs httpx2; irrelev
 import deployments.gateway as gateway  # noqa: E402
 from deployments.gateway import MAX_EVENTS_PER_BATCH, make_api  # noqa: E402
 from deployments.homepage import HomepageRequest  # noqa: E402
-from marquee.schema import Event, decision_event  # noqa: E402
+from marquee.schema import Event, decision_event, exposure_event  # noqa: E402
 
 TOKEN = "s3cret-token"
 GENRES = ("Comedy", "Drama")
@@ -275,6 +275,10 @@ def test_a_client_posted_decision_is_refused_naming_its_type(client, fake):
     assert_names(response, 422, "events[1].type: decision events are written by the server")
     body = response.json()
     assert body["fields"] == ["events[1].type"] and (body["accepted"], body["rejected"]) == (0, 1)
+    assert fake.appended == []
+    exposure = exposure_event("diversity", "strong", 7, "req-1", TIMESTAMP)  # nor an exposure
+    assert_names(client.post("/v1/events", json={"events": [exposure]}), 422,
+                 "events[0].type: exposure events are written by the server")
     assert fake.appended == []
     # nor may a client's event take a decision's id (the log would drop the real record as a replay)
     response = client.post("/v1/events", json={"events": [event(0, event_id="decision-req-1")]})

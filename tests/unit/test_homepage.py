@@ -351,3 +351,64 @@ def test_each_page_hands_over_one_decision_record_that_matches_what_it_shows():
         art = shown[(item.title_id, item.row_id, item.position)]
         assert art["artwork_id"] == item.artwork_id and art["propensity"] == pytest.approx(item.propensity)
     assert len(decision.context["member"]) > 0 and decision.context["device"] == "tv"
+
+
+# -- scorers and interleaving (Part 7) ---------------------------------------------------------------
+
+
+def personalized_row(page: dict) -> list[int]:
+    """The titles of the page's first genre row (the default plan's rows the model ranks)."""
+    row = next(r for r in page["rows"] if r["row_id"].startswith("genre:"))
+    return [item["title_id"] for item in row["items"]]
+
+
+def test_the_popularity_scorer_orders_by_plays_without_asking_the_ranker():
+    stages = Stages()
+    page = page_of(stages, config=HomepageConfig(scorer="popularity"))
+    assert stages.ranked == []  # no model call
+    assert page["model_versions"]["ranker"] == "popularity"
+    row = personalized_row(page)
+    plays = [CATALOG.plays_all[t] for t in row]
+    assert plays == sorted(plays, reverse=True) and len(row) >= 3
+
+
+def test_an_interleaved_page_drafts_its_model_row_from_both_rankers_and_records_the_teams():
+    from marquee.schema import parse_decision
+
+    records: list[dict] = []
+    config = HomepageConfig.from_dict({"interleaving": {"rankers": ["popularity", "ranker"]},
+                                       "artwork": {"epsilon": 0.2, "seed": 3}})
+    # the ranker's scores run against popularity here: their rows differ
+    stages = Stages(scores=np.linspace(0.1, 1.0, 30))
+    ranker_row = personalized_row(page_of(Stages(scores=np.linspace(0.1, 1.0, 30))))
+    popular_row = personalized_row(page_of(Stages(), config=HomepageConfig(scorer="popularity")))
+    assert ranker_row != popular_row
+    homepage = build(stages, config, record=records.append, interleaving_experiment="rankers")
+    page = asyncio.run(homepage(HomepageRequest(1, request_id="req-1", titles_per_row=5), {"rankers": "tdi"}))
+    assert_well_formed(page)
+    decision = parse_decision(records[0])
+    assert page["experiments"] == {"rankers": "tdi"} == decision.experiments
+    payload = __import__("json").loads(records[0]["payload"])
+    teams = payload["interleaving"]["teams"]
+    assert payload["interleaving"]["experiment"] == "rankers"
+    assert payload["interleaving"]["rankers"] == {"A": "popularity", "B": "ranker"}
+    mixed = personalized_row(page)
+    assert {str(t) for t in mixed} <= set(teams)  # the record names the team of every interleaved title
+    for team, ranking in (("A", popular_row), ("B", ranker_row)):
+        drafted = [t for t in mixed if teams[str(t)] == team]
+        assert drafted, f"team {team} drafted nothing"
+        # each team's titles come in its own ranker's order
+        order = [t for t in ranking if t in drafted]
+        assert [t for t in drafted if t in ranking] == order
+    assert abs(sum(v == "A" for v in teams.values()) - sum(v == "B" for v in teams.values())) <= 1
+    again = asyncio.run(homepage(HomepageRequest(1, request_id="req-1", titles_per_row=5), {"rankers": "tdi"}))
+    assert personalized_row(again) == mixed  # seeded by the request: the page and its record agree
+
+
+def test_a_decision_record_carries_latency_and_what_the_page_lost():
+    records: list[dict] = []
+    stages = Stages()
+    stages.rank_error = RuntimeError("ranker down")
+    page_of(stages, record=records.append)
+    payload = __import__("json").loads(records[0]["payload"])
+    assert payload["latency_ms"] >= 0 and "ranker" in payload["degraded"]

@@ -23,7 +23,9 @@ from marquee.schema import (
     EventError,
     decision_event,
     events_to_table,
+    exposure_event,
     parse_decision,
+    validate_event_table,
 )
 
 GOOD = {
@@ -161,11 +163,50 @@ def decision(**overrides) -> dict:
 
 
 def test_types_split_into_what_clients_post_and_what_the_server_writes():
-    assert SERVER_EVENT_TYPES == ("decision",) and "decision" in EVENT_TYPES
+    assert SERVER_EVENT_TYPES == ("decision", "exposure") and "decision" in EVENT_TYPES
     assert set(CLIENT_EVENT_TYPES) | set(SERVER_EVENT_TYPES) == set(EVENT_TYPES)
     assert not set(CLIENT_EVENT_TYPES) & set(SERVER_EVENT_TYPES)
     assert EVENT_TYPES[:len(CLIENT_EVENT_TYPES)] == CLIENT_EVENT_TYPES  # codes of older types never move
-    assert "decision" not in TITLE_REQUIRED_TYPES
+    assert "decision" not in TITLE_REQUIRED_TYPES and "exposure" not in TITLE_REQUIRED_TYPES
+
+
+def test_an_exposure_is_one_event_per_member_and_variant_that_no_client_or_page_can_take_first():
+    record = exposure_event("diversity", "strong", 42, "req-1", 1767384900000)
+    assert record["event_id"] == "decision-exposure/diversity/strong/42"
+    assert json.loads(record["experiments"]) == {"diversity": "strong"}
+    event = Event.parse(record)  # the event log accepts what the server builds
+    assert (event.type, event.title_id, event.request_id) == ("exposure", None, "req-1")
+    checked = validate_event_table(events_to_table([event]))
+    assert checked.rejected == [] and checked.valid.num_rows == 1
+    # a client cannot take its id with another event (posting one: test_gateway_api)
+    with pytest.raises(EventError, match="event_id: .*not starting with 'decision-'"):
+        Event.parse({**GOOD, "event_id": record["event_id"]})
+    # a page's decision id is "decision-" + a request id, which never holds "/"
+    with pytest.raises(EventError, match="request_id"):
+        Event.parse({**GOOD, "request_id": "exposure/diversity/strong/42"})
+    # an exposure with a made-up id, or without its request id or assignment, is refused and named
+    for broken, field in (({"event_id": "exposure-x"}, "event_id"), ({"request_id": None}, "request_id"),
+                          ({"experiments": None}, "experiments")):
+        with pytest.raises(EventError, match=f"{field}: "):
+            Event.parse({**record, **broken})
+        table = validate_event_table(events_to_table([Event.parse(record)]).set_column(
+            EVENT_SCHEMA.get_field_index(field), field,
+            pa.array([broken[field]], EVENT_SCHEMA.field(field).type)))
+        assert table.valid.num_rows == 0 and field in table.rejected[0][2]
+    for name, value in (("experiment", "a b"), ("variant", "")):
+        with pytest.raises(ValueError, match=f"{name}: expected a name"):
+            exposure_event(**{"experiment": "x", "variant": "y", "member_id": 1, "request_id": "r",
+                              "timestamp_ms": 1767384900000, name: value})
+
+
+def test_a_decision_carries_the_pages_serving_health_and_interleaving_teams():
+    interleaving = {"experiment": "rankers", "rankers": {"A": "popularity", "B": "ranker"}, "teams": {"1": "A"}}
+    record = decision(latency_ms=12.3456, degraded=["ranker"], interleaving=interleaving)
+    payload = json.loads(record["payload"])
+    assert (payload["latency_ms"], payload["degraded"], payload["interleaving"]) == (12.346, ["ranker"], interleaving)
+    assert Event.parse(record).payload == record["payload"]
+    with pytest.raises(EventError, match="latency_ms"):
+        Event.parse({**record, "payload": json.dumps({**payload, "latency_ms": -1})})
 
 
 @pytest.mark.parametrize("event_type, extra", [("impression", {}), ("play", {}), ("progress", {"value": 0.5}),
