@@ -63,6 +63,16 @@ def _ope():
     return module.configure_cli, module.cli_main
 
 
+def _experiment():
+    from ops import experiment_cli as module
+    return module.configure_cli, module.cli_main
+
+
+def _simulate():
+    from producers.world import traffic as module
+    return module.configure_cli, module.cli_main
+
+
 def _bench(name: str):
     def load():
         if name == "ingest":
@@ -91,6 +101,8 @@ COMMANDS: dict[str, tuple[Callable, str]] = {
     "down": (_down, "stop a system started with `marquee up --detach`"),
     "serve-config": (_serve_config, "print the Ray Serve config (serve.yaml) of a profile"),
     "ope": (_ope, "off-policy evaluation of an artwork policy (Open Bandit Dataset or served logs)"),
+    "experiment": (_experiment, "validate the experiments file, report on an experiment, calibrate, power"),
+    "simulate": (_simulate, "members of the world call the running system over HTTP (a traffic simulator)"),
 }
 BENCHMARKS: dict[str, tuple[Callable, str]] = {
     "ingest": (_bench("ingest"), "events/s and ack p99 through the event log actor"),

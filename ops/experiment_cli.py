@@ -1,0 +1,173 @@
+"""`marquee experiment ...`: check an experiments file, report on a running experiment, and the
+platform's own checks (A/A calibration, the interleaving-against-A/B power study).
+
+- `validate [FILE]`: the file as the replicas will read it (default HOME/experiments.yaml):
+  every problem named, exit 2 when it is refused.
+- `report NAME [--json] [--html PATH]`: the experiment's analysis over the home's event log
+  (experiments/analysis.py, aggregated with Ray Data by default) and its verdict.
+- `calibrate --replications 200 --json`: A/A false positive rates of the fixed-horizon and
+  sequential tests (experiments/calibration.py).
+- `power --json`: members an A/B test and an interleaving experiment need at 80% power
+  (experiments/power.py).
+
+Why here (ops): `validate` checks variants the way serving does (deployments/assignment.py) and
+`report` reads the home's log the way the served-OPE command does (training/served_ope.py); the
+layers below may not import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from deployments.assignment import override_validator
+from deployments.page_config import HomepageConfig
+from experiments.spec import SpecError, load_spec
+from marquee.home import Paths
+from marquee.names import DAY_MS
+
+READ_BATCH = 200_000  # log rows per read
+
+
+def configure_cli(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", type=Path, default=None, help="Marquee home (default: MARQUEE_HOME or ./.marquee)")
+    sub = parser.add_subparsers(dest="experiment_command", required=True)
+    validate = sub.add_parser("validate", help="check an experiments file as the replicas will read it")
+    validate.add_argument("file", nargs="?", type=Path, default=None, help="default: HOME/experiments.yaml")
+    report = sub.add_parser("report", help="analysis and verdict of one experiment over the home's event log")
+    report.add_argument("name")
+    report.add_argument("--file", type=Path, default=None, help="experiments file (default: HOME/experiments.yaml)")
+    report.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    report.add_argument("--html", type=Path, default=None, help="also write the report with plots to this file")
+    report.add_argument("--day-seconds", type=float, default=DAY_MS / 1000,
+                        help="length of an analysis day in wall seconds (a compressed simulation's day: "
+                             "`marquee simulate` prints it); default 86400")
+    report.add_argument("--engine", choices=("ray", "arrow"), default="ray",
+                        help="aggregate with Ray Data (default) or in this process")
+    report.add_argument("--dataset", type=Path, default=None, help="catalog of the log (default: HOME/serving.json)")
+    calibrate = sub.add_parser("calibrate", help="A/A false positive rates of the fixed and sequential tests")
+    calibrate.add_argument("--replications", type=int, default=200)
+    calibrate.add_argument("--members", type=int, default=2000)
+    calibrate.add_argument("--days", type=int, default=14)
+    calibrate.add_argument("--seed", type=int, default=0)
+    calibrate.add_argument("--json", action="store_true")
+    power = sub.add_parser("power", help="members an A/B test and interleaving need at 80%% power")
+    power.add_argument("--seed", type=int, default=0)
+    power.add_argument("--json", action="store_true")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    home = Paths(args.home) if args.home else Paths()
+    command = args.experiment_command
+    if command == "validate":
+        return _validate(args.file or home.experiments)
+    if command == "report":
+        return _report(args, home)
+    if command == "calibrate":
+        from experiments.calibration import calibrate
+
+        return _emit(calibrate(args.replications, members=args.members, days=args.days, seed=args.seed), args.json)
+    from experiments.power import power_study
+
+    return _emit(power_study(seed=args.seed), args.json)
+
+
+def _emit(result: dict, as_json: bool) -> int:
+    print(json.dumps(result, indent=None if as_json else 2, sort_keys=False))
+    return 0
+
+
+def _load(path: Path):
+    """The file checked as serving checks it, against the default pipeline config."""
+    return load_spec(path, override_validator(lambda: HomepageConfig()))
+
+
+def _validate(path: Path) -> int:
+    try:
+        spec = _load(path)
+    except FileNotFoundError:
+        print(f"{path}: no such file", file=sys.stderr)
+        return 2
+    except (SpecError, ValueError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"file": str(path), "version": spec.version,
+                      "experiments": [e.name for e in spec.experiments]}))
+    return 0
+
+
+def read_log(reader) -> pa.Table:
+    """Every row of an event log reader (EventLog or its actor), in sequence order."""
+    tables, since = [], -1
+    while True:
+        batch = reader.read(since, READ_BATCH)
+        if batch.num_rows == 0:
+            break
+        tables.append(batch)
+        since = int(batch.column("seq")[-1].as_py())
+        if batch.num_rows < READ_BATCH:
+            break
+    if not tables:
+        raise ValueError("the event log is empty: nothing to analyze")
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _report(args: argparse.Namespace, home: Paths) -> int:
+    from experiments.analysis import analyze
+    from experiments.report import render_html, render_text
+    from marquee.dataset import load_dataset
+    from training.served_ope import ServedOpeError, served_dataset, served_log
+
+    path = args.file or home.experiments
+    try:
+        spec = _load(path)
+    except (SpecError, ValueError, OSError) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return 2
+    experiment = next((e for e in spec.experiments if e.name == args.name), None)
+    if experiment is None:
+        print(f"{args.name}: no such experiment in {path}; it has {', '.join(e.name for e in spec.experiments)}",
+              file=sys.stderr)
+        return 2
+    if not args.day_seconds > 0:
+        print(f"--day-seconds: expected a positive number, got {args.day_seconds}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    try:
+        titles = load_dataset(served_dataset(home.home, args.dataset)).titles
+        with served_log(home.home) as (reader, _where):
+            events = read_log(reader)
+        source = events
+        if args.engine == "ray":
+            source = _ray_dataset(events, home)
+        report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
+                         engine=args.engine, now_ms=int(time.time() * 1000))
+    except (ServedOpeError, ValueError) as exc:
+        print(f"cannot report on {args.name}: {exc}", file=sys.stderr)
+        return 2
+    report["elapsed_s"] = round(time.perf_counter() - started, 2)
+    if args.html:
+        args.html.write_text(render_html(report))
+    print(json.dumps(report) if args.json else render_text(report))
+    return 0
+
+
+def _ray_dataset(events: pa.Table, home: Paths):
+    """The log's rows as a Ray Dataset, on the home's cluster when one runs, else a local Ray."""
+    import ray
+
+    from marquee.home import LocalCluster, use_cluster_auth
+
+    if not ray.is_initialized():
+        cluster = LocalCluster.load(home.home)
+        if cluster is not None and cluster.alive():
+            use_cluster_auth(home.home)
+            ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)
+        else:
+            ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
+    return ray.data.from_arrow(events)
