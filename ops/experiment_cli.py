@@ -23,16 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
 from deployments.assignment import override_validator
 from deployments.page_config import HomepageConfig
 from experiments.spec import SpecError, load_spec
 from marquee.home import Paths
 from marquee.names import DAY_MS
-
-READ_BATCH = 200_000  # log rows per read
-
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--home", type=Path, default=None, help="Marquee home (default: MARQUEE_HOME or ./.marquee)")
@@ -101,27 +96,11 @@ def _validate(path: Path) -> int:
     return 0
 
 
-def read_log(reader) -> pa.Table:
-    """Every row of an event log reader (EventLog or its actor), in sequence order."""
-    tables, since = [], -1
-    while True:
-        batch = reader.read(since, READ_BATCH)
-        if batch.num_rows == 0:
-            break
-        tables.append(batch)
-        since = int(batch.column("seq")[-1].as_py())
-        if batch.num_rows < READ_BATCH:
-            break
-    if not tables:
-        raise ValueError("the event log is empty: nothing to analyze")
-    return pa.concat_tables(tables, promote_options="default")
-
-
 def _report(args: argparse.Namespace, home: Paths) -> int:
     from experiments.analysis import analyze
     from experiments.report import render_html, render_text
     from marquee.dataset import load_dataset
-    from training.served_ope import ServedOpeError, served_dataset, served_log
+    from training.served_ope import ServedOpeError, read_log_table, served_dataset, served_log
 
     path = args.file or home.experiments
     try:
@@ -141,7 +120,7 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
     try:
         titles = load_dataset(served_dataset(home.home, args.dataset)).titles
         with served_log(home.home) as (reader, _where):
-            events = read_log(reader)
+            events = read_log_table(reader)
         source = events
         if args.engine == "ray":
             source = _ray_dataset(events, home)
@@ -157,7 +136,7 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
     return 0
 
 
-def _ray_dataset(events: pa.Table, home: Paths):
+def _ray_dataset(events, home: Paths):
     """The log's rows as a Ray Dataset, on the home's cluster when one runs, else a local Ray."""
     import ray
 

@@ -156,6 +156,22 @@ def _actor_log(paths: Paths, cluster: LocalCluster) -> Iterator[LogActorReader |
             ray.shutdown()
 
 
+def read_log_table(reader: EventReader, read_batch: int = READ_BATCH) -> pa.Table:
+    """Every row of a log reader (served_log's), in sequence order; ServedOpeError when empty."""
+    tables, since = [], -1
+    while True:
+        batch = reader.read(since, read_batch)
+        if batch.num_rows == 0:
+            break
+        tables.append(batch)
+        since = int(batch.column("seq")[-1].as_py())
+        if batch.num_rows < read_batch:
+            break
+    if not tables:
+        raise ServedOpeError("the event log is empty: nothing to analyze")
+    return pa.concat_tables(tables, promote_options="default")
+
+
 def served_dataset(home: str | Path, dataset: str | Path | None = None) -> Path:
     """The dataset the home serves (HOME/serving.json, written by `marquee up`), or `dataset`."""
     if dataset is not None:

@@ -12,6 +12,7 @@ from experiments.sequential import (
     AA_TARGET,
     Calibration,
     calibrate_aa,
+    group_sequential,
     look_moments,
     msprt,
     msprt_from_moments,
@@ -344,18 +345,39 @@ def test_msprt_refuses_bad_input_by_name():
 def test_aa_calibration_at_200_replications_meets_the_target():
     result = calibrate_aa(normal_simulator(), mixing_sd=0.1, replications=200)
     assert isinstance(result, Calibration) and result.looks == DAYS and result.target == AA_TARGET
+    # Both the fixed-horizon and the group-sequential test inside the band, floor included.
     assert AA_TARGET[0] <= result.fixed_horizon_rate <= AA_TARGET[1]
-    assert result.sequential_rate <= AA_TARGET[1]
+    assert AA_TARGET[0] <= result.sequential_rate <= AA_TARGET[1]
     assert result.peeking_rate > 2 * AA_TARGET[1]  # the calibration can fail, and peeking does
     assert result.calibrated and result.as_dict()["calibrated"] is True
-    # The counts are those of the tests run one seed at a time.
-    sequential = sum(msprt(*normal_simulator()(seed), mixing_sd=0.1).rejected for seed in range(200))
-    assert result.sequential_rejections == sequential
+    # The mSPRT, valid for continuous monitoring, is conservative at 14 looks and says so.
+    assert result.msprt_rate < AA_TARGET[0] and not result.msprt_ok
+    assert result.as_dict()["msprt"]["ok"] is False
+    # The counts are those of the tests run one seed at a time (on the first 20 seeds, an A/B
+    # simulator so that there is something to count).
+    simulate = normal_simulator(effect=0.05)
+    few = calibrate_aa(simulate, mixing_sd=0.1, replications=20)
+    paths = [simulate(seed) for seed in range(20)]
+    mixture = sum(msprt(*path, mixing_sd=0.1).rejected for path in paths)
+    grouped = sum(group_sequential(*path, planned_looks=DAYS).rejected for path in paths)
+    assert (few.msprt_rejections, few.sequential_rejections) == (mixture, grouped)
+    assert grouped > 0
+
+
+def test_sequential_ok_is_judged_against_the_band_on_both_sides():
+    def calibration(sequential: int) -> Calibration:
+        return Calibration(replications=200, looks=14, alpha=0.05, fixed_horizon_rejections=10,
+                           sequential_rejections=sequential, msprt_rejections=2,
+                           peeking_rejections=40)
+    assert not calibration(2).sequential_ok and not calibration(2).calibrated  # too conservative
+    assert calibration(6).sequential_ok and calibration(14).sequential_ok
+    assert not calibration(15).sequential_ok
 
 
 def test_calibration_of_an_ab_simulator_reports_power_and_is_not_calibrated():
     result = calibrate_aa(normal_simulator(effect=0.1), mixing_sd=0.1, replications=100)
-    assert result.fixed_horizon_rate > 0.85 and result.sequential_rate > 0.6
+    assert result.fixed_horizon_rate > 0.85 and result.sequential_rate > 0.85
+    assert result.msprt_rate > 0.6
     assert not result.calibrated
 
 
