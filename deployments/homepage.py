@@ -113,10 +113,14 @@ class Homepage:
 
         versions: dict[str, str] = {}
         retrieved = None
-        try:
-            retrieved = await asyncio.wait_for(self.stages.candidates(ctx), self.retrieval_timeout_s)
-        except Exception:
-            degraded.append("candidates")
+        popular_only = self.scoring.scorers == ("popular_rows",)  # no model asked, nothing degraded
+        if popular_only:
+            versions["ranker"] = "popular_rows"
+        else:
+            try:
+                retrieved = await asyncio.wait_for(self.stages.candidates(ctx), self.retrieval_timeout_s)
+            except Exception:
+                degraded.append("candidates")
         t = timer.add("candidates", t)
         if retrieved is not None:
             degraded += retrieved.degraded
@@ -133,7 +137,7 @@ class Homepage:
             except Exception:
                 degraded.append("ranker")
             t = timer.add("rank", t)
-        fallback = by_scorer is None
+        fallback = by_scorer is None and not popular_only
         sources = self.popular_sources(ctx) if by_scorer is None else by_scorer[self.scoring.scorers[0]]
         if fallback:
             degraded.append("personalization")

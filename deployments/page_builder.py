@@ -24,8 +24,11 @@ from deployments.rules import FILTERS
 from deployments.selectors import Diversity, EditorialPins, SeriesCap
 
 # ranker: the model's blended play/completion boosters (ranking.Ranker); popularity: all-time
-# plays, no model (the baseline a ranker must beat, and the other side of an interleaving)
-SCORERS = ("ranker", "popularity")
+# plays, no model, over the same candidates (the other side of an interleaving); popular_rows: no
+# candidates and no model at all, the catalog's precomputed popular rows (the homepage before
+# personalization: `marquee eval`'s popularity peer, the baseline a personalized page must beat)
+SCORERS = ("ranker", "popularity", "popular_rows")
+INTERLEAVABLE = ("ranker", "popularity")  # scorers of the same candidates: their rows share ids
 DECORATORS = ("explanation", "artwork")
 ITEM_FIELDS = ("explanation", "artwork")  # the fields of a homepage item the decorators fill
 MEMBER_ROWS = ("continue_watching", "my_list")  # row inputs read from member state, not a source
@@ -55,8 +58,9 @@ def check(config: HomepageConfig) -> None:
     if config.scorer not in SCORERS:
         raise ValueError(f"scorer: unknown scorer {config.scorer!r}; known: {', '.join(SCORERS)}")
     for name in config.interleaving.rankers:
-        if name not in SCORERS:
-            raise ValueError(f"interleaving.rankers: unknown scorer {name!r}; known: {', '.join(SCORERS)}")
+        if name not in INTERLEAVABLE:
+            raise ValueError(f"interleaving.rankers: {name!r} cannot be interleaved; "
+                             f"interleavable scorers: {', '.join(INTERLEAVABLE)}")
     for name in config.decorators:
         if name not in DECORATORS:
             raise ValueError(f"decorators: unknown decorator {name!r}; known: {', '.join(DECORATORS)}")

@@ -18,14 +18,17 @@ layers below may not import each other.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from deployments.assignment import override_validator
 from deployments.page_config import HomepageConfig
 from experiments.spec import SpecError, load_spec
+from experiments.stats import GuardrailLimits
 from marquee.home import Paths
 from marquee.names import DAY_MS
 
@@ -45,6 +48,10 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--engine", choices=("ray", "arrow"), default="ray",
                         help="aggregate with Ray Data (default) or in this process")
     report.add_argument("--dataset", type=Path, default=None, help="catalog of the log (default: HOME/serving.json)")
+    report.add_argument("--max-p99-ms", type=float, default=GuardrailLimits().max_p99_latency_ms,
+                        help="guardrail: a variant whose pages' p99 latency exceeds this stops the experiment")
+    report.add_argument("--max-error-rate", type=float, default=GuardrailLimits().max_error_rate,
+                        help="guardrail: share of degraded pages that stops the experiment")
     calibrate = sub.add_parser("calibrate", help="A/A false positive rates of the fixed and sequential tests")
     calibrate.add_argument("--replications", type=int, default=200)
     calibrate.add_argument("--members", type=int, default=2000)
@@ -121,11 +128,13 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
         titles = load_dataset(served_dataset(home.home, args.dataset)).titles
         with served_log(home.home) as (reader, _where):
             events = read_log_table(reader)
-        source = events
-        if args.engine == "ray":
-            source = _ray_dataset(events, home)
-        report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
-                         engine=args.engine, now_ms=int(time.time() * 1000))
+        # Ray's own notices (raylet warnings) go to stdout: keep stdout for the report alone
+        with tempfile.TemporaryDirectory(prefix="report-", dir=home.home) as scratch, \
+                contextlib.redirect_stdout(sys.stderr):
+            source = _ray_dataset(events, home, Path(scratch)) if args.engine == "ray" else events
+            report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
+                             engine=args.engine, now_ms=int(time.time() * 1000),
+                             guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms))
     except (ServedOpeError, ValueError) as exc:
         print(f"cannot report on {args.name}: {exc}", file=sys.stderr)
         return 2
@@ -136,12 +145,16 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
     return 0
 
 
-def _ray_dataset(events, home: Paths):
-    """The log's rows as a Ray Dataset, on the home's cluster when one runs, else a local Ray."""
+def _ray_dataset(events, home: Paths, scratch: Path):
+    """The log's rows as Parquet on disk, read by Ray Data (on the home's cluster when one runs,
+    else a local Ray): Ray Data reads files block by block, rather than shipping one big table."""
+    import pyarrow.parquet as pq
     import ray
 
     from marquee.home import LocalCluster, use_cluster_auth
 
+    scratch.mkdir(parents=True, exist_ok=True)
+    pq.write_table(events, scratch / "events.parquet", row_group_size=100_000)
     if not ray.is_initialized():
         cluster = LocalCluster.load(home.home)
         if cluster is not None and cluster.alive():
@@ -149,4 +162,4 @@ def _ray_dataset(events, home: Paths):
             ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)
         else:
             ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
-    return ray.data.from_arrow(events)
+    return str(scratch / "events.parquet")

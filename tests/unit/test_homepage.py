@@ -412,3 +412,19 @@ def test_a_decision_record_carries_latency_and_what_the_page_lost():
     page_of(stages, record=records.append)
     payload = __import__("json").loads(records[0]["payload"])
     assert payload["latency_ms"] >= 0 and "ranker" in payload["degraded"]
+
+
+def test_the_popular_rows_scorer_serves_the_precomputed_rows_without_any_model_and_nothing_degraded():
+    stages = Stages()
+    stages.retrieve_error = AssertionError("the candidate stage must not be asked")
+    page = page_of(stages, config=HomepageConfig(scorer="popular_rows"))
+    assert stages.ranked == [] and page["degraded"] == [] and page["fallback"] is False
+    assert page["model_versions"]["ranker"] == "popular_rows"
+    assert_well_formed(page)
+
+
+def test_only_scorers_of_the_same_candidates_interleave():
+    from deployments.page_builder import check
+
+    with pytest.raises(ValueError, match="interleaving.rankers: 'popular_rows' cannot be interleaved"):
+        check(HomepageConfig.from_dict({"interleaving": {"rankers": ["popular_rows", "ranker"]}}))
