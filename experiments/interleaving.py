@@ -410,3 +410,16 @@ def preference(wins: Wins, *, alpha: float = 0.05) -> Preference:
                       df=df, p_value=p_value, n_members=n, n_exposed=len(wins.members),
                       prefer_b=prefer_b, prefer_a=prefer_a, ties=ties,
                       delta_ab=prefer_b + ties / 2 - 0.5, alpha=alpha)
+
+
+def interleaving_report(table: pa.Table, experiment: str, *, alpha: float = 0.05) -> dict:
+    """An interleaving experiment's section of `marquee experiment report`: the rankers, pages,
+    credited plays and the preference for B with its interval (JSON-ready; NaN as None)."""
+    log = pages_and_plays(table, experiment)
+    wins = credit(log.pages, log.plays)
+    found = preference(wins, alpha=alpha)
+    out = {name: getattr(found, name) for name in found.__dataclass_fields__}
+    out = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in out.items()}
+    return {"experiment": experiment, "rankers": log.rankers, "pages": len(log.pages),
+            "credited_plays": int(wins.wins_a.sum() + wins.wins_b.sum()),
+            "significant": found.significant, "preference": out}

@@ -138,6 +138,10 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
     except (ServedOpeError, ValueError) as exc:
         print(f"cannot report on {args.name}: {exc}", file=sys.stderr)
         return 2
+    if any("interleaving" in v.override for v in experiment.variants):
+        from experiments.interleaving import interleaving_report
+
+        report["interleaving"] = interleaving_report(events, experiment.name)
     report["elapsed_s"] = round(time.perf_counter() - started, 2)
     if args.html:
         args.html.write_text(render_html(report))

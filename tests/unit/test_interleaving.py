@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from experiments.interleaving import (
+    interleaving_report,
     Interleaved,
     Page,
     Play,
@@ -243,6 +244,10 @@ def test_pages_and_plays_reads_decisions_and_homepage_plays():
     assert sorted(log.plays) == [Play(1, "r1", 11), Play(2, "r2", 21)]
     wins = credit(log.pages, log.plays)
     assert wins.wins_a.tolist() == [0, 1] and wins.wins_b.tolist() == [1, 0]
+    report = interleaving_report(table, "tdi")  # the report's section: the same numbers, JSON-ready
+    assert (report["pages"], report["credited_plays"], report["rankers"]) == (2, 2, {"A": "pop", "B": "xgb"})
+    assert report["preference"]["mean"] == preference(wins).mean == 0.0
+    json.dumps(report, allow_nan=False)
 
 
 def test_the_payload_serving_writes_reads_back():
