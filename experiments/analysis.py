@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as scipy_stats
 
-from experiments.sequential import msprt_from_moments
+from experiments.sequential import group_sequential_from_moments, msprt_from_moments
 from experiments.spec import Experiment
 from experiments.stats import (
     ALPHA,
@@ -704,9 +704,33 @@ def _cuped(table: MemberTable, cohort: Cohort, control: str, options: Options) -
     return out
 
 
+def _group_sequential(a: np.ndarray, b: np.ndarray, days: list[int], planned_days: int, alpha: float) -> dict:
+    """The planned-horizon test (experiments/sequential.py; what `marquee experiment calibrate`
+    checks at daily looks): O'Brien-Fleming-type spending over `planned_days`, look k at calendar
+    time day_k / planned_days. Looks past the horizon are not read (the alpha is spent)."""
+    inside = [i for i, day in enumerate(days) if day <= planned_days]
+    if not inside:
+        return {"planned_days": planned_days, "rejected": False, "first_rejection": None, "looks": []}
+    a, b = a[inside], b[inside]
+    result = group_sequential_from_moments(a[:, 0], a[:, 1], a[:, 2], b[:, 0], b[:, 1], b[:, 2],
+                                           planned_looks=planned_days, alpha=alpha,
+                                           fractions=[days[i] / planned_days for i in inside])
+    first = result.first_rejection
+    return _clean({"planned_days": planned_days, "rejected": bool(result.rejected),
+                   "first_rejection": None if first is None else {"day": days[inside[first]]},
+                   "direction": None if not result.rejected else ("better" if result.difference[first] > 0
+                                                                  else "worse"),
+                   "looks": [{"day": days[i], "statistic": float(result.statistic[j]),
+                              "critical": float(np.atleast_1d(result.critical)[j])}
+                             for j, i in enumerate(inside)]})
+
+
 def _sequential(path: list, cohort: Cohort, control: str, primary: str, options: Options,
-                mixing_sd: float | None, sequential_mde: float) -> dict:
-    """The mSPRT of the primary metric per treatment, read at every look.
+                mixing_sd: float | None, sequential_mde: float, planned_days: int | None = None) -> dict:
+    """The mSPRT of the primary metric per treatment, read at every look, and with a planned
+    horizon (`planned_days`) the group-sequential test beside it, which the verdict then reads:
+    at daily looks the mSPRT is conservative (about 1% false positives at alpha 5% over 14 looks,
+    `marquee experiment calibrate`), the planned test spends the whole alpha.
 
     mixing_sd, as experiments/sequential.py advises, is near the effect worth detecting:
     `sequential_mde` (relative) times control's value at the last look (the metric is
@@ -743,8 +767,11 @@ def _sequential(path: list, cohort: Cohort, control: str, primary: str, options:
         direction = None
         if result.rejected:
             direction = "better" if result.difference[-1] > 0 else "worse"
+        planned = None
+        if planned_days is not None:
+            planned = _group_sequential(a, b, [e["day"] for e in usable], planned_days, options.alpha)
         out["by_variant"][name] = _clean({
-            "looks": looks, "rejected": result.rejected, "direction": direction,
+            "looks": looks, "rejected": result.rejected, "direction": direction, "group_sequential": planned,
             "first_rejection": None if first is None else {"day": usable[first]["day"],
                                                            "time_ms": usable[first]["time_ms"]},
             "p_value": float(result.p_value[-1]), "skipped_days": skipped})
@@ -802,6 +829,19 @@ def _lift_text(comparison: dict, alpha: float) -> str:
             f"to {_pct(comparison['relative_high'])})")
 
 
+def _decisive(seq: dict) -> tuple[bool, str | None, int | None, str]:
+    """(rejected, direction, first day, which test) of the test the verdict reads: the planned
+    group-sequential test when the report has one, else the always-valid mSPRT."""
+    planned = seq.get("group_sequential")
+    if planned:
+        first = planned.get("first_rejection") or {}
+        return (bool(planned["rejected"]), planned.get("direction"), first.get("day"),
+                f"group-sequential test (horizon {planned['planned_days']} days)")
+    first = seq.get("first_rejection") or {}
+    return (bool(seq.get("rejected")), seq.get("direction"), first.get("day"),
+            f"always-valid test (p = {seq.get('p_value', float('nan')):.2g})")
+
+
 def verdict(report: dict) -> dict:
     """ship, stop or keep running, with the reasons in words.
 
@@ -827,11 +867,11 @@ def verdict(report: dict) -> dict:
     winners = []
     for name, seq in sequential.items():
         lift = _lift_text(comparisons[name], alpha)
-        if seq.get("rejected") and seq.get("direction") == "worse":
+        rejected, direction, day, test = _decisive(seq)
+        if rejected and direction == "worse":
             stop.append(f"{name} is significantly worse than {report['control']} on {primary}: lift {lift}; "
-                        f"the always-valid test rejected on day {seq['first_rejection']['day']} "
-                        f"(p = {seq['p_value']:.2g}).")
-        elif seq.get("rejected"):
+                        f"the {test} rejected on day {day}.")
+        elif rejected:
             winners.append(name)
     if report["guardrails"]["unchecked"]:
         notes.append(f"Guardrails not checked for {', '.join(report['guardrails']['unchecked'])}: "
@@ -843,19 +883,19 @@ def verdict(report: dict) -> dict:
         return {"decision": "stop", "winner": None, "reasons": stop + notes}
     if winners:
         best = max(winners, key=lambda n: comparisons[n].get("relative_lift") or 0.0)
-        seq = sequential[best]
+        _, _, day, test = _decisive(sequential[best])
         reasons = [(f"Ship {best}: {primary} lift {_lift_text(comparisons[best], alpha)} over "
-                    f"{report['control']}; the always-valid test rejected on day {seq['first_rejection']['day']} "
-                    f"(p = {seq['p_value']:.2g}), with no sample ratio mismatch and no guardrail breach.")]
+                    f"{report['control']}; the {test} rejected on day {day}, with no sample ratio "
+                    "mismatch and no guardrail breach.")]
         return {"decision": "ship", "winner": best, "reasons": reasons + notes}
     reasons = []
     for name, seq in sequential.items():
         if "error" in seq:
             reasons.append(f"{name}: the sequential test cannot run yet ({seq['error']}).")
             continue
+        _, _, _, test = _decisive(seq)
         reasons.append(f"{name} vs {report['control']}: {primary} lift {_lift_text(comparisons[name], alpha)}, "
-                       f"not significant yet (always-valid p = {seq['p_value']:.2g} after "
-                       f"{seq['looks'][-1]['day']} day(s)).")
+                       f"not significant yet by the {test} after {seq['looks'][-1]['day']} day(s).")
     return {"decision": "keep running", "winner": None, "reasons": reasons + notes}
 
 
@@ -918,7 +958,7 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
             engine: str = "arrow", alpha: float = ALPHA, pre_days: float = 28,
             primary: str = "plays_per_member", guardrails: GuardrailLimits = DEFAULT_LIMITS,
             now_ms: int | None = None, control: str | None = None, sequential_mde: float = 0.05,
-            mixing_sd: float | None = None) -> dict:
+            mixing_sd: float | None = None, planned_days: int | None = None) -> dict:
     """The whole analysis of one experiment as JSON-ready data (see the module docstring).
 
     `events`: stored events (STORED_EVENT_SCHEMA) as a pa.Table (engine "arrow") or a
@@ -926,8 +966,12 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
     title_id -> runtime_min. `pre_days`: the CUPED pre-period in day_ms units. `primary`: the
     metric the verdict and the sequential test read. `control`: default "control" (else the
     one variant without an override). `sequential_mde`/`mixing_sd`: the mSPRT's mixing scale
-    (`_sequential` says how). Raises ValueError naming the argument or column at fault.
+    (`_sequential` says how). `planned_days`: the experiment's planned horizon in days; with it
+    the verdict reads the group-sequential test (calibrated at daily looks), else the mSPRT.
+    Raises ValueError naming the argument or column at fault.
     """
+    if planned_days is not None:
+        planned_days = check_int("planned_days", planned_days, ge=1)
     options, control, cohort, rows, guard = _prepare(events, experiment, runtimes, day_ms, engine, alpha,
                                                      pre_days, primary, guardrails, now_ms, control,
                                                      sequential_mde, mixing_sd)
@@ -946,7 +990,8 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
         "srm": _srm(cohort, experiment),
         "metrics": _metrics(table, cohort, control, options),
         "cuped": _cuped(table, cohort, control, options),
-        "sequential": _sequential(path, cohort, control, primary, options, mixing_sd, sequential_mde),
+        "sequential": _sequential(path, cohort, control, primary, options, mixing_sd, sequential_mde,
+                                  planned_days),
         "daily": _daily(path, cohort, options),
         "guardrails": _guardrails(guard, cohort, guardrails),
     }

@@ -45,6 +45,9 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--day-seconds", type=float, default=DAY_MS / 1000,
                         help="length of an analysis day in wall seconds (a compressed simulation's day: "
                              "`marquee simulate` prints it); default 86400")
+    report.add_argument("--planned-days", type=int, default=None,
+                        help="the experiment's planned horizon in analysis days: the verdict then reads the "
+                             "group-sequential test (default: the experiment's start to end, else the mSPRT)")
     report.add_argument("--engine", choices=("ray", "arrow"), default="ray",
                         help="aggregate with Ray Data (default) or in this process")
     report.add_argument("--dataset", type=Path, default=None, help="catalog of the log (default: HOME/serving.json)")
@@ -134,7 +137,8 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
             source = _ray_dataset(events, home, Path(scratch)) if args.engine == "ray" else events
             report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
                              engine=args.engine, now_ms=int(time.time() * 1000),
-                             guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms))
+                             guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms),
+                             planned_days=_planned_days(args, experiment))
     except (ServedOpeError, ValueError) as exc:
         print(f"cannot report on {args.name}: {exc}", file=sys.stderr)
         return 2
@@ -147,6 +151,15 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
         args.html.write_text(render_html(report))
     print(json.dumps(report) if args.json else render_text(report))
     return 0
+
+
+def _planned_days(args: argparse.Namespace, experiment) -> int | None:
+    """--planned-days, else the experiment's declared window in analysis days, else None."""
+    if args.planned_days is not None:
+        return args.planned_days
+    if experiment.start is not None and experiment.end is not None:
+        return max(1, round((experiment.end_ms - experiment.start_ms) / (args.day_seconds * 1000)))
+    return None
 
 
 def _ray_dataset(events, home: Paths, scratch: Path):

@@ -438,3 +438,22 @@ def test_bad_arguments_are_refused_naming_the_argument(kwargs, message):
     args = {"experiment": experiment(), "runtimes": RUNTIMES, "day_ms": DAY} | kwargs
     with pytest.raises(ValueError, match=message):
         analyze(hand_table(), args.pop("experiment"), **args)
+
+
+def test_with_a_planned_horizon_the_verdict_reads_the_group_sequential_test():
+    """The test `marquee experiment calibrate` checks at daily looks: its boundary at each look is
+    Lan-DeMets' for that day of the horizon, and the verdict names it."""
+    from experiments.sequential import group_sequential_boundaries
+
+    fx = ship_case()
+    report = analyze(fx.events, fx.experiment, runtimes=fx.titles, day_ms=fx.day_ms, planned_days=14)
+    planned = report["sequential"]["by_variant"]["treatment"]["group_sequential"]
+    days = [look["day"] for look in planned["looks"]]
+    expected = group_sequential_boundaries([d / 14 for d in days], alpha=0.05, spending="obrien_fleming").critical
+    assert [look["critical"] for look in planned["looks"]] == pytest.approx(list(np.ravel(expected)))
+    crossed = [look["day"] for look in planned["looks"] if abs(look["statistic"]) >= look["critical"]]
+    assert planned["rejected"] == bool(crossed) and (not crossed or planned["first_rejection"]["day"] == crossed[0])
+    assert report["verdict"]["decision"] == ("ship" if planned["rejected"] else "keep running")
+    assert "group-sequential test (horizon 14 days)" in " ".join(report["verdict"]["reasons"])
+    with pytest.raises(ValueError, match="planned_days"):
+        analyze(fx.events, fx.experiment, runtimes=fx.titles, day_ms=fx.day_ms, planned_days=0)
