@@ -441,10 +441,10 @@ def _shard_dataset(ds: "ray.data.Dataset", columns: list[str], group: str | None
         # Run the pipeline here, while the CPUs are free: inside a Train worker that holds every
         # CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever. Keep
         # the input's row order (Ray Data may reorder blocks otherwise): a ranking group's rows
-        # must stay contiguous.
-        import ray.data
-
-        options = ray.data.DataContext.get_current().execution_options
+        # must stay contiguous. The dataset's own context: a Dataset copies the current
+        # DataContext when it is created, so setting the global one here changed nothing (the
+        # order then held only while blocks happened to finish in order: a loaded machine broke it).
+        options = ds.context.execution_options
         kept, options.preserve_order = options.preserve_order, True
         try:
             ds = ds.select_columns(columns).materialize()
