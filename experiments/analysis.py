@@ -7,7 +7,8 @@ Who counts: members with an `exposure` event of the experiment (assignment comes
 only; the `experiments` column of client events is the client's word and is never read). A
 member's variant is the one of their first exposure; a member exposed to a second variant (the
 file changed under them) stays in the first and is counted in `crossovers`. What counts: client
-events at or after the member's first exposure (and before `now_ms`), so members assigned but not
+events at or after the member's first exposure (and before `now_ms`, by default the wall clock at
+the call: an event dated in the future, which a client may post, is not read), so members assigned but not
 yet shown anything do not dilute the effect (Kohavi, Tang & Xu 2020, ch. 20).
 
 Two stages, so the heavy part scales and the statistics stay exact:
@@ -28,6 +29,7 @@ counted from their own first exposure. day_ms is a parameter so compressed simul
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +60,7 @@ from marquee.settings import SettingsError, check_choice, check_int, check_numbe
 
 SCHEMA_VERSION = 1
 DAY_MS = 86_400_000
+MAX_LOOKS = 10_000  # daily looks an analysis walks (27 years of days): more means a wrong day_ms
 ENGINES = ("arrow", "ray")
 DEFAULT_LIMITS = GuardrailLimits()  # frozen: safe to share as a default
 RAY_PARTITIONS = 8  # hash partitions of the Ray shuffles (Ray's default 200 costs seconds on a small log)
@@ -142,6 +145,7 @@ class Options:
     pre_ms: int
     now_ms: int | None
     alpha: float
+    cutoff_ms: int  # events dated at or after it are not read: now_ms, else the wall clock at the call
 
 
 def _check_options(experiment: Any, day_ms: Any, alpha: Any, pre_days: Any, primary: Any,
@@ -168,7 +172,9 @@ def _check_options(experiment: Any, day_ms: Any, alpha: Any, pre_days: Any, prim
     alpha = check_alpha("alpha", alpha)
     if not isinstance(guardrails, GuardrailLimits):
         raise ValueError(f"guardrails: expected experiments.stats.GuardrailLimits, got {type(guardrails).__name__}")
-    return Options(day_ms=day_ms, pre_ms=round(pre_days * day_ms), now_ms=now_ms, alpha=alpha)
+    cutoff_ms = now_ms if now_ms is not None else int(time.time() * 1000)
+    return Options(day_ms=day_ms, pre_ms=round(pre_days * day_ms), now_ms=now_ms, alpha=alpha,
+                   cutoff_ms=cutoff_ms)
 
 
 def runtime_table(runtimes: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -249,15 +255,14 @@ class Cohort:
         return {"member_id": self.member_id, "t0": self.t0}
 
 
-def build_cohort(exposures: pa.Table, experiment: Experiment, now_ms: int | None) -> Cohort:
+def build_cohort(exposures: pa.Table, experiment: Experiment, cutoff_ms: int) -> Cohort:
     """Each member's first exposure (ties in time broken by variant name, so the result does not
     depend on row order); crossovers are members exposed to more than one variant."""
     known = tuple(v.name for v in experiment.arms)
-    if now_ms is not None:
-        exposures = exposures.filter(pc.less(exposures.column("ts"), now_ms))
+    exposures = exposures.filter(pc.less(exposures.column("ts"), cutoff_ms))
     if exposures.num_rows == 0:
         raise ValueError(f"experiment: no exposure events of {experiment.name!r} in events"
-                         + ("" if now_ms is None else f" before now_ms {now_ms}"))
+                         + f" before {cutoff_ms} ms")
     unknown = sorted(set(exposures.column("variant").to_pylist()) - set(known))
     if unknown:
         raise ValueError(f"events.experiments: exposures to variant(s) {unknown} that experiment "
@@ -290,8 +295,7 @@ def relevant_events(batch: pa.Table, cohort: Mapping[str, np.ndarray], options: 
     ids = cohort["member_id"]
     at = np.minimum(np.searchsorted(ids, member), len(ids) - 1)
     keep = (ids[at] == member) & (ts >= cohort["t0"][at] - options.pre_ms)
-    if options.now_ms is not None:
-        keep &= ts < options.now_ms
+    keep &= ts < options.cutoff_ms
     return batch.filter(pa.array(keep)).select(["member_id", "title_id", "type", "ts", "value",
                                                 "payload", "request_id"])
 
@@ -430,12 +434,11 @@ def _sum_rows(pieces) -> pa.Table:
 # -- stage 1: guardrails from decision records -----------------------------------------------------
 
 
-def decision_rows(batch: pa.Table, experiment: str, now_ms: int | None) -> pa.Table:
+def decision_rows(batch: pa.Table, experiment: str, cutoff_ms: int) -> pa.Table:
     """Per decision record of a page in `experiment`: its variant (from the decision's own
     experiments column), latency_ms (NaN when not recorded) and whether it was degraded."""
     rows = batch.filter(pc.equal(batch.column("type"), "decision"))
-    if now_ms is not None:
-        rows = rows.filter(pc.less(rows.column("ts"), now_ms))
+    rows = rows.filter(pc.less(rows.column("ts"), cutoff_ms))
     variants, latencies, degraded = [], [], []
     for assigned, text in zip(rows.column("experiments").to_pylist(), rows.column("payload").to_pylist()):
         try:
@@ -485,10 +488,10 @@ def _aggregate_arrow(events: Any, experiment: Experiment, runtimes, options: Opt
     if events.num_rows == 0:
         raise ValueError("events: the table is empty")
     table = narrow(events)
-    cohort = build_cohort(exposure_rows(table, experiment.name), experiment, options.now_ms)
+    cohort = build_cohort(exposure_rows(table, experiment.name), experiment, options.cutoff_ms)
     relevant = relevant_events(table, cohort.arrays(), options)
     rows = member_day_rows(relevant, cohort.arrays(), *runtimes, options, cohort.start_ms)
-    guard = guardrail_rows(decision_rows(table, experiment.name, options.now_ms))
+    guard = guardrail_rows(decision_rows(table, experiment.name, options.cutoff_ms))
     return cohort, rows, guard
 
 
@@ -522,7 +525,7 @@ def _aggregate_ray(events: Any, experiment: Experiment, runtimes, options: Optio
     narrowed = ds.map_batches(narrow, batch_format="pyarrow")
     exposures = _collect(narrowed.map_batches(exposure_rows, batch_format="pyarrow",
                                               fn_kwargs={"experiment": experiment.name}), EXPOSURE_SCHEMA)
-    cohort = build_cohort(exposures, experiment, options.now_ms)
+    cohort = build_cohort(exposures, experiment, options.cutoff_ms)
     shipped = cohort.arrays()
     relevant = narrowed.map_batches(relevant_events, batch_format="pyarrow",
                                     fn_kwargs={"cohort": shipped, "options": options})
@@ -531,7 +534,7 @@ def _aggregate_ray(events: Any, experiment: Experiment, runtimes, options: Optio
         fn_kwargs={"cohort": shipped, "runtime_ids": runtimes[0], "runtime_min": runtimes[1],
                    "options": options, "start_ms": cohort.start_ms}), ROW_SCHEMA)
     decisions = narrowed.map_batches(decision_rows, batch_format="pyarrow",
-                                     fn_kwargs={"experiment": experiment.name, "now_ms": options.now_ms})
+                                     fn_kwargs={"experiment": experiment.name, "cutoff_ms": options.cutoff_ms})
     guard = _collect(decisions.groupby("variant", num_partitions=len(experiment.arms))
                      .map_groups(guardrail_rows, batch_format="pyarrow"),
                      GUARDRAIL_SCHEMA)
@@ -626,7 +629,11 @@ def _looks(cohort: Cohort, rows: pa.Table, options: Options) -> tuple[int, int]:
     else:
         last = pc.max(rows.column("last_ts")).as_py() if rows.num_rows else None
         end = max(int(cohort.t0.max()), last if last is not None else int(cohort.t0.max())) + 1
-    return max(1, -(-(end - cohort.start_ms) // options.day_ms)), end
+    looks = max(1, -(-(end - cohort.start_ms) // options.day_ms))
+    if looks > MAX_LOOKS:
+        raise ValueError(f"day_ms: {options.day_ms} ms days from the first exposure to {end} ms make {looks} "
+                         f"looks (at most {MAX_LOOKS}); pass the day length the traffic ran at, or now_ms")
+    return looks, end
 
 
 def _walk_looks(table: MemberTable, cohort: Cohort, looks: int, end: int, options: Options):
@@ -982,7 +989,8 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
         "schema": SCHEMA_VERSION, "experiment": experiment.name, "engine": engine,
         "variants": list(cohort.variants), "control": control, "primary": primary, "alpha": options.alpha,
         "window": {"first_exposure_ms": cohort.start_ms, "end_ms": end, "day_ms": options.day_ms,
-                   "days": looks, "pre_days": pre_days, "now_ms": options.now_ms},
+                   "days": looks, "pre_days": pre_days, "now_ms": options.now_ms,
+                   "cutoff_ms": options.cutoff_ms},
         "members": {name: int(np.sum(cohort.variant == i)) for i, name in enumerate(cohort.variants)},
         "crossovers": {"count": int(cohort.crossover.sum()),
                        "by_variant": {name: int(np.sum(cohort.crossover & (cohort.variant == i)))

@@ -69,7 +69,7 @@ def test_an_ab_experiment_driven_by_the_simulator_is_analysed_from_the_log_short
         json.dumps(report)  # JSON as it stands
         members = {variant: stats["members"] for variant, stats in seen.items()}
         assert report["members"] == members  # every member the simulator saw in a variant is exposed there
-        assert report["srm"]["flagged"] is False
+        assert report["srm"]["mismatch"] is False
         assert report["verdict"]["decision"] in ("ship", "stop", "keep running") and report["verdict"]["reasons"]
         html = render_html(report)
         assert "loop_ab" in html and ("<img" in html or "<svg" in html)

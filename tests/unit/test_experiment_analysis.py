@@ -180,6 +180,20 @@ def test_now_ms_cuts_events_and_looks():
     assert report["crossovers"]["count"] == 1  # the second exposure at 11 000 is before now
 
 
+def test_an_event_dated_in_the_future_is_not_read_and_the_looks_end_at_the_data():
+    # a client may post a timestamp up to 2100; the analysis reads up to the wall clock at the call
+    future = 4_000_000_000_000  # 2096
+    report = analyze(table(hand_rows() + [ev(1, "play", future, 7)]), experiment(), runtimes=RUNTIMES,
+                     day_ms=DAY, pre_days=1, guardrails=LOOSE)
+    assert report == hand() | {"window": report["window"]}
+    assert report["window"]["days"] == hand()["window"]["days"] and report["window"]["cutoff_ms"] < future
+
+
+def test_a_day_too_short_for_the_window_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"^day_ms: \d+ ms days .* looks \(at most"):
+        hand(now_ms=4_000_000_000_000)
+
+
 def test_guardrails_from_decision_records():
     g = hand()["guardrails"]
     assert g["by_variant"]["control"]["pages"] == 3
