@@ -28,11 +28,18 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from bandits.arms import ArmTable
-from bandits.context import FEATURE_DIM, N_GENRES, N_THEMES, member_vectors, page_features
+from bandits.context import (
+    FEATURE_DIM,
+    N_GENRES,
+    N_THEMES,
+    member_vectors,
+    page_features,
+)
 from bandits.policies import POLICIES, PageContext, Policy, make_policy
 from bandits.store import PolicyStore
 from deployments.catalog import ServingCatalog
 from deployments.contracts import HomepageContext
+from deployments.follower import Follower
 from marquee.schema import DEVICES
 
 log = logging.getLogger("marquee.artwork")
@@ -54,20 +61,18 @@ class BanditServing:
         self._member_counts = member_counts or (lambda member_id: None)
         self._lock = threading.Lock()
         self._store: PolicyStore | None = None
-        self._poll_s = 2.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._follower: Follower | None = None
         self.loaded_version: int | None = None  # the store version served (None: a fresh policy)
         self.last_error: str | None = None
 
     def follow(self, store: PolicyStore, poll_s: float = 2.0) -> "BanditServing":
         """Load the store's newest version now (best effort), then keep following it on a daemon
         thread: the learner's new parameters reach this replica without a restart."""
-        self._store, self._poll_s = store, poll_s
+        self._store = store
         self.refresh()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="bandit-watch", daemon=True)
-            self._thread.start()
+        if self._follower is None:
+            self._follower = Follower(self.refresh, poll_s, "bandit-watch")
+            self._follower.start()
         return self
 
     def refresh(self) -> bool:
@@ -90,12 +95,9 @@ class BanditServing:
         self.loaded_version, self.last_error = version, None
         return True
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            self.refresh()
-
     def stop(self) -> None:
-        self._stop.set()
+        if self._follower is not None:
+            self._follower.stop()
 
     def publish(self, state: dict, member_counts: MemberCounts | None = None) -> None:
         """A newer learned state of one policy (and the members' theme counts behind it)."""

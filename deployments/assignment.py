@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from deployments.follower import Follower
 from deployments.homepage import Homepage, HomepageRequest
 from deployments.page_builder import check
 from deployments.page_config import HomepageConfig, apply_override
@@ -72,8 +73,7 @@ class ExperimentsFile:
         self.loaded_at_ms: int | None = None
         self._seen: tuple[int, int] | None = None  # (mtime_ns, size) last read
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._follower = Follower(self.refresh, poll_s, "experiments-watch")
 
     def refresh(self) -> bool:
         """Read the file if it changed since the last look; True when a new version now runs.
@@ -110,20 +110,11 @@ class ExperimentsFile:
     def follow(self) -> "ExperimentsFile":
         """Read the file now, then keep following it on a daemon thread."""
         self.refresh()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="experiments-watch", daemon=True)
-            self._thread.start()
+        self._follower.start()
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            try:
-                self.refresh()
-            except Exception:  # never let the watcher die: the next poll tries again
-                log.exception("reading the experiments file failed")
-
     def stop(self) -> None:
-        self._stop.set()
+        self._follower.stop()
 
     def status(self) -> dict:
         allocator = self.allocator

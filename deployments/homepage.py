@@ -26,7 +26,7 @@ from deployments.candidates import Retrieved
 from deployments.catalog import ServingCatalog
 from deployments.contracts import Decorator, HomepageContext, Row, ScoredItem
 from deployments.rows import Page, RowBuilder
-from experiments.interleaving import seed_of, team_draft
+from experiments.interleaving import Interleaved, interleaving_payload, seed_of, team_draft
 from marquee.schema import MATURITY_LABELS, MAX_MATURITY, decision_event
 
 log = logging.getLogger("marquee.homepage")
@@ -141,15 +141,15 @@ class Homepage:
         sources = self.popular_sources(ctx) if by_scorer is None else by_scorer[self.scoring.scorers[0]]
         if fallback:
             degraded.append("personalization")
-        teams: dict[str, str] | None = None
+        drafts: list[Interleaved] | None = None
         try:
             page = self.rows.build_page(ctx, sources)
             if by_scorer is not None and self.scoring.interleaving:
-                page, teams = self.interleave(ctx, page, self.rows.build_page(ctx, by_scorer[self.scoring.scorers[1]]))
+                page, drafts = self.interleave(ctx, page, self.rows.build_page(ctx, by_scorer[self.scoring.scorers[1]]))
         except Exception:  # e.g. a hot value that slipped past validation: still serve a page
             log.exception("row building failed; serving the popular rows")
             degraded.append("rows")
-            fallback, teams = True, None
+            fallback, drafts = True, None
             page = self.fallback_rows.build_page(ctx, self.popular_sources(ctx))
         t = timer.add("rows", t)
         rows, artwork = self.render(ctx, page)
@@ -162,9 +162,8 @@ class Homepage:
         experiments = dict(experiments or {})
         if self.record is not None:
             interleaving = None
-            if teams is not None:
-                a, b = self.scoring.scorers
-                interleaving = {"experiment": self.scoring.experiment, "rankers": {"A": a, "B": b}, "teams": teams}
+            if drafts is not None:
+                interleaving = interleaving_payload(self.scoring.experiment, *self.scoring.scorers, drafts)
             self.record(decision_record(ctx, rows, artwork, experiments=experiments, latency_ms=total_ms,
                                         degraded=degraded, interleaving=interleaving))
         return {
@@ -226,13 +225,13 @@ class Homepage:
                 out[name] = np.log1p(np.fromiter((plays.get(t, 0.0) for t in ids), dtype=np.float64, count=len(ids)))
         return out
 
-    def interleave(self, ctx: HomepageContext, page: Page, other: Page) -> tuple[Page, dict[str, str]]:
+    def interleave(self, ctx: HomepageContext, page: Page, other: Page) -> tuple[Page, list[Interleaved]]:
         """`page` (A's) with each interleaved row replaced by the team draft of A's and B's row of
         the same id (seeded by the request, so a page and its record agree); B's titles already
         elsewhere on A's page are left out, so the page still shows each title once. Returns
-        the page and {title_id: team} of the interleaved rows."""
+        the page and its interleaved rows' drafts."""
         b_rows = {row.row_id: row for row in other.rows}
-        teams: dict[str, str] = {}
+        drafts: list[Interleaved] = []
         rows = []
         for i, row in enumerate(page.rows):
             b_row = b_rows.get(row.row_id)
@@ -245,8 +244,8 @@ class Homepage:
                                seed_of(f"{ctx.request_id}:{row.row_id}"))
             item_of = {item.title_id: item for item in b_items} | {item.title_id: item for item in row.items}
             rows.append(Row(row.row_id, row.title, tuple(item_of[t] for t in mixed.titles)))
-            teams.update(mixed.team_of())
-        return dataclasses.replace(page, rows=tuple(rows)), teams
+            drafts.append(mixed)
+        return dataclasses.replace(page, rows=tuple(rows)), drafts
 
     # -- sources for the row builder ----------------------------------------------------------
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from deployments.follower import Follower
 from deployments.model import ModelLoadError, ServingModel
 from models.bundle import DatasetIdentity
 from state.registry import POINTER_FILE, RegistryReader
@@ -38,8 +39,7 @@ class ModelHolder:
         self.failed: set[str] = set()  # versions that failed to load (not retried until re-targeted)
         self.swaps = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._follower = Follower(self.refresh, poll_s, "model-watch")
 
     @property
     def version(self) -> str | None:
@@ -88,17 +88,11 @@ class ModelHolder:
     def start(self) -> "ModelHolder":
         """Load now (best effort), then keep following the target on a daemon thread."""
         self.refresh()
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._watch, name="model-watch", daemon=True)
-            self._thread.start()
+        self._follower.start()
         return self
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.refresh()
-
     def stop(self) -> None:
-        self._stop.set()
+        self._follower.stop()
 
     def status(self) -> dict:
         return {"version": self.version, "target": self.target, "last_error": self.last_error,

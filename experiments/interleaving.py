@@ -160,15 +160,19 @@ def team_draft(a: Sequence[int], b: Sequence[int], k: int, seed: int) -> Interle
     return Interleaved(tuple(titles), tuple(teams))
 
 
-def interleaving_payload(experiment: str, ranker_a: str, ranker_b: str, row: Interleaved) -> dict:
+def interleaving_payload(experiment: str, ranker_a: str, ranker_b: str, rows: Iterable[Interleaved]) -> dict:
     """The decision payload's "interleaving" block for an interleaved page (events.md): which
-    experiment, which ranker each team is, and the team of each title in the row."""
+    experiment, which ranker each team is, and the team of each title in the page's
+    interleaved rows."""
     for name, value in (("experiment", experiment), ("ranker_a", ranker_a), ("ranker_b", ranker_b)):
         if not isinstance(value, str) or not value:
             raise fail(name, "a non-empty string", value)
-    if not isinstance(row, Interleaved):
-        raise fail("row", "an Interleaved (from team_draft)", type(row).__name__)
-    return {"experiment": experiment, "rankers": {"A": ranker_a, "B": ranker_b}, "teams": row.team_of()}
+    teams: dict[str, str] = {}
+    for row in rows:
+        if not isinstance(row, Interleaved):
+            raise fail("rows", "Interleaved rows (from team_draft)", type(row).__name__)
+        teams.update(row.team_of())
+    return {"experiment": experiment, "rankers": {"A": ranker_a, "B": ranker_b}, "teams": teams}
 
 
 # --- credit --------------------------------------------------------------------------------------

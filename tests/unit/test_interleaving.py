@@ -252,7 +252,7 @@ def test_pages_and_plays_reads_decisions_and_homepage_plays():
 
 def test_the_payload_serving_writes_reads_back():
     row = team_draft([1, 2, 3], [3, 4, 5], 4, seed=seed_of("page-9"))
-    block = interleaving_payload("tdi", "pop", "xgb", row)
+    block = interleaving_payload("tdi", "pop", "xgb", [row])
     payload = {"policy": "p", "items": [], "interleaving": block}
     table = stored_events([{"member_id": 9, "type": "decision", "request_id": "page-9",
                             "payload": json.dumps(payload)},
@@ -263,7 +263,9 @@ def test_the_payload_serving_writes_reads_back():
     wins = credit(log.pages, log.plays)
     assert (wins.wins_a[0], wins.wins_b[0]) == ((1, 0) if row.teams[0] == "A" else (0, 1))
     with pytest.raises(ValueError, match="^ranker_b:"):
-        interleaving_payload("tdi", "pop", "", row)
+        interleaving_payload("tdi", "pop", "", [row])
+    with pytest.raises(ValueError, match="^rows:"):
+        interleaving_payload("tdi", "pop", "xgb", [row.titles])
 
 
 def test_pages_and_plays_needs_one_experiment_when_the_log_holds_several():
