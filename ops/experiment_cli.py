@@ -136,7 +136,7 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
                 contextlib.redirect_stdout(sys.stderr):
             source = _ray_dataset(events, home, Path(scratch)) if args.engine == "ray" else events
             report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
-                             engine=args.engine, now_ms=int(time.time() * 1000),
+                             engine=args.engine,
                              guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms),
                              planned_days=_planned_days(args, experiment))
     except (ServedOpeError, ValueError) as exc:
