@@ -52,6 +52,7 @@ from experiments.stats import (
     compare_means,
     compare_ratios,
     cuped,
+    cuped_adjusted,
     ratio_moments,
     sample_ratio_mismatch,
 )
@@ -142,7 +143,7 @@ class Options:
     """The checked scalar arguments of `analyze`, passed to the aggregation functions."""
 
     day_ms: int
-    pre_ms: int
+    pre_ms: int | None  # None: the whole history before each member's first exposure
     now_ms: int | None
     alpha: float
     cutoff_ms: int  # events dated at or after it are not read: now_ms, else the wall clock at the call
@@ -159,7 +160,8 @@ def _check_options(experiment: Any, day_ms: Any, alpha: Any, pre_days: Any, prim
         check_choice("engine", engine, ENGINES)
         check_choice("primary", primary, tuple(METRICS))
         day_ms = check_int("day_ms", day_ms, ge=1)
-        pre_days = check_number("pre_days", pre_days, ge=0)
+        if pre_days is not None:
+            pre_days = check_number("pre_days", pre_days, ge=0)
         if now_ms is not None:
             now_ms = check_int("now_ms", now_ms)
         if control is not None:
@@ -173,7 +175,8 @@ def _check_options(experiment: Any, day_ms: Any, alpha: Any, pre_days: Any, prim
     if not isinstance(guardrails, GuardrailLimits):
         raise ValueError(f"guardrails: expected experiments.stats.GuardrailLimits, got {type(guardrails).__name__}")
     cutoff_ms = now_ms if now_ms is not None else int(time.time() * 1000)
-    return Options(day_ms=day_ms, pre_ms=round(pre_days * day_ms), now_ms=now_ms, alpha=alpha,
+    pre_ms = None if pre_days is None else round(pre_days * day_ms)
+    return Options(day_ms=day_ms, pre_ms=pre_ms, now_ms=now_ms, alpha=alpha,
                    cutoff_ms=cutoff_ms)
 
 
@@ -294,7 +297,9 @@ def relevant_events(batch: pa.Table, cohort: Mapping[str, np.ndarray], options: 
     ts = _np(batch.column("ts"))
     ids = cohort["member_id"]
     at = np.minimum(np.searchsorted(ids, member), len(ids) - 1)
-    keep = (ids[at] == member) & (ts >= cohort["t0"][at] - options.pre_ms)
+    keep = ids[at] == member
+    if options.pre_ms is not None:
+        keep &= ts >= cohort["t0"][at] - options.pre_ms
     keep &= ts < options.cutoff_ms
     return batch.filter(pa.array(keep)).select(["member_id", "title_id", "type", "ts", "value",
                                                 "payload", "request_id"])
@@ -636,8 +641,16 @@ def _looks(cohort: Cohort, rows: pa.Table, options: Options) -> tuple[int, int]:
     return looks, end
 
 
-def _walk_looks(table: MemberTable, cohort: Cohort, looks: int, end: int, options: Options):
-    """Per look: its time and, per metric and variant, the moments over members exposed by then."""
+def cuped_key(metric: str) -> str:
+    """The path's entry for a metric's CUPED-adjusted moments."""
+    return f"{metric}:cuped"
+
+
+def _walk_looks(table: MemberTable, cohort: Cohort, looks: int, end: int, options: Options,
+                adjusted: tuple[str, ...] = ()):
+    """Per look: its time and, per metric and variant, the moments over members exposed by then;
+    for the metrics in `adjusted` also the moments of their CUPED-adjusted values (theta
+    re-estimated at each look from the members exposed by then, the pre-period as covariate)."""
     path = []
     for k in range(looks):
         exposed = table.advance(k)
@@ -646,6 +659,14 @@ def _walk_looks(table: MemberTable, cohort: Cohort, looks: int, end: int, option
         for metric in METRICS:
             entry["metrics"][metric] = {
                 name: _metric_moments(metric, table.values, exposed & (cohort.variant == i))
+                for i, name in enumerate(cohort.variants)}
+        for metric in adjusted:
+            column = METRICS[metric][1]
+            values = np.zeros(table.n)
+            values[exposed] = cuped_adjusted(table.values[column][exposed], table.pre[column][exposed],
+                                             cohort.variant[exposed])
+            entry["metrics"][cuped_key(metric)] = {
+                name: _metric_moments(metric, {column: values}, exposed & (cohort.variant == i))
                 for i, name in enumerate(cohort.variants)}
         path.append(entry)
     return path
@@ -733,7 +754,8 @@ def _group_sequential(a: np.ndarray, b: np.ndarray, days: list[int], planned_day
 
 
 def _sequential(path: list, cohort: Cohort, control: str, primary: str, options: Options,
-                mixing_sd: float | None, sequential_mde: float, planned_days: int | None = None) -> dict:
+                mixing_sd: float | None, sequential_mde: float, planned_days: int | None = None,
+                adjusted: bool = False) -> dict:
     """The mSPRT of the primary metric per treatment, read at every look, and with a planned
     horizon (`planned_days`) the group-sequential test beside it, which the verdict then reads:
     at daily looks the mSPRT is conservative (about 1% false positives at alpha 5% over 14 looks,
@@ -743,16 +765,19 @@ def _sequential(path: list, cohort: Cohort, control: str, primary: str, options:
     `sequential_mde` (relative) times control's value at the last look (the metric is
     cumulative, so its scale at the horizon is the one the effect is judged on; control's value
     says nothing of the difference), or the caller's `mixing_sd` when it was fixed in advance.
-    Looks where an arm has under two members or no variance are skipped (`skipped_days`)."""
-    out = {"metric": primary, "alpha": options.alpha, "by_variant": {}}
+    Looks where an arm has under two members or no variance are skipped (`skipped_days`).
+    `adjusted`: the tests read the primary metric's CUPED-adjusted moments at each look."""
+    out = {"metric": primary, "alpha": options.alpha, "adjustment": "cuped" if adjusted else None,
+           "by_variant": {}}
+    key = cuped_key(primary) if adjusted else primary
     chosen = mixing_sd
     for name in cohort.variants:
         if name == control:
             continue
-        usable = [e for e in path if e["metrics"][primary][control] is not None
-                  and e["metrics"][primary][name] is not None
-                  and e["metrics"][primary][control][1] / e["metrics"][primary][control][2]
-                  + e["metrics"][primary][name][1] / e["metrics"][primary][name][2] > 0]
+        usable = [e for e in path if e["metrics"][key][control] is not None
+                  and e["metrics"][key][name] is not None
+                  and e["metrics"][key][control][1] / e["metrics"][key][control][2]
+                  + e["metrics"][key][name][1] / e["metrics"][key][name][2] > 0]
         skipped = [e["day"] for e in path if e not in usable]
         if not usable:
             out["by_variant"][name] = {"looks": [], "rejected": False, "first_rejection": None,
@@ -760,10 +785,10 @@ def _sequential(path: list, cohort: Cohort, control: str, primary: str, options:
                                        "some variance in both arms"}
             continue
         if chosen is None:
-            value, variance, _ = usable[-1]["metrics"][primary][control]
+            value, variance, _ = usable[-1]["metrics"][primary][control]  # the raw scale
             chosen = sequential_mde * (abs(value) if value != 0 else math.sqrt(variance) or 1.0)
-        a = np.array([e["metrics"][primary][control] for e in usable], dtype=float)
-        b = np.array([e["metrics"][primary][name] for e in usable], dtype=float)
+        a = np.array([e["metrics"][key][control] for e in usable], dtype=float)
+        b = np.array([e["metrics"][key][name] for e in usable], dtype=float)
         result = msprt_from_moments(a[:, 0], a[:, 1], a[:, 2], b[:, 0], b[:, 1], b[:, 2],
                                     mixing_sd=chosen, alpha=options.alpha)
         looks = [{"day": e["day"], "time_ms": e["time_ms"], "difference": float(result.difference[i]),
@@ -849,6 +874,18 @@ def _decisive(seq: dict) -> tuple[bool, str | None, int | None, str]:
             f"always-valid test (p = {seq.get('p_value', float('nan')):.2g})")
 
 
+def decision_comparisons(report: dict) -> dict:
+    """Per treatment, the primary metric's comparison the verdict quotes: CUPED-adjusted when the
+    sequential test read adjusted values (and CUPED could run), else the raw one."""
+    primary = report["primary"]
+    out = dict(report["metrics"][primary]["comparisons"])
+    if report["sequential"].get("adjustment") == "cuped":
+        for name, result in report["cuped"].get(primary, {}).items():
+            if "adjusted" in result:
+                out[name] = result["adjusted"]
+    return out
+
+
 def verdict(report: dict) -> dict:
     """ship, stop or keep running, with the reasons in words.
 
@@ -858,9 +895,10 @@ def verdict(report: dict) -> dict:
     keep running: anything else, saying what is missing."""
     primary = report["primary"]
     alpha = report["alpha"]
-    comparisons = report["metrics"][primary]["comparisons"]
+    comparisons = decision_comparisons(report)
     sequential = report["sequential"]["by_variant"]
     stop, notes = [], []
+    adjusted = " (CUPED-adjusted)" if report["sequential"].get("adjustment") == "cuped" else ""
     srm = report["srm"]
     if srm["mismatch"]:
         shown = ", ".join(f"{v} {srm['observed'][v]} (expected {srm['expected'][v]:.0f})" for v in srm["observed"])
@@ -876,7 +914,7 @@ def verdict(report: dict) -> dict:
         lift = _lift_text(comparisons[name], alpha)
         rejected, direction, day, test = _decisive(seq)
         if rejected and direction == "worse":
-            stop.append(f"{name} is significantly worse than {report['control']} on {primary}: lift {lift}; "
+            stop.append(f"{name} is significantly worse than {report['control']} on {primary}: lift{adjusted} {lift}; "
                         f"the {test} rejected on day {day}.")
         elif rejected:
             winners.append(name)
@@ -891,7 +929,7 @@ def verdict(report: dict) -> dict:
     if winners:
         best = max(winners, key=lambda n: comparisons[n].get("relative_lift") or 0.0)
         _, _, day, test = _decisive(sequential[best])
-        reasons = [(f"Ship {best}: {primary} lift {_lift_text(comparisons[best], alpha)} over "
+        reasons = [(f"Ship {best}: {primary} lift{adjusted} {_lift_text(comparisons[best], alpha)} over "
                     f"{report['control']}; the {test} rejected on day {day}, with no sample ratio "
                     "mismatch and no guardrail breach.")]
         return {"decision": "ship", "winner": best, "reasons": reasons + notes}
@@ -901,7 +939,7 @@ def verdict(report: dict) -> dict:
             reasons.append(f"{name}: the sequential test cannot run yet ({seq['error']}).")
             continue
         _, _, _, test = _decisive(seq)
-        reasons.append(f"{name} vs {report['control']}: {primary} lift {_lift_text(comparisons[name], alpha)}, "
+        reasons.append(f"{name} vs {report['control']}: {primary} lift{adjusted} {_lift_text(comparisons[name], alpha)}, "
                        f"not significant yet by the {test} after {seq['looks'][-1]['day']} day(s).")
     return {"decision": "keep running", "winner": None, "reasons": reasons + notes}
 
@@ -965,12 +1003,16 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
             engine: str = "arrow", alpha: float = ALPHA, pre_days: float = 28,
             primary: str = "plays_per_member", guardrails: GuardrailLimits = DEFAULT_LIMITS,
             now_ms: int | None = None, control: str | None = None, sequential_mde: float = 0.05,
-            mixing_sd: float | None = None, planned_days: int | None = None) -> dict:
+            mixing_sd: float | None = None, planned_days: int | None = None,
+            use_cuped: bool = True) -> dict:
     """The whole analysis of one experiment as JSON-ready data (see the module docstring).
 
     `events`: stored events (STORED_EVENT_SCHEMA) as a pa.Table (engine "arrow") or a
     ray.data.Dataset / Parquet path(s) (engine "ray"). `runtimes`: the titles table or a mapping
-    title_id -> runtime_min. `pre_days`: the CUPED pre-period in day_ms units. `primary`: the
+    title_id -> runtime_min. `pre_days`: the CUPED pre-period in day_ms units (None: all history
+    before each member's first exposure, for compressed-time runs whose history lies in real
+    days). `use_cuped`: the sequential tests and the verdict read the primary metric
+    CUPED-adjusted (when it is a CUPED metric; the raw numbers are reported beside). `primary`: the
     metric the verdict and the sequential test read. `control`: default "control" (else the
     one variant without an override). `sequential_mde`/`mixing_sd`: the mSPRT's mixing scale
     (`_sequential` says how). `planned_days`: the experiment's planned horizon in days; with it
@@ -979,12 +1021,15 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
     """
     if planned_days is not None:
         planned_days = check_int("planned_days", planned_days, ge=1)
+    if not isinstance(use_cuped, bool):
+        raise ValueError(f"use_cuped: expected true or false, got {use_cuped!r}")
     options, control, cohort, rows, guard = _prepare(events, experiment, runtimes, day_ms, engine, alpha,
                                                      pre_days, primary, guardrails, now_ms, control,
                                                      sequential_mde, mixing_sd)
     table = MemberTable(cohort, rows, options.day_ms)
     looks, end = _looks(cohort, rows, options)
-    path = _walk_looks(table, cohort, looks, end, options)
+    adjust = use_cuped and primary in CUPED_METRICS and options.pre_ms != 0
+    path = _walk_looks(table, cohort, looks, end, options, (primary,) if adjust else ())
     report = {
         "schema": SCHEMA_VERSION, "experiment": experiment.name, "engine": engine,
         "variants": list(cohort.variants), "control": control, "primary": primary, "alpha": options.alpha,
@@ -999,7 +1044,7 @@ def analyze(events: Any, experiment: Experiment, *, runtimes: Any, day_ms: int =
         "metrics": _metrics(table, cohort, control, options),
         "cuped": _cuped(table, cohort, control, options),
         "sequential": _sequential(path, cohort, control, primary, options, mixing_sd, sequential_mde,
-                                  planned_days),
+                                  planned_days, adjust),
         "daily": _daily(path, cohort, options),
         "guardrails": _guardrails(guard, cohort, guardrails),
     }

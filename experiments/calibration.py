@@ -28,7 +28,7 @@ from experiments.sequential import (
     look_correlations,
 )
 from experiments.spec import BUCKETS
-from experiments.stats import ALPHA, check_alpha, cuped, sample_ratio_mismatch
+from experiments.stats import ALPHA, check_alpha, cuped, cuped_adjusted, sample_ratio_mismatch
 from marquee.settings import check_int, check_number
 from producers.world.behaviour import DEFAULT_BEHAVIOUR
 from producers.world.members import build_members
@@ -77,16 +77,29 @@ class AAPopulation:
         play precedes a member's first session, so it is the running sum of plays)."""
         return np.cumsum(self.plays, axis=1)
 
-    def look_information(self) -> np.ndarray:
+    def look_values(self, adjusted: bool = False) -> np.ndarray:
+        """(members, days): the metric each look reads, NaN before enrolment; `adjusted`: CUPED-
+        adjusted by the pre-period plays at each look over the members enrolled by then
+        (stats.cuped_adjusted, as the analysis's sequential tests read it)."""
+        values, enrolled = self.cumulative().astype(float), self.enrolled()
+        if adjusted:
+            for d in range(self.days):
+                on = enrolled[:, d]
+                values[on, d] = cuped_adjusted(values[on, d], self.pre_plays[on].astype(float),
+                                               self.treatment[on])
+        return np.where(enrolled, values, np.nan)
+
+    def look_information(self, adjusted: bool = False) -> np.ndarray:
         """The group-sequential test's information times per look, from the correlation of
         consecutive looks of this population's own data (sequential.look_correlations)."""
-        values = np.where(self.enrolled(), self.cumulative(), np.nan)
+        values = self.look_values(adjusted)
         return information_from_correlations(
             look_correlations(values[~self.treatment], values[self.treatment]))
 
-    def look_moments(self) -> tuple[np.ndarray, ...]:
+    def look_moments(self, adjusted: bool = False) -> tuple[np.ndarray, ...]:
         """Per-arm mean, variance (ddof 1) and size of plays per enrolled member, per day (look)."""
-        values, enrolled = self.cumulative().astype(float), self.enrolled()
+        enrolled = self.enrolled()
+        values = np.nan_to_num(self.look_values(adjusted))
         out = []
         for arm in (~self.treatment, self.treatment):
             mask = enrolled & arm[:, None]
@@ -186,6 +199,7 @@ def calibrate(replications: int = AA_REPLICATIONS, *, members: int = 2000, days:
     seed = check_int("seed", seed, ge=0)
     alpha = check_alpha("alpha", alpha)
     moments, information, reductions, shifts, srm_flags = [], [], [], [], 0
+    adjusted_moments, adjusted_information = [], []
     members = check_int("members", members, ge=4)
     days = check_int("days", days, ge=1)
     for rep_seed in _replication_seeds(seed, replications):
@@ -193,6 +207,10 @@ def calibrate(replications: int = AA_REPLICATIONS, *, members: int = 2000, days:
         moments.append(population.look_moments())
         if days > 1:
             information.append(population.look_information())
+        if pre_days:
+            adjusted_moments.append(population.look_moments(adjusted=True))
+            if days > 1:
+                adjusted_information.append(population.look_information(adjusted=True))
         adjusted = cuped_at_horizon(population) if pre_days else None
         if adjusted is not None:
             reductions.append(adjusted.variance_reduction)
@@ -201,20 +219,35 @@ def calibrate(replications: int = AA_REPLICATIONS, *, members: int = 2000, days:
         srm_flags += sample_ratio_mismatch(
             {"control": members - n_treatment, "treatment": n_treatment},
             {"control": 1, "treatment": 1}).mismatch
-    grid = [np.stack([m[i] for m in moments]) for i in range(6)]
-    # tau from the design, not the outcome: the typical horizon standard error of the difference.
-    horizon_se = np.sqrt(grid[1][:, -1] / grid[2][:, -1] + grid[4][:, -1] / grid[5][:, -1])
-    mixing_sd = float(MSPRT_MDE_SE * np.median(horizon_se))
-    result = calibration_from_moments(grid, mixing_sd=mixing_sd, alpha=alpha, spending="obrien_fleming",
-                                      information=np.stack(information) if information else None)
+    result, mixing_sd = _calibration(moments, information, alpha)
     report = result.as_dict()
     report["msprt"]["mixing_sd"] = mixing_sd
+    cuped_report = _cuped_report(reductions, shifts)
+    if adjusted_moments:
+        # the same runs read as the analysis's verdict reads them by default: CUPED-adjusted looks
+        adjusted, adjusted_sd = _calibration(adjusted_moments, adjusted_information, alpha)
+        tests = adjusted.as_dict()
+        cuped_report |= {"fixed": tests["fixed"], "sequential": tests["sequential"],
+                         "msprt": tests["msprt"] | {"mixing_sd": adjusted_sd}}
+        report["calibrated"] = bool(report["calibrated"] and tests["fixed"]["ok"] and tests["sequential"]["ok"])
     report |= {"members": members, "days": days, "pre_days": pre_days, "seed": seed,
-               "cuped": _cuped_report(reductions, shifts),
+               "cuped": cuped_report,
                "srm": injected_srm() | {"aa_flagged": int(srm_flags),
                                             "aa_flag_rate": srm_flags / replications}}
     report["elapsed_s"] = time.perf_counter() - started
     return report
+
+
+def _calibration(moments: list, information: list, alpha: float):
+    """Every test's rejections over the replications' per-look moments; (result, mSPRT mixing sd).
+    The mixing sd comes from the design, not the outcome: MSPRT_MDE_SE times the typical horizon
+    standard error of the difference."""
+    grid = [np.stack([m[i] for m in moments]) for i in range(6)]
+    horizon_se = np.sqrt(grid[1][:, -1] / grid[2][:, -1] + grid[4][:, -1] / grid[5][:, -1])
+    mixing_sd = float(MSPRT_MDE_SE * np.median(horizon_se))
+    result = calibration_from_moments(grid, mixing_sd=mixing_sd, alpha=alpha, spending="obrien_fleming",
+                                      information=np.stack(information) if information else None)
+    return result, mixing_sd
 
 
 def _cuped_report(reductions: list[float], shifts: list[float]) -> dict:

@@ -87,6 +87,10 @@ def metric_plot(report: Mapping, metric: str) -> str:
     return _png(fig)
 
 
+def _adjusted(report: Mapping) -> str:
+    return " (CUPED-adjusted)" if report["sequential"].get("adjustment") == "cuped" else ""
+
+
 def sequential_plot(report: Mapping) -> str:
     """A base64 PNG: the always-valid p-value per look against alpha (log scale), and the
     always-valid interval of the difference, per treatment."""
@@ -111,7 +115,7 @@ def sequential_plot(report: Mapping) -> str:
     top.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     top.yaxis.set_minor_formatter(NullFormatter())
     top.set_ylabel("always-valid p")
-    top.set_title(f"sequential test (mSPRT) of {report['sequential']['metric']}", fontsize=10)
+    top.set_title(f"sequential test (mSPRT) of {report['sequential']['metric']}{_adjusted(report)}", fontsize=10)
     top.legend(fontsize=8)
     bottom.axhline(0.0, color="black", linewidth=1)
     bottom.set_ylabel("difference vs control")
@@ -237,7 +241,7 @@ def render_html(report: Mapping) -> str:
         + ("STOP: a guardrail is breached." if report["guardrails"]["stop"] else "No breach.") + "</p>",
         _table(["variant", "pages", "error rate", "p99 latency ms"], _guardrail_rows(report), "guardrails"),
         "<h2>Sequential test</h2>",
-        (f"<p>mSPRT of {esc(report['sequential']['metric'])}, mixing sd {_num(report['sequential']['mixing_sd'])} "
+        (f"<p>mSPRT of {esc(report['sequential']['metric'] + _adjusted(report))}, mixing sd {_num(report['sequential']['mixing_sd'])} "
          f"({esc(str(report['sequential'].get('mixing_sd_rule', '')))}). The p-value can be read at every "
          "look. The interval is the running intersection of each look's, which assumes one fixed effect; "
          "a cumulative metric's difference grows with exposure, so late estimates can leave it: read it "
@@ -274,7 +278,7 @@ def render_text(report: Mapping) -> str:
     for variant, path in report["sequential"]["by_variant"].items():
         if path.get("looks"):
             first = path["first_rejection"]
-            lines.append(f"sequential {variant}: p = {_p(path['p_value'])}"
+            lines.append(f"sequential{_adjusted(report)} {variant}: p = {_p(path['p_value'])}"
                          + (f", rejected on day {first['day']}" if first else ", not rejected"))
     return "\n".join(lines)
 

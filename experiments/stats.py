@@ -301,13 +301,9 @@ def cuped(control: Sequence[float] | np.ndarray, control_pre: Sequence[float] | 
         raise ValueError(f"control_pre: {len(x_a)} members, control has {len(y_a)}")
     if len(x_b) != len(y_b):
         raise ValueError(f"treatment_pre: {len(x_b)} members, treatment has {len(y_b)}")
-    dx_a, dx_b = x_a - x_a.mean(), x_b - x_b.mean()
-    dy_a, dy_b = y_a - y_a.mean(), y_b - y_b.mean()
-    sxx = dx_a @ dx_a + dx_b @ dx_b
+    sxx, sxy, syy = _within_arm_sums([(y_a, x_a), (y_b, x_b)])
     if sxx == 0:
         raise ValueError("control_pre: the pre-period covariate is constant in both arms")
-    sxy = dx_a @ dy_a + dx_b @ dy_b
-    syy = dy_a @ dy_a + dy_b @ dy_b
     theta = float(sxy / sxx)
     x_mean = np.concatenate([x_a, x_b]).mean()
     adjusted = compare_means(y_a - theta * (x_a - x_mean), y_b - theta * (x_b - x_mean), alpha=alpha)
@@ -316,6 +312,31 @@ def cuped(control: Sequence[float] | np.ndarray, control_pre: Sequence[float] | 
     reduction = (1 - adjusted.difference_se ** 2 / unadjusted.difference_se ** 2
                  if unadjusted.difference_se > 0 else 0.0)
     return Cuped(adjusted, unadjusted, theta, correlation, float(reduction))
+
+
+def _within_arm_sums(arms: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float, float]:
+    """(Sxx, Sxy, Syy) summed within arms: each arm's (y, x) centred on its own means."""
+    sxx = sxy = syy = 0.0
+    for y, x in arms:
+        dx, dy = x - x.mean(), y - y.mean()
+        sxx, sxy, syy = sxx + float(dx @ dx), sxy + float(dx @ dy), syy + float(dy @ dy)
+    return sxx, sxy, syy
+
+
+def cuped_adjusted(values: np.ndarray, covariate: np.ndarray, arm: np.ndarray) -> np.ndarray:
+    """Every member's CUPED-adjusted value, Y - theta (X - mean X), with theta pooled within the
+    arms (labels in `arm`) exactly as `cuped` pools it, for any number of arms; Y itself when X
+    is constant within every arm (no covariate, nothing to adjust). What the sequential tests
+    read at each look, so that CUPED's variance reduction reaches the decision."""
+    values, covariate, arm = np.asarray(values, float), np.asarray(covariate, float), np.asarray(arm)
+    if not values.shape == covariate.shape == arm.shape:
+        raise ValueError(f"covariate: {covariate.shape} and arm {arm.shape} must match values {values.shape}")
+    if len(values) == 0:
+        return values
+    sxx, sxy, _ = _within_arm_sums([(values[arm == a], covariate[arm == a]) for a in np.unique(arm)])
+    if sxx == 0:
+        return values
+    return values - (sxy / sxx) * (covariate - covariate.mean())
 
 
 # --- power ---------------------------------------------------------------------------------------

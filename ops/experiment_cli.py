@@ -50,6 +50,11 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
                              "group-sequential test (default: the experiment's start to end, else the mSPRT)")
     report.add_argument("--engine", choices=("ray", "arrow"), default="ray",
                         help="aggregate with Ray Data (default) or in this process")
+    report.add_argument("--pre-days", type=_pre_days, default=28.0,
+                        help="CUPED's pre-period in (simulated) days before each member's first exposure, "
+                             "or 'all' for the whole history (a compressed-time run's history lies in real days)")
+    report.add_argument("--no-cuped", action="store_true",
+                        help="the verdict reads the raw primary metric (CUPED is still reported)")
     report.add_argument("--dataset", type=Path, default=None, help="catalog of the log (default: HOME/serving.json)")
     report.add_argument("--max-p99-ms", type=float, default=GuardrailLimits().max_p99_latency_ms,
                         help="guardrail: a variant whose pages' p99 latency exceeds this stops the experiment")
@@ -136,7 +141,7 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
                 contextlib.redirect_stdout(sys.stderr):
             source = _ray_dataset(events, home, Path(scratch)) if args.engine == "ray" else events
             report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
-                             engine=args.engine,
+                             engine=args.engine, pre_days=args.pre_days, use_cuped=not args.no_cuped,
                              guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms),
                              planned_days=_planned_days(args, experiment))
     except (ServedOpeError, ValueError) as exc:
@@ -151,6 +156,19 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
         args.html.write_text(render_html(report))
     print(json.dumps(report) if args.json else render_text(report))
     return 0
+
+
+def _pre_days(text: str) -> float | None:
+    """--pre-days: a number of days >= 0, or 'all' (None: the whole history)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days or 'all', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0 or 'all', got {text!r}")
+    return value
 
 
 def _planned_days(args: argparse.Namespace, experiment) -> int | None:

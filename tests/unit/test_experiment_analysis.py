@@ -100,9 +100,9 @@ def lifted():
 
 
 @functools.cache
-def lifted_report() -> dict:
+def lifted_report(use_cuped: bool = True) -> dict:
     fx = lifted()
-    return analyze(fx.events, fx.experiment, runtimes=fx.titles, day_ms=fx.day_ms, pre_days=4)
+    return analyze(fx.events, fx.experiment, runtimes=fx.titles, day_ms=fx.day_ms, pre_days=4, use_cuped=use_cuped)
 
 
 @functools.cache
@@ -332,6 +332,27 @@ def test_cuped_reports_the_variance_reduction_and_matches_ancova():
         assert ours["adjusted"]["difference"] == pytest.approx(fit.params[1], rel=1e-9)
 
 
+def test_a_pre_period_of_none_reads_the_whole_history_before_exposure():
+    bounded, whole = hand(), hand(pre_days=None)
+    members = member_metrics(hand_table(), experiment(), runtimes=RUNTIMES, day_ms=DAY, pre_days=None)
+    pre = dict(zip(members.column("member_id").to_pylist(), members.column("pre_plays").to_pylist()))
+    assert pre[1] == 2  # the play at 5 000, long before exposure at 10 000, counts with the one at 9 500
+    assert whole["metrics"] == bounded["metrics"]  # what happens after exposure does not move
+    assert whole["window"]["pre_days"] is None
+
+
+def test_the_verdict_quotes_the_cuped_adjusted_lift_that_the_sequential_test_read():
+    report = lifted_report()
+    assert report["sequential"]["adjustment"] == "cuped"
+    adjusted = report["cuped"]["plays_per_member"]["treatment"]["adjusted"]
+    assert "CUPED-adjusted" in report["verdict"]["reasons"][0]
+    assert f"{100 * adjusted['relative_lift']:+.1f}%" in report["verdict"]["reasons"][0]
+    raw = lifted_report(False)
+    assert raw["sequential"]["adjustment"] is None and "CUPED" not in raw["verdict"]["reasons"][0]
+    with pytest.raises(ValueError, match="^use_cuped"):
+        hand(use_cuped="yes")
+
+
 def test_cuped_without_pre_period_variation_says_why():
     report = hand(pre_days=0)
     assert "error" in report["cuped"]["plays_per_member"]["treatment"]
@@ -340,9 +361,15 @@ def test_cuped_without_pre_period_variation_says_why():
 # -- the sequential test ---------------------------------------------------------------------------
 
 
-def test_sequential_path_equals_msprt_on_naively_computed_looks():
-    fx, report = lifted(), lifted_report()
+@pytest.mark.parametrize("use_cuped", [False, True])
+def test_sequential_path_equals_msprt_on_naively_computed_looks(use_cuped):
+    """Raw: plays per member recounted from the events at each look. CUPED: those counts
+    adjusted by the pre-period plays with theta from statsmodels' OLS (y ~ arm + x) at each look."""
+    import statsmodels.api as sm
+
+    fx, report = lifted(), lifted_report(use_cuped)
     members = lifted_members()
+    pre = dict(zip(members.column("member_id").to_pylist(), members.column("pre_plays").to_pylist()))
     t0 = dict(zip(members.column("member_id").to_pylist(), members.column("first_exposure_ms").to_pylist()))
     variant = dict(zip(members.column("member_id").to_pylist(), members.column("variant").to_pylist()))
     plays = fx.events.filter(pc.equal(fx.events.column("type"), "play"))
@@ -354,15 +381,23 @@ def test_sequential_path_equals_msprt_on_naively_computed_looks():
     looks = {"control": [], "treatment": []}
     for k in range(report["window"]["days"]):
         cut = start + (k + 1) * day
-        for arm, per_look in looks.items():
-            per_look.append(np.array([sum(ts < cut for ts in stamps[m]) for m in t0
-                                        if variant[m] == arm and t0[m] < cut], dtype=float))
+        ids = [m for m in t0 if t0[m] < cut]
+        y = np.array([sum(ts < cut for ts in stamps[m]) for m in ids], dtype=float)
+        arm = np.array([variant[m] == "treatment" for m in ids], dtype=float)
+        if use_cuped:
+            x = np.array([pre[m] for m in ids], dtype=float)
+            theta = sm.OLS(y, sm.add_constant(np.column_stack([arm, x]))).fit().params[2]
+            y = y - theta * (x - x.mean())
+        looks["control"].append(y[arm == 0])
+        looks["treatment"].append(y[arm == 1])
     expected = msprt(looks["control"], looks["treatment"], mixing_sd=report["sequential"]["mixing_sd"])
     path = report["sequential"]["by_variant"]["treatment"]
+    assert report["sequential"]["adjustment"] == ("cuped" if use_cuped else None)
     assert [p["p_value"] for p in path["looks"]] == pytest.approx(list(expected.p_value))
     assert [p["ci_low"] for p in path["looks"]] == pytest.approx(list(expected.ci_low))
     assert path["rejected"] == expected.rejected
-    final = report["metrics"]["plays_per_member"]["comparisons"]["treatment"]
+    final = (report["cuped"]["plays_per_member"]["treatment"]["adjusted"] if use_cuped
+             else report["metrics"]["plays_per_member"]["comparisons"]["treatment"])
     assert path["looks"][-1]["difference"] == pytest.approx(final["difference"])
     # mixing sd: 5% of control's plays per member at the last look
     assert report["sequential"]["mixing_sd"] == pytest.approx(

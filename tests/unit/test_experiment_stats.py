@@ -25,6 +25,7 @@ from experiments.stats import (
     compare_means,
     compare_ratios,
     cuped,
+    cuped_adjusted,
     power_two_means,
     ratio_moments,
     sample_ratio_mismatch,
@@ -272,6 +273,28 @@ def test_cuped_refuses_bad_covariates_by_name():
         cuped([1, 2, 3], [1, 2, 3], [1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="^control_pre"):
         cuped([1, 2, 3], [1, 1, 1], [1, 2, 3], [1, 1, 1])
+
+
+def test_cuped_adjusted_takes_theta_from_the_ancova_regression_for_three_arms():
+    rng = np.random.default_rng(7)
+    arm = rng.integers(0, 3, 600)
+    x = rng.poisson(5, 600).astype(float)
+    y = 2 + 0.5 * arm + 0.8 * x + rng.normal(0, 1, 600)
+    dummies = np.column_stack([arm == 1, arm == 2]).astype(float)
+    theta = OLS(y, np.column_stack([np.ones(600), dummies, x])).fit().params[-1]
+    np.testing.assert_allclose(cuped_adjusted(y, x, arm), y - theta * (x - x.mean()))
+    # two arms: the same adjusted difference as `cuped`
+    two = arm < 2
+    adjusted = cuped_adjusted(y[two], x[two], arm[two])
+    ref = cuped(y[two & (arm == 0)], x[two & (arm == 0)], y[two & (arm == 1)], x[two & (arm == 1)])
+    assert adjusted[arm[two] == 1].mean() - adjusted[arm[two] == 0].mean() == pytest.approx(ref.adjusted.difference)
+
+
+def test_cuped_adjusted_leaves_values_alone_without_a_covariate_and_checks_shapes():
+    y = np.array([1.0, 4.0, 2.0, 7.0])
+    np.testing.assert_array_equal(cuped_adjusted(y, np.full(4, 3.0), np.array([0, 0, 1, 1])), y)
+    with pytest.raises(ValueError, match="^covariate:"):
+        cuped_adjusted(y, np.zeros(3), np.array([0, 0, 1, 1]))
 
 
 # --- mSPRT ---------------------------------------------------------------------------------------
