@@ -427,3 +427,19 @@ def interleaving_report(table: pa.Table, experiment: str, *, alpha: float = 0.05
     return {"experiment": experiment, "rankers": log.rankers, "pages": len(log.pages),
             "credited_plays": int(wins.wins_a.sum() + wins.wins_b.sum()),
             "significant": found.significant, "preference": out}
+
+
+def interleaving_verdict(section: dict) -> dict:
+    """The verdict in words of an interleaving report section: which ranker members prefer (the
+    screen before an A/B test: the preferred ranker goes on to one), or keep running."""
+    p, rankers = section["preference"], section["rankers"]
+    level = round((1 - p["alpha"]) * 100)
+    shown = (f"preference for B ({rankers['B']}) over A ({rankers['A']}) {p['mean']:+.3f} "
+             f"({level}% CI {p['low']:+.3f} to {p['high']:+.3f}, p = {p['p_value']:.2g}) over "
+             f"{p['n_members']} members with a credited play ({p['n_exposed']} shown an interleaved page)")
+    if section["significant"]:
+        winner = rankers["B"] if p["mean"] > 0 else rankers["A"]
+        return {"decision": f"prefer {winner}", "winner": winner,
+                "reasons": [f"Members prefer {winner}: {shown}; take it to an A/B test."]}
+    return {"decision": "keep running", "winner": None,
+            "reasons": [f"No preference yet: {shown}."]}

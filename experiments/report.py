@@ -283,4 +283,30 @@ def render_text(report: Mapping) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["metric_plot", "render_html", "render_text", "sequential_plot", "srm_svg"]
+def render_interleaving_text(report: Mapping) -> str:
+    """The terminal summary of an interleaving-only report (ops.experiment_cli)."""
+    v, section = report["verdict"], report["interleaving"]
+    lines = [f"experiment {report['experiment']} (interleaving): {v['decision'].upper()}"]
+    lines += [f"  - {r}" for r in v["reasons"]]
+    lines.append(f"pages {section['pages']}, credited plays {section['credited_plays']}")
+    return "\n".join(lines)
+
+
+def render_interleaving_html(report: Mapping) -> str:
+    """One self-contained HTML page of an interleaving-only report."""
+    esc = html.escape
+    v, section, p = report["verdict"], report["interleaving"], report["interleaving"]["preference"]
+    rows = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(p[k]) if isinstance(p[k], int) else _num(p[k]))}</td></tr>"
+                   for k in ("mean", "low", "high", "p_value", "n_members", "n_exposed", "prefer_b",
+                             "prefer_a", "ties", "delta_ab"))
+    return "".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(report['experiment'])}: interleaving</title></head><body>",
+        f"<h1>{esc(report['experiment'])}: {esc(v['decision'])}</h1>",
+        *(f"<p>{esc(r)}</p>" for r in v["reasons"]),
+        f"<p>A = {esc(section['rankers']['A'])}, B = {esc(section['rankers']['B'])}; pages {section['pages']}, "
+        f"credited plays {section['credited_plays']}</p>",
+        f"<table>{rows}</table></body></html>"])
+
+
+__all__ = ["metric_plot", "render_html", "render_interleaving_html", "render_interleaving_text", "render_text", "sequential_plot", "srm_svg"]

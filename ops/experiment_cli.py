@@ -132,6 +132,8 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
         print(f"--day-seconds: expected a positive number, got {args.day_seconds}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    if len(experiment.arms) == 1 and "interleaving" in experiment.arms[0].override:
+        return _interleaving_only(args, home, experiment, started)
     try:
         titles = load_dataset(served_dataset(home.home, args.dataset)).titles
         with served_log(home.home) as (reader, _where):
@@ -155,6 +157,27 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
     if args.html:
         args.html.write_text(render_html(report))
     print(json.dumps(report) if args.json else render_text(report))
+    return 0
+
+
+def _interleaving_only(args: argparse.Namespace, home: Paths, experiment, started: float) -> int:
+    """An experiment of one interleaved variant: every member sees both rankers, so there is no
+    A/B comparison; the report is the preference, its interval and a verdict in words."""
+    from experiments.interleaving import interleaving_report, interleaving_verdict
+    from experiments.report import render_interleaving_html, render_interleaving_text
+    from training.served_ope import ServedOpeError, read_log_table, served_log
+
+    try:
+        with served_log(home.home) as (reader, _where):
+            section = interleaving_report(read_log_table(reader), experiment.name)
+    except (ServedOpeError, ValueError) as exc:
+        print(f"cannot report on {args.name}: {exc}", file=sys.stderr)
+        return 2
+    report = {"schema": 1, "experiment": experiment.name, "kind": "interleaving", "interleaving": section,
+              "verdict": interleaving_verdict(section), "elapsed_s": round(time.perf_counter() - started, 2)}
+    if args.html:
+        args.html.write_text(render_interleaving_html(report))
+    print(json.dumps(report) if args.json else render_interleaving_text(report))
     return 0
 
 

@@ -315,3 +315,28 @@ def test_preference_of_a_point_mass_and_bad_input():
         preference(Wins(np.arange(3), [1, 0, 1], [0, 1, 1]), alpha=1.5)
     with pytest.raises(ValueError, match="^wins_b:"):
         Wins(np.arange(3), [1, 0, 1], [0, 1])
+
+
+def _section(b_members: int, a_members: int) -> dict:
+    """An interleaving report over members who each played one title: B's for the first
+    b_members, A's for the rest."""
+    rows = []
+    for m in range(b_members + a_members):
+        rows += [decision(m, f"r{m}", {10: "A", 11: "B"}), event("play", m, 11 if m < b_members else 10, f"r{m}")]
+    return interleaving_report(stored_events(rows), "tdi")
+
+
+def test_the_interleaving_verdict_names_the_preferred_ranker_or_keeps_running():
+    from experiments.interleaving import interleaving_verdict
+    from experiments.report import render_interleaving_html, render_interleaving_text
+
+    clear = interleaving_verdict(_section(40, 10))
+    assert clear["decision"] == "prefer xgb" and clear["winner"] == "xgb"
+    assert "+0.600" in clear["reasons"][0] and "50 members" in clear["reasons"][0]
+    assert interleaving_verdict(_section(5, 50))["winner"] == "pop"
+    unsure = interleaving_verdict(_section(11, 10))
+    assert unsure["decision"] == "keep running" and unsure["winner"] is None
+    report = {"experiment": "tdi", "interleaving": _section(40, 10), "verdict": clear}
+    assert render_interleaving_text(report).startswith("experiment tdi (interleaving): PREFER XGB")
+    page = render_interleaving_html(report)
+    assert "<h1>tdi: prefer xgb</h1>" in page and "<th>n_members</th><td>50</td>" in page
