@@ -1,5 +1,6 @@
 """The experiment loop through the running system, short form (the full run, 2,000 members for 14
-simulated days, is `python -m bench.experiment_ab`, reported in the README): an A/B experiment in
+simulated days through `marquee up`, `marquee simulate` and `marquee experiment report`, is in the
+README's Experiments section): an A/B experiment in
 HOME/experiments.yaml, the traffic simulator's members calling the real HTTP API, and the analysis
 of the event log finding every exposed member in the variant the server gave them, the SRM check
 passing and a verdict in words, as JSON and HTML."""
