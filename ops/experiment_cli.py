@@ -27,7 +27,7 @@ from pathlib import Path
 
 from deployments.assignment import override_validator
 from deployments.page_config import HomepageConfig
-from experiments.spec import SpecError, load_spec
+from experiments.spec import SpecError, check_utc, epoch_ms, load_spec
 from experiments.stats import GuardrailLimits
 from marquee.home import Paths
 from marquee.names import DAY_MS
@@ -53,6 +53,10 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     report.add_argument("--pre-days", type=_pre_days, default=28.0,
                         help="CUPED's pre-period in (simulated) days before each member's first exposure, "
                              "or 'all' for the whole history (a compressed-time run's history lies in real days)")
+    report.add_argument("--until", type=_until_ms, default=None,
+                        help="read events before this time (ISO 8601 UTC, e.g. 2026-12-03T13:00:00Z); "
+                             "default: the experiment's end if the file declares one and it has passed, "
+                             "else the last event")
     report.add_argument("--no-cuped", action="store_true",
                         help="the verdict reads the raw primary metric (CUPED is still reported)")
     report.add_argument("--dataset", type=Path, default=None, help="catalog of the log (default: HOME/serving.json)")
@@ -144,6 +148,7 @@ def _report(args: argparse.Namespace, home: Paths) -> int:
             source = _ray_dataset(events, home, Path(scratch)) if args.engine == "ray" else events
             report = analyze(source, experiment, runtimes=titles, day_ms=int(args.day_seconds * 1000),
                              engine=args.engine, pre_days=args.pre_days, use_cuped=not args.no_cuped,
+                             now_ms=_analysis_end(args.until, experiment, time.time()),
                              guardrails=GuardrailLimits(args.max_error_rate, args.max_p99_ms),
                              planned_days=_planned_days(args, experiment))
     except (ServedOpeError, ValueError) as exc:
@@ -179,6 +184,25 @@ def _interleaving_only(args: argparse.Namespace, home: Paths, experiment, starte
         args.html.write_text(render_interleaving_html(report))
     print(json.dumps(report) if args.json else render_interleaving_text(report))
     return 0
+
+
+def _until_ms(text: str) -> int:
+    """--until: an ISO 8601 UTC time, as epoch milliseconds."""
+    try:
+        return epoch_ms(check_utc("--until", text))
+    except ValueError as exc:  # SettingsError, already naming --until: argparse names it too
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--until: ")) from None
+
+
+def _analysis_end(until: int | None, experiment, now_s: float) -> int | None:
+    """Where the analysis stops reading (analyze's now_ms): --until, else the experiment's declared
+    end once it has passed (events after an experiment ended are not its effect: its members may
+    be in the next one), else None (the last event, up to the wall clock)."""
+    if until is not None:
+        return until
+    if experiment.end is not None and experiment.end_ms <= now_s * 1000:
+        return int(experiment.end_ms)
+    return None
 
 
 def _pre_days(text: str) -> float | None:
