@@ -84,8 +84,6 @@ EXPOSURE_SCHEMA = pa.schema([("member_id", pa.int64()), ("ts", pa.int64()), ("va
 DECISION_SCHEMA = pa.schema([("variant", pa.string()), ("latency_ms", pa.float64()), ("degraded", pa.bool_())])
 GUARDRAIL_SCHEMA = pa.schema([("variant", pa.string()), ("pages", pa.int64()), ("degraded_pages", pa.int64()),
                               ("latency_pages", pa.int64()), ("p99_latency_ms", pa.float64())])
-# Serving writes these; every other type is a client event (the metrics count only those).
-SERVER_TYPES = tuple(sorted(set(SERVER_EVENT_TYPES) | {"decision", "exposure"}))
 WATCH_TYPES = ("progress", "completion")
 EPISODE_RE = r'"episode"\s*:\s*(?P<episode>[0-9]{1,9})'
 
@@ -291,7 +289,7 @@ def build_cohort(exposures: pa.Table, experiment: Experiment, cutoff_ms: int) ->
 def relevant_events(batch: pa.Table, cohort: Mapping[str, np.ndarray], options: Options) -> pa.Table:
     """The client events of exposed members from the start of their pre-period to now (what
     `member_day_rows` reads); a cheap filter before the shuffle by member."""
-    client = pc.invert(pc.fill_null(pc.is_in(batch.column("type"), pa.array(SERVER_TYPES)), True))
+    client = pc.invert(pc.fill_null(pc.is_in(batch.column("type"), pa.array(SERVER_EVENT_TYPES)), True))
     batch = batch.filter(client)
     member = _np(batch.column("member_id"))
     ts = _np(batch.column("ts"))

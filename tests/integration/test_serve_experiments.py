@@ -7,17 +7,14 @@ interleaving variant serves a team-drafted page whose record names the teams."""
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 import time
 
 import httpx
 import pytest
-import ray
 
 from experiments.allocation import Allocator
 from experiments.spec import load_spec
-from marquee.names import EVENT_LOG_ACTOR, NAMESPACE
+from tests.live_app import all_replicas, event_log_table, wait_for, write_followed_file
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -36,39 +33,10 @@ experiments:
 """
 
 
-def write(path, text: str) -> None:
-    path.write_text(textwrap.dedent(text))
-    stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new mtime, surely
-
-
-def wait_for(predicate, timeout_s: float = 30.0, every_s: float = 0.3):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"not true after {timeout_s} s")
-
-
 def log_rows(kind: str, request_ids: set[str] | None = None, member_ids: set[int] | None = None) -> list[dict]:
-    log = ray.get_actor(EVENT_LOG_ACTOR, namespace=NAMESPACE)
-    table = ray.get(log.read.remote(-1, 10_000_000))
-    return [r for r in table.to_pylist() if r["type"] == kind
+    return [r for r in event_log_table().to_pylist() if r["type"] == kind
             and (request_ids is None or r["request_id"] in request_ids)
             and (member_ids is None or r["member_id"] in member_ids)]
-
-
-def all_replicas(client: httpx.Client, check) -> bool:
-    """Ask /healthz often enough to see both gateway replicas, each passing `check`."""
-    seen = {}
-    for _ in range(30):
-        body = client.get("/healthz").json()
-        seen[body["pid"]] = check(body.get("experiments") or {})
-        if len(seen) >= 2:
-            break
-    return len(seen) >= 2 and all(seen.values())
 
 
 def test_serve_experiments_file_is_a_hot_value_with_assignments_exposures_and_interleaving(serve_app):
@@ -76,7 +44,7 @@ def test_serve_experiments_file_is_a_hot_value_with_assignments_exposures_and_in
     members = list(range(1, 121))
     try:
         with httpx.Client(base_url=serve_app.url, timeout=30) as client:
-            write(path, SPEC)
+            write_followed_file(path, SPEC)
             version = load_spec(path).version
             wait_for(lambda: all_replicas(client, lambda e: e.get("version") == version))
             allocator = Allocator(load_spec(path))
@@ -115,7 +83,7 @@ def test_serve_experiments_file_is_a_hot_value_with_assignments_exposures_and_in
                     assert "interleaving" not in payload
 
             # a bad edit is refused whole: named in /healthz, the running version keeps serving
-            write(path, SPEC.replace("scorer: popularity", "scorer: nonesuch"))
+            write_followed_file(path, SPEC.replace("scorer: popularity", "scorer: nonesuch"))
             wait_for(lambda: all_replicas(client, lambda e: "scorer" in (e.get("error") or "")))
             again = client.get("/v1/homepage", params={"member_id": members[0], "request_id": "exp-bad"}).json()
             assert again["experiments"] == pages[f"exp-{members[0]}"]["experiments"]

@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import time
 
-import pyarrow as pa
+import httpx
 import pytest
-import ray
 
 from experiments.analysis import analyze
 from experiments.report import render_html
 from experiments.spec import load_spec
 from marquee.dataset import load_dataset
-from marquee.names import EVENT_LOG_ACTOR, NAMESPACE
 from producers.world.traffic import TrafficSettings, World, run_traffic
+from tests.live_app import all_replicas, event_log_table, wait_for, write_followed_file
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,24 +36,13 @@ experiments:
 """
 
 
-def log_table() -> pa.Table:
-    log = ray.get_actor(EVENT_LOG_ACTOR, namespace=NAMESPACE)
-    return ray.get(log.read.remote(-1, 10_000_000))
-
-
 def test_an_ab_experiment_driven_by_the_simulator_is_analysed_from_the_log_short(serve_app):
     path = serve_app.paths.experiments
-    path.write_text(SPEC)
+    write_followed_file(path, SPEC)
     try:
         spec = load_spec(path)
-        deadline = time.monotonic() + 30
-        import httpx
-
         with httpx.Client(base_url=serve_app.url, timeout=30) as client:
-            while client.get("/healthz").json().get("experiments", {}).get("version") != spec.version:
-                assert time.monotonic() < deadline, "the replicas did not pick up the experiments file"
-                time.sleep(0.3)
-            time.sleep(2.5)  # both replicas poll every 2 s
+            wait_for(lambda: all_replicas(client, lambda e: e.get("version") == spec.version))
         settings = TrafficSettings(url=serve_app.url, members=200, days=3, seed=11, compression=86400 / 8,
                                    rate=25.0, concurrency=8)
         world = World.load(serve_app.paths.world)
@@ -64,7 +52,7 @@ def test_an_ab_experiment_driven_by_the_simulator_is_analysed_from_the_log_short
         assert set(seen) == {"control", "ranker"}
 
         time.sleep(1.5)  # the last decision and exposure batches (250 ms) land
-        events = log_table()
+        events = event_log_table()
         titles = load_dataset(serve_app.paths.world).titles
         report = analyze(events, spec.experiments[0], runtimes=titles, day_ms=settings.day_ms, engine="arrow")
         json.dumps(report)  # JSON as it stands
