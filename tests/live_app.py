@@ -21,15 +21,15 @@ def write_followed_file(path, text: str) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
 
 
-def wait_for(predicate, timeout_s: float = 30.0, every_s: float = 0.3):
-    """predicate()'s first truthy value within timeout_s, else AssertionError."""
+def wait_for(predicate, timeout_s: float = 30.0, every_s: float = 0.3, what: str = "the condition"):
+    """predicate()'s first truthy value within timeout_s, else AssertionError naming `what`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(every_s)
-    raise AssertionError(f"not true after {timeout_s} s")
+    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def all_replicas(client: httpx.Client, check) -> bool:

@@ -7,7 +7,6 @@ does not depend on actors/events.py."""
 
 from __future__ import annotations
 
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +18,7 @@ from bandits.rewards import DEFAULT_LATENESS_MS, DEFAULT_WINDOW_MS
 from bandits.store import PolicyStore
 from marquee.schema import Event, decision_event, events_to_table
 from producers.world.generate import generate_world
+from tests.live_app import wait_for
 
 T0 = 1_700_000_000_000
 MIN = 60_000
@@ -48,14 +48,6 @@ def page_events(world, start_page: int, pages: int, start_seq: int) -> pa.Table:
     events.append(decision_event(f"close-{start_page}", 99, end, "tv", "US", "uniform", 0, [], {}, {}))
     parsed = [Event.parse(e) for e in events]
     return events_to_table(parsed, list(range(start_seq, start_seq + len(parsed))))
-
-
-def wait_for(predicate, what: str, tries: int = 600, delay: float = 0.05):
-    for _ in range(tries):
-        if predicate():
-            return
-        time.sleep(delay)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_learner_actor_publishes_polls_and_resumes_after_a_kill(ray_cluster, tmp_path):
@@ -100,13 +92,13 @@ def test_learner_actor_publishes_polls_and_resumes_after_a_kill(ray_cluster, tmp
             start_bandit_learner(tmp_path / "elsewhere", log, store.root, world, settings, name=name)
 
         ray.kill(actor, no_restart=False)
-        wait_for(lambda: ray.get(actor.stats.remote())["pid"] != stats["pid"], "the restarted learner")
+        wait_for(lambda: ray.get(actor.stats.remote())["pid"] != stats["pid"], every_s=0.05, what="the restarted learner")
         again = ray.get(actor.stats.remote())
         assert again["loaded_seq"] == first.num_rows and again["trials_learned"] == 60  # nothing twice
         assert again["policy_version"] == stats["policy_version"]
 
         ray.get(log.append.remote(page_events(world, 100, 10, first.num_rows + 1)))
-        wait_for(lambda: ray.get(actor.stats.remote())["trials"] == 90, "the poller to join new pages")
+        wait_for(lambda: ray.get(actor.stats.remote())["trials"] == 90, every_s=0.05, what="the poller to join new pages")
         ray.get(actor.update.remote())
         final = ray.get(actor.stats.remote())
         assert final["trials_learned"] == 90 and final["policy_version"] == store.latest_version() > again["policy_version"]

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from state.registry import Registry
+from tests.live_app import wait_for as wait_for_condition
 from deployments.app import deploy
 from deployments.candidates import MODEL_SOURCES, ROW_SOURCES
 
@@ -30,14 +31,9 @@ def page_if(page: dict, condition) -> dict | None:
     return page if condition(page) else None
 
 
-def wait_for(fn, timeout_s: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+def wait_for(fn, what: str = "condition"):
+    """Up to a minute: a replica swap or a split app takes longer than one poll."""
+    return wait_for_condition(fn, timeout_s=60.0, what=what)
 
 
 def test_cluster_profile_runs_the_same_stages_split_and_gives_the_same_page(serve_app):
