@@ -44,20 +44,21 @@ def build_sources(content: TitleContent | None, seed: int) -> dict:
     return sources
 
 
-def _ray_trainer():
-    """train_ray_many sized to what the cluster can give now: a worker asking for more CPUs than
-    are free (serving actors hold fractions) would wait forever for its placement group."""
+def _start_ray_run():
+    """A Ray Train run sized to what the cluster can give now (a worker asking for more CPUs than
+    are free, serving actors holding fractions, would wait forever for its placement group),
+    started now: its start-up overlaps the retrieval work that builds its rows."""
     import math
 
     import ray
 
-    from training.xgb_train import train_ray_many
+    from training.xgb_train import RayTrainRun
 
     if not ray.is_initialized():
         ray.init()
     free = ray.available_resources().get("CPU", 1.0)
     cpus = max(1, min(int(math.floor(free + 1e-9)), int(ray.cluster_resources().get("CPU", 1))))
-    return lambda table, specs: train_ray_many(table, specs, num_workers=1, cpus_per_worker=cpus)
+    return RayTrainRun(num_workers=1, cpus_per_worker=cpus)
 
 
 def holdout_last(data: TrainData, holdout: int, min_rows: int) -> tuple[TrainData, dict[int, set[int]], dict[int, set[int]]]:
@@ -134,31 +135,42 @@ class Pipeline:
 
         cfg = self.config
         started = time.perf_counter()
-        table = self.ranker_examples(data)
+        # On Ray the training run starts first: Ray Train's start-up (its own processes) needs
+        # nothing from the rows, so it runs while the sources below build them.
+        run = _start_ray_run() if cfg.engine == "ray" else None
+        try:
+            table = self.ranker_examples(data)
+        except BaseException as exc:
+            if run is not None:
+                run.abort(f"the ranker's rows could not be built: {exc}")
+            raise
         self.feature_names_ = [c for c in table.column_names if c not in ("member", "title", *OBJECTIVES)]
         play = table.column("play").to_numpy()
         self.timeline_ = {"retrieval_inner": time.perf_counter() - started}
-        started = time.perf_counter()
-        train = _ray_trainer() if cfg.engine == "ray" else train_local_many
         specs = self.ranker_specs(self.feature_names_)
         # Both objectives in one run (one Ray Train start-up). The run mostly waits on other
-        # processes (Ray Train's start-up) or runs xgboost outside the GIL, so the sources refit
-        # on all the data meanwhile; neither reads the other's results.
+        # processes or runs xgboost outside the GIL, so the sources refit on all the data
+        # meanwhile; neither reads the other's results.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker-fit") as pool:
-            running = pool.submit(train, table, specs)
+            if run is not None:
+                run.feed(table, specs)
+                running = pool.submit(run.result, since=started)
+            else:
+                running = pool.submit(train_local_many, table, specs)
             refit_started = time.perf_counter()
             self.serving_ = self._builder(data)
             self.timeline_["retrieval_full"] = time.perf_counter() - refit_started
             results = running.result()
         self.boosters_ = {objective: results[objective].booster for objective in OBJECTIVES}
-        run = results[OBJECTIVES[0]]
-        self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "engine": run.engine,
-                          "seconds": {"run": round(run.seconds, 3),
+        first = results[OBJECTIVES[0]]
+        self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "engine": first.engine,
+                          "seconds": {"run": round(first.seconds, 3),
                                       **{o: round(results[o].stages["train"], 3) for o in OBJECTIVES}}}
         per_model = ("split", "dmatrix", "train")
-        self.ranker_stages_ = {**{k: v for k, v in run.stages.items() if k not in per_model},
+        self.ranker_stages_ = {**{k: v for k, v in first.stages.items() if k not in per_model},
                                **{f"{o}.{k}": results[o].stages[k] for o in OBJECTIVES for k in per_model}}
-        self.timeline_["ranker_fit"] = time.perf_counter() - started  # overlaps retrieval_full
+        # from the run's start: overlaps retrieval_inner (on Ray) and retrieval_full
+        self.timeline_["ranker_fit"] = time.perf_counter() - started
         return self
 
     def bundle(self, dataset_name: str, catalog_title_ids: np.ndarray, title_ids: np.ndarray,

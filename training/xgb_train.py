@@ -11,9 +11,13 @@ cost below is paid once per retrain; `train_local_many` does the same in this pr
 Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md section 4):
   * no per-iteration RayTrainReportCallback: each report is a round trip and made xgb.train 25x
     slower; the worker reports ONCE at the end, with a checkpoint holding the model;
-  * the data reaches the worker as Arrow blocks (no pandas): the driver hands Ray Train one
-    materialized dataset per worker, the worker reads whole blocks and feeds the Arrow table
-    straight into a QuantileDMatrix (xgboost reads Arrow columns without a copy);
+  * the data reaches the worker as Arrow tables in the object store (no pandas, no Ray Dataset):
+    the driver puts one contiguous shard per worker and hands the refs over through a mailbox
+    actor; the worker reads them zero-copy and feeds the Arrow table straight into a
+    QuantileDMatrix (xgboost reads Arrow columns without a copy). A Ray Dataset's shard hand-over
+    waited for Ray Train's DatasetManager process (~1.2 s here); a ray.get of a ref does not;
+  * the run can start before its rows exist (`RayTrainRun`: start, `feed` later): its start-up
+    is fixed cost that does not read the rows, so a retrain overlaps it with retrieval;
   * xgboost's nthread is set to the worker's CPUs;
   * Ray Train's controller polls every 0.1 s and its preemption watcher is off
     (`_ray_train_settings`, user-set values win);
@@ -31,8 +35,9 @@ creates) a runtime_env with env_vars, and a worker that ran a task never hosts a
   1.5-3.6 s  PlacementGroupCleaner, SynchronizationActor and RayTrainWorker processes start
              together (~3.8 CPU-s on 2 cores; the raylet starts at most num_cpus at once)
   3.6-4.2 s  controller callbacks, rabit tracker, train fn shipped to the worker
-  3.7-4.9 s  DatasetManager process (created only once the workers are up): this is the
-             "shard hand-over" -- the worker waits for it, then reads its blocks in ~0.06 s
+  3.7-4.9 s  DatasetManager process (created only once the workers are up): with Ray Datasets
+             this was the "shard hand-over" -- the worker waited for it, then read its blocks
+             in ~0.06 s. Ray Train still starts it, but the worker no longer waits for it
   report -> fit() returns: 0.2-0.3 s (poll interval, worker group and placement group teardown)
 Before the watcher was turned off a sixth process (PreemptionWatcher, ~1.1 CPU-s) started at
 ~4.5 s, alongside the DMatrix build. In the worker, DMatrix + xgb.train take about as long as
@@ -40,7 +45,7 @@ in the driver (0-0.3 s more). None of these processes can be skipped by a Ray Tr
 (the cleaner, sync actor and DatasetManager are unconditional in ray 2.60), and neither a
 larger worker_maximum_startup_concurrency nor a longer poll interval shortened the fit.
 
-Measured here (`marquee bench train`: 2 cores, 1 M rows x 30 features, 100 rounds, 1 worker x
+Measured here, with Ray Datasets as the input (`marquee bench train`: 2 cores, 1 M rows x 30 features, 100 rounds, 1 worker x
 2 CPUs) with the machine shared (1-min load ~3): plain 10.0 s, Ray Train 15.4 s (1.54x). An
 A/B in one window (load 3.5-12): 10.3 vs 15.9 s with these settings, 10.1 vs 15.8 s with the
 watcher back on, so removing it saves CPU (~1.1 CPU-s per fit) but no wall time above this
@@ -53,7 +58,7 @@ Sharding and ranking: with a ranking objective (rank:ndcg, rank:pairwise, rank:m
 (query) must live whole on one worker, or its pairs are lost and NDCG is computed on fragments.
 Ray Train's default split cuts rows evenly wherever a block boundary falls, so train_ray does
 not use it: it cuts the data itself into `num_workers` contiguous shards at group boundaries and
-gives each worker its own dataset (`train_0`, `train_1`, ...). With one worker this is moot.
+gives each worker its own shard (rank i reads shards[i]). With one worker this is moot.
 """
 
 from __future__ import annotations
@@ -86,7 +91,6 @@ if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit t
 
 MODEL_FILENAME = "model.ubj"  # same name RayTrainReportCallback uses, so its get_model() works too
 RANKING_OBJECTIVE_PREFIX = "rank:"
-_DATASET_PREFIX = "train_"
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # ray.train.v2 constants
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Ray Train settings train_ray applies for the duration of a fit unless the user set them (why: see
@@ -413,35 +417,33 @@ def _dataset_schema(ds: "ray.data.Dataset") -> pa.Schema:
     return pa.schema(fields)
 
 
-def _shard_table(table: pa.Table, columns: list[str], group: str | None, num_workers: int) -> dict[str, "ray.data.Dataset"]:
-    table = table.select(columns)  # only the columns training reads travel to the workers
+Shards = list  # per worker rank, the ObjectRefs of its Arrow tables
+
+
+def _shard_table(table: pa.Table, columns: list[str], group: str | None, num_workers: int) -> Shards:
+    """One contiguous piece per worker (groups whole), each put in the object store once: only
+    the columns training reads travel to the workers."""
+    import ray
+
+    table = table.select(columns)
+    if num_workers == 1:
+        return [[ray.put(table)]]
     groups = None if group is None else group_runs(table.column(group), group)
     cuts = shard_bounds(table.num_rows, num_workers, groups)
-    return {
-        f"{_DATASET_PREFIX}{rank}": _materialized(table.slice(cuts[rank], cuts[rank + 1] - cuts[rank]))
-        for rank in range(num_workers)
-    }
+    # combine_chunks copies the slice: a sliced table would otherwise ship its whole buffers
+    return [[ray.put(table.slice(cuts[rank], cuts[rank + 1] - cuts[rank]).combine_chunks())]
+            for rank in range(num_workers)]
 
 
-def _materialized(table: pa.Table) -> "ray.data.Dataset":
-    """One-block materialized Dataset. from_blocks computes block metadata here; from_arrow
-    runs a remote task for it (0.5-1.3 s here when it has to wait for a worker process)."""
-    import ray.data
-
-    if hasattr(ray.data, "from_blocks"):
-        return ray.data.from_blocks([table])
-    return ray.data.from_arrow(table)
-
-
-def _shard_dataset(ds: "ray.data.Dataset", columns: list[str], group: str | None,
-                   num_workers: int) -> dict[str, "ray.data.Dataset"]:
+def _shard_dataset(ds: "ray.data.Dataset", columns: list[str], group: str | None, num_workers: int) -> Shards:
+    """The Dataset's Arrow blocks, cut the same way. Runs before the fit starts: once the workers
+    hold every CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever."""
+    import ray
     from ray.data.dataset import MaterializedDataset
 
     if not isinstance(ds, MaterializedDataset):
-        # Run the pipeline here, while the CPUs are free: inside a Train worker that holds every
-        # CPU of a small cluster, Ray Data's read/map tasks would wait for a CPU forever. Keep
-        # the input's row order (Ray Data may reorder blocks otherwise): a ranking group's rows
-        # must stay contiguous. The dataset's own context: a Dataset copies the current
+        # Keep the input's row order (Ray Data may reorder blocks otherwise): a ranking group's
+        # rows must stay contiguous. The dataset's own context: a Dataset copies the current
         # DataContext when it is created, so setting the global one here changed nothing (the
         # order then held only while blocks happened to finish in order: a loaded machine broke it).
         options = ds.context.execution_options
@@ -451,16 +453,67 @@ def _shard_dataset(ds: "ray.data.Dataset", columns: list[str], group: str | None
         finally:
             options.preserve_order = kept
     if num_workers == 1:
-        return {f"{_DATASET_PREFIX}0": ds}
+        return [ds.to_arrow_refs()]
     groups = None
     if group is not None:
-        import ray
-
         ids = pa.concat_tables(ray.get(ds.select_columns([group]).to_arrow_refs())).column(group)
         groups = group_runs(ids, group)
     cuts = shard_bounds(ds.count(), num_workers, groups)
-    pieces = ds.split_at_indices(cuts[1:-1])
-    return {f"{_DATASET_PREFIX}{rank}": piece for rank, piece in enumerate(pieces)}
+    return [piece.to_arrow_refs() for piece in ds.split_at_indices(cuts[1:-1])]
+
+
+def _prepare(data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec], num_workers: int) -> tuple[Shards, dict]:
+    """Validate `data` against every spec and cut it into per-worker shards in the object store."""
+    import ray.data
+
+    columns, group = _columns(specs), next(iter(specs.values())).group
+    t = time.perf_counter()
+    if isinstance(data, pa.Table):
+        for spec in specs.values():
+            validate_schema(data.schema, spec)
+            _check_rows(data, spec)
+        stages = {"validate": time.perf_counter() - t}
+        t = time.perf_counter()
+        shards = _shard_table(data, columns, group, num_workers)
+    elif isinstance(data, ray.data.Dataset):
+        schema = _dataset_schema(data)
+        for spec in specs.values():
+            validate_schema(schema, spec)
+        stages = {"validate": time.perf_counter() - t}
+        t = time.perf_counter()
+        shards = _shard_dataset(data, columns, group, num_workers)
+    else:
+        raise TypeError(f"train_ray takes a pyarrow.Table or a ray.data.Dataset, got {type(data).__name__}")
+    stages["prepare_data"] = time.perf_counter() - t
+    return shards, stages
+
+
+class _Mailbox:
+    """Where a started run's workers wait for their rows: one parcel, put once, taken by every
+    worker ({"specs", "shards"} or {"abort": why}). An async actor, so takers wait without a thread."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._parcel: dict | None = None
+        self._ready = asyncio.Event()
+        self._waiting = 0
+
+    async def put(self, parcel: dict) -> None:
+        if self._parcel is None:
+            self._parcel = parcel
+            self._ready.set()
+
+    async def take(self) -> dict:
+        self._waiting += 1
+        try:
+            await self._ready.wait()
+        finally:
+            self._waiting -= 1
+        return self._parcel  # type: ignore[return-value]
+
+    async def waiting(self) -> int:
+        return self._waiting
 
 
 @contextmanager
@@ -487,40 +540,32 @@ def _ray_train_settings(defaults: dict[str, str] = RAY_TRAIN_DEFAULTS):
             os.environ.pop(name, None)
 
 
-def _read_shard_as_arrow(shard) -> list[pa.Table]:
-    """This worker's rows as Arrow tables. Arrow blocks: their refs and one ray.get, read
-    zero-copy from the local object store (1 M x 30 in a fresh worker: 0.15 s; iter_batches
-    0.1-0.4 s; to_pandas 3.2 s). Other blocks (pandas) are converted here, in this process:
-    to_arrow_refs would convert them in Ray tasks that wait forever for a CPU when this worker
-    holds every CPU of the cluster."""
-    import ray
-
-    materialized = shard.materialize()
-    schema = materialized.schema()
-    if schema is not None and isinstance(schema.base_schema, pa.Schema):
-        return ray.get(materialized.to_arrow_refs())
-    return list(materialized.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0))
-
-
 def _train_loop_per_worker(config: dict) -> None:
-    """Runs inside each Ray Train worker: read this worker's shard as Arrow, fit every spec with
-    the shared core, report once with the models as a checkpoint (rank 0) and the timings."""
+    """Runs inside each Ray Train worker: wait for the rows (the run may start before they exist),
+    read this worker's shard as Arrow, fit every spec with the shared core, report once with the
+    models as a checkpoint (rank 0) and the timings."""
     import ray
     import ray.train
 
     started_at = time.time()
-    specs: dict[str, TrainSpec] = config["specs"]
     nthread: int = config["nthread"]
     rank = ray.train.get_context().get_world_rank()
 
     t = time.perf_counter()
-    blocks = _read_shard_as_arrow(ray.train.get_dataset_shard(f"{_DATASET_PREFIX}{rank}"))
+    parcel = ray.get(config["mailbox"].take.remote())
+    if "abort" in parcel:
+        raise RuntimeError(f"the training run was called off before its rows came: {parcel['abort']}")
+    shared = {"waiting_for_rows": time.perf_counter() - t}
+    specs: dict[str, TrainSpec] = parcel["specs"]
+
+    t = time.perf_counter()
+    blocks = ray.get(parcel["shards"][rank])  # zero-copy from the local object store
     if not blocks:
         raise ValueError(f"Ray Train worker {rank} received no rows")
     table = pa.concat_tables(blocks).select(_columns(specs))
     for spec in specs.values():
         _check_rows(table, spec)
-    shared = {"ingest": time.perf_counter() - t}
+    shared["ingest"] = time.perf_counter() - t
 
     fitted = _fit_boosters(table, specs, nthread=nthread)
 
@@ -547,6 +592,145 @@ def _model_file(name: str) -> str:
     return f"{name}.ubj"
 
 
+def _check_scaling(num_workers: int, cpus_per_worker: int) -> None:
+    if not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+    if not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
+        raise ValueError(f"cpus_per_worker must be an int >= 1, got {cpus_per_worker!r}")
+
+
+class RayTrainRun:
+    """One XGBoostTrainer run, started before its rows exist.
+
+    Why: Ray Train's fixed start-up (fresh processes for its controller and workers, ~8-9 s on
+    two loaded cores, see the module docstring) does not depend on the rows, so a retrain starts
+    the run first and builds the ranker's rows meanwhile; `feed` hands the rows over (the workers
+    wait at a mailbox actor), `result` waits for the boosters. `abort` calls an unfed run off.
+    The rows travel as Arrow tables in the object store, not as Ray Datasets: a Dataset's shard
+    hand-over waits for Ray Train's DatasetManager process (~1.2 s here), an ObjectRef does not."""
+
+    def __init__(self, *, num_workers: int = 1, cpus_per_worker: int = 2) -> None:
+        import threading
+
+        import ray
+
+        _check_scaling(num_workers, cpus_per_worker)
+        self.num_workers, self.cpus_per_worker = num_workers, cpus_per_worker
+        self._started = time.perf_counter()
+        self._stages: dict[str, float] = {}
+        self._specs: dict[str, TrainSpec] | None = None
+        self._outcome: tuple | None = None  # (result, boosters, fit_started_at, fit_ended_at, load_s) or error
+        self._error: BaseException | None = None
+        self._mailbox = ray.remote(_Mailbox).options(num_cpus=0).remote()
+        self._thread = threading.Thread(target=self._fit, name="ray-train-run", daemon=True)
+        self._thread.start()
+
+    def _fit(self) -> None:
+        import ray.train
+        from ray.train.xgboost import XGBoostTrainer
+
+        try:
+            with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage:
+                trainer = XGBoostTrainer(
+                    _train_loop_per_worker,
+                    train_loop_config={"mailbox": self._mailbox, "nthread": self.cpus_per_worker},
+                    scaling_config=ray.train.ScalingConfig(
+                        num_workers=self.num_workers, use_gpu=False,
+                        resources_per_worker={"CPU": self.cpus_per_worker}),
+                    run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
+                )
+                fit_started_at = time.time()
+                with _ray_train_settings():
+                    result = trainer.fit()
+                fit_ended_at = time.time()
+                t = time.perf_counter()
+                if result.checkpoint is None:
+                    raise RuntimeError("Ray Train finished without a checkpoint: the worker did not report its model")
+                boosters = {}
+                with result.checkpoint.as_directory() as path:
+                    for name in result.metrics["models"]:
+                        boosters[name] = xgboost.Booster()
+                        boosters[name].load_model(str(Path(path) / _model_file(name)))
+                self._outcome = (result.metrics, boosters, fit_started_at, fit_ended_at, time.perf_counter() - t)
+        except BaseException as exc:  # re-raised by result(), on the caller's thread
+            self._error = exc
+
+    def feed(self, data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec]) -> None:
+        """Hand the run its rows and what to fit on them (validated here, on the caller's thread;
+        a refusal calls the run off and raises)."""
+        try:
+            _check_specs(specs)
+            shards, stages = _prepare(data, specs, self.num_workers)
+        except BaseException as exc:
+            self.abort(f"its rows were refused: {exc}")
+            raise
+        self._feed_shards(shards, specs, stages)
+
+    def wait_until_started(self, timeout_s: float = 120.0) -> float:
+        """Block until every worker waits for its rows (the start-up is over); returns the
+        seconds since the run was started. Raises TimeoutError, or the run's own error."""
+        import ray
+
+        deadline = time.perf_counter() + timeout_s
+        while ray.get(self._mailbox.waiting.remote()) < self.num_workers:
+            if not self._thread.is_alive():
+                raise self._error or RuntimeError("the training run ended before its workers started")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"Ray Train's workers did not start within {timeout_s} s")
+            time.sleep(0.02)
+        return time.perf_counter() - self._started
+
+    def _feed_shards(self, shards: Shards, specs: dict[str, TrainSpec], stages: dict) -> None:
+        import ray
+
+        if self._specs is not None:
+            raise RuntimeError("this training run was already fed")
+        self._specs, self._stages = specs, dict(stages)
+        ray.get(self._mailbox.put.remote({"specs": specs, "shards": shards}))
+
+    def abort(self, why: str) -> None:
+        """Call the run off (its workers stop waiting and fail) and wait for it to end."""
+        import ray
+
+        try:
+            ray.get(self._mailbox.put.remote({"abort": why}))
+        except Exception:  # the mailbox is gone: the run has ended anyway
+            pass
+        self._thread.join()
+        self._release()
+
+    def _release(self) -> None:
+        import ray
+
+        try:
+            ray.kill(self._mailbox)
+        except Exception:
+            pass
+
+    def result(self, since: float | None = None) -> dict[str, TrainResult]:
+        """Wait for the run; one TrainResult per spec. `seconds` counts from `since` (default:
+        when the run was started) and is the whole run's for every model."""
+        if self._specs is None:
+            raise RuntimeError("feed the training run its rows before waiting for its result")
+        self._thread.join()
+        self._release()
+        if self._error is not None:
+            raise self._error
+        metrics, boosters, fit_started_at, fit_ended_at, load_s = self._outcome  # type: ignore[misc]
+        stages = dict(self._stages)
+        # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
+        stages["startup"] = max(0.0, metrics["started_at"] - fit_started_at)
+        stages.update({name: float(seconds) for name, seconds in metrics["stages"].items()})
+        stages["report_and_teardown"] = max(0.0, fit_ended_at - metrics["reporting_at"])
+        stages["fit"] = fit_ended_at - fit_started_at
+        stages["load_model"] = load_s
+        seconds = time.perf_counter() - (self._started if since is None else since)
+        return {name: TrainResult(boosters[name], seconds,
+                                  {**stages, **{k: float(v) for k, v in metrics["models"][name]["stages"].items()}},
+                                  "ray_train", metrics["models"][name]["evals"])
+                for name in self._specs}
+
+
 def train_ray(
     data: "pa.Table | ray.data.Dataset",
     spec: TrainSpec,
@@ -570,80 +754,16 @@ def train_ray_many(
     cpus_per_worker: int = 2,
 ) -> dict[str, TrainResult]:
     """Several boosters in ONE Ray Train run: the same workers read the rows once and fit every
-    spec in turn (as train_local_many does), so the run's fixed start-up (~4-5 s here, see the
-    module docstring) is paid once, not once per model. Every spec needs the same group column
-    (the shards are cut at its boundaries). `seconds` of each result is the whole run's."""
-    import ray
-    import ray.data
-    import ray.train
-    from ray.train.xgboost import XGBoostTrainer
-
+    spec in turn (as train_local_many does), so the run's fixed start-up is paid once, not once
+    per model. Every spec needs the same group column (the shards are cut at its boundaries).
+    The rows are validated and cut before the run starts. `seconds` of each result is the whole run's."""
     start = time.perf_counter()
-    if not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
-    if not isinstance(cpus_per_worker, int) or cpus_per_worker < 1:
-        raise ValueError(f"cpus_per_worker must be an int >= 1, got {cpus_per_worker!r}")
+    _check_scaling(num_workers, cpus_per_worker)
     _check_specs(specs)
-    columns, group = _columns(specs), next(iter(specs.values())).group
-
-    t = time.perf_counter()
-    if isinstance(data, pa.Table):
-        for spec in specs.values():
-            validate_schema(data.schema, spec)
-            _check_rows(data, spec)
-        stages = {"validate": time.perf_counter() - t}
-        t = time.perf_counter()
-        datasets = _shard_table(data, columns, group, num_workers)
-    elif isinstance(data, ray.data.Dataset):
-        schema = _dataset_schema(data)
-        for spec in specs.values():
-            validate_schema(schema, spec)
-        stages = {"validate": time.perf_counter() - t}
-        t = time.perf_counter()
-        datasets = _shard_dataset(data, columns, group, num_workers)
-    else:
-        raise TypeError(f"train_ray takes a pyarrow.Table or a ray.data.Dataset, got {type(data).__name__}")
-    stages["prepare_data"] = time.perf_counter() - t
-
-    with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage:
-        trainer = XGBoostTrainer(
-            _train_loop_per_worker,
-            train_loop_config={"specs": specs, "nthread": cpus_per_worker},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=num_workers, use_gpu=False, resources_per_worker={"CPU": cpus_per_worker}
-            ),
-            run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
-            datasets=datasets,
-            # Each worker reads only its own pre-cut dataset: no streaming split across workers.
-            dataset_config=ray.train.DataConfig(datasets_to_split=[]),
-        )
-        fit_started_at = time.time()
-        with _ray_train_settings():
-            result = trainer.fit()
-        fit_ended_at = time.time()
-
-        t = time.perf_counter()
-        if result.checkpoint is None:
-            raise RuntimeError("Ray Train finished without a checkpoint: the worker did not report its model")
-        boosters = {}
-        with result.checkpoint.as_directory() as path:
-            for name in specs:
-                boosters[name] = xgboost.Booster()
-                boosters[name].load_model(str(Path(path) / _model_file(name)))
-        load_seconds = time.perf_counter() - t
-
-    metrics = result.metrics
-    # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
-    stages["startup"] = max(0.0, metrics["started_at"] - fit_started_at)
-    stages.update({name: float(seconds) for name, seconds in metrics["stages"].items()})
-    stages["report_and_teardown"] = max(0.0, fit_ended_at - metrics["reporting_at"])
-    stages["fit"] = fit_ended_at - fit_started_at
-    stages["load_model"] = load_seconds
-    seconds = time.perf_counter() - start
-    return {name: TrainResult(boosters[name], seconds,
-                              {**stages, **{k: float(v) for k, v in metrics["models"][name]["stages"].items()}},
-                              "ray_train", metrics["models"][name]["evals"])
-            for name in specs}
+    shards, stages = _prepare(data, specs, num_workers)
+    run = RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker)
+    run._feed_shards(shards, specs, stages)
+    return run.result(since=start)
 
 
 def predict(booster: xgboost.Booster, table: pa.Table, features: list[str]) -> np.ndarray:
