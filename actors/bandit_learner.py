@@ -50,7 +50,8 @@ from actors.named import lazy_remote, start_bound_actor
 from bandits.arms import ArmTable
 from bandits.context import FEATURE_DIM, MEMBER_DIM, N_THEMES
 from bandits.policies import POLICIES, Feedback, Policy, make_policy
-from bandits.rewards import (DEFAULT_LATENESS_MS, DEFAULT_MAX_ORPHANS, DEFAULT_WINDOW_MS, RewardJoin, Trial)
+from bandits.rewards import (DEFAULT_LATENESS_MS, DEFAULT_MAX_ORPHANS, DEFAULT_WINDOW_MS, JOINED_TYPES, RewardJoin,
+                             Trial)
 from bandits.store import MemberThemeCounts, PolicyStore
 from marquee.durable import write_atomic
 from marquee.names import BANDIT_LEARNER_ACTOR, NAMESPACE
@@ -399,7 +400,7 @@ class _BanditLearnerActorImpl:
                  settings: dict | None = None):
         self._root = str(checkpoint_dir)
         self.learner = BanditLearner(checkpoint_dir, PolicyStore(store_dir), ArmTable.of_dataset(dataset_dir),
-                                     LogActorReader(log_handle) if log_handle is not None else None,
+                                     LogActorReader(log_handle, types=list(JOINED_TYPES)) if log_handle is not None else None,
                                      LearnerSettings(**(settings or {})))
         try:
             self.learner.sync()

@@ -30,8 +30,11 @@ class _EventLogActorImpl:
     def append(self, events: list[dict]) -> AppendResult:
         return self._log.append(events)
 
-    def read(self, since_seq: int = -1, limit: int = 50_000) -> pa.Table:
-        return self._log.read(since_seq, limit)
+    def read(self, since_seq: int = -1, limit: int = 50_000, types: list[str] | None = None,
+             columns: list[str] | None = None) -> pa.Table:
+        """EventLog.read: a follower names the types and columns it needs, and nothing else is
+        serialized to it."""
+        return self._log.read(since_seq, limit, types=types, columns=columns)
 
     def import_events_dir(self, events_dir: str) -> AppendResult:
         """Bulk-load a dataset's day-partitioned events (read here, next to the log's disk)."""

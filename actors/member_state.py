@@ -13,21 +13,32 @@ import pyarrow as pa
 from actors.named import lazy_remote, start_bound_actor
 from marquee.home import Paths
 from marquee.names import MEMBER_STATE_ACTOR, NAMESPACE
+from marquee.schema import EVENT_TYPES, SERVER_EVENT_TYPES
 from state.member_state import MemberStateError, MemberStateService, read_titles
+from state.member_state.decode import REQUIRED_COLUMNS
 from state.member_state.views import ContinueWatching, MemberSnapshot  # noqa: F401  (for test_homepage)
 
 
-class RemoteLogSource:
-    """Adapts an event-log actor handle (`handle.read.remote(since, limit)`) to `EventSource`."""
+# What member state reads of the log: every event a member made (the server's own records,
+# decisions and exposures, are most of the log's bytes and nothing a member did) and the columns
+# it applies.
+MEMBER_EVENT_TYPES = [t for t in EVENT_TYPES if t not in SERVER_EVENT_TYPES]
 
-    def __init__(self, handle: Any, timeout_s: float = 60.0):
+
+class RemoteLogSource:
+    """Adapts an event-log actor handle (`handle.read.remote(since, limit, types, columns)`) to
+    `EventSource`; `types` / `columns` (None: all) are what this follower needs."""
+
+    def __init__(self, handle: Any, timeout_s: float = 60.0, *, types: list[str] | None = None,
+                 columns: list[str] | None = None):
         self.handle = handle
         self.timeout_s = timeout_s
+        self.types, self.columns = types, columns
 
     def read(self, since_seq: int, limit: int) -> pa.Table:
         import ray
 
-        return ray.get(self.handle.read.remote(since_seq, limit), timeout=self.timeout_s)
+        return ray.get(self.handle.read.remote(since_seq, limit, self.types, self.columns), timeout=self.timeout_s)
 
 
 class _MemberStateActorImpl(MemberStateService):
@@ -46,7 +57,8 @@ class _MemberStateActorImpl(MemberStateService):
     ):
         super().__init__(
             snapshot_dir,
-            RemoteLogSource(log_handle) if log_handle is not None else None,
+            RemoteLogSource(log_handle, types=MEMBER_EVENT_TYPES, columns=list(REQUIRED_COLUMNS))
+            if log_handle is not None else None,
             read_titles(titles_path) if titles_path is not None else None,
             poll_interval_s=poll_interval_s,
             snapshot_every=snapshot_every,

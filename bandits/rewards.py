@@ -71,7 +71,7 @@ DEFAULT_MAX_ORPHANS = 100_000
 DEFAULT_MAX_OPEN = 20_000
 MAX_HELD_PLAYS = 16  # untagged plays of one (member, title) awaiting an impression
 STATE_FORMAT = 1
-_JOINED_TYPES = ("decision", "impression", "play")
+JOINED_TYPES = ("decision", "impression", "play")  # what the join reads of the log
 _ROW_COLUMNS = ("type", "member_id", "title_id", "request_id")
 
 
@@ -435,7 +435,7 @@ def _joined_rows(table: pa.Table) -> Iterable[tuple[str, int, int | None, str | 
     reads, in the table's order. Other event types are skipped before anything becomes Python."""
     if table.num_rows == 0:
         return
-    keep = pc.is_in(table.column("type"), value_set=pa.array(_JOINED_TYPES))
+    keep = pc.is_in(table.column("type"), value_set=pa.array(JOINED_TYPES))
     rows = table.filter(pc.fill_null(keep, False))
     if rows.num_rows == 0:
         return

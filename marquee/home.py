@@ -141,6 +141,9 @@ def auth_env(home: Path) -> dict[str, str]:
     every client of it (this process, `marquee down`, scripts) agree without touching ~/.ray."""
     import secrets
 
+    if Path(home).exists() and not Path(home).is_dir():
+        raise NotADirectoryError(f"MARQUEE_HOME {home} is a file, not a directory: point MARQUEE_HOME "
+                                 "at a directory (it is created if missing)")
     token_file = Paths(Path(home)).ray_auth_token
     if not token_file.exists():
         token_file.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,14 @@ import logging
 import operator
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from marquee.dataset import conform_events
 from marquee.durable import fsync_path
@@ -59,6 +61,22 @@ def _events_to_batch(events: list[Event], first_seq: int) -> pa.RecordBatch:
     arrays = [pa.array(column, type=f.type) for column, f in zip(columns, EVENT_SCHEMA)]
     arrays.append(pa.array(np.arange(first_seq, first_seq + len(events), dtype=np.int64)))
     return pa.RecordBatch.from_arrays(arrays, schema=STORED_EVENT_SCHEMA)
+
+
+def _project(table: pa.Table, types: Sequence[str] | None, columns: Sequence[str] | None) -> pa.Table:
+    """`table`'s rows of `types` (and its last row, whatever its type) with `columns` + seq, type."""
+    if columns is not None:
+        unknown = [c for c in columns if c not in STORED_EVENT_SCHEMA.names]
+        if unknown:
+            raise ValueError(f"columns: unknown column(s) {unknown}; the log has {STORED_EVENT_SCHEMA.names}")
+        keep = [c for c in STORED_EVENT_SCHEMA.names if c in {*columns, "seq", "type"}]
+        table = table.select(keep)
+    if types is not None and table.num_rows:
+        wanted = pc.is_in(table.column("type"), pa.array(list(types), pa.string()))
+        last = np.zeros(table.num_rows, dtype=bool)
+        last[-1] = True
+        table = table.filter(pc.or_(pc.fill_null(wanted, False), pa.array(last)))
+    return table
 
 
 def _raw_event_id(raw: Any) -> str | None:
@@ -205,9 +223,22 @@ class EventLog:
         self._counters["rejected"] += len(rejected)
         return AppendResult(accepted, len(ids) - accepted, rejected, self._last_seq)
 
-    def read(self, since_seq: int = -1, limit: int = 50_000) -> pa.Table:
+    def read(self, since_seq: int = -1, limit: int = 50_000, *, types: Sequence[str] | None = None,
+             columns: Sequence[str] | None = None) -> pa.Table:
         """STORED_EVENT_SCHEMA rows with seq > since_seq, ascending by seq, at most `limit` rows,
-        from compacted Parquet and the WAL alike."""
+        from compacted Parquet and the WAL alike.
+
+        A follower that needs only some event types (`types`) or columns (`columns`; `seq` and
+        `type` always come) says so, and the rest never leaves the log: member state skips the
+        server's decision records, which are most of the log's bytes. `limit` bounds the rows
+        read, not the rows returned; the last row read is always returned (whatever its type),
+        so a follower's seq advances past a stretch it filtered out entirely."""
+        table = self._read_range(since_seq, limit)
+        if types is None and columns is None:
+            return table
+        return _project(table, types, columns)
+
+    def _read_range(self, since_seq: int, limit: int) -> pa.Table:
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if since_seq >= self._last_seq:
@@ -223,20 +254,18 @@ class EventLog:
             wanted -= pieces[-1].num_rows
             if wanted <= 0:
                 return pa.concat_tables(pieces)
-        # WAL batches, in seq order; find the first batch holding seq since_seq + 1.
-        batches = [b for s in self._wal_segments for b in s.batches]
-        firsts = [b["seq"][0].as_py() for b in batches]
-        i = max(bisect.bisect_right(firsts, since_seq + 1) - 1, 0)
         chosen: list[pa.RecordBatch] = []
-        for batch in batches[i:]:
-            first = firsts[i]
-            i += 1
-            if first + batch.num_rows - 1 <= since_seq:
-                continue
-            if since_seq >= first:
-                batch = batch.slice(since_seq - first + 1)
-            chosen.append(batch.slice(0, wanted))
-            wanted -= chosen[-1].num_rows
+        segments = [s for s in self._wal_segments if s.batches and s.last_seq > since_seq]
+        for segment in segments:
+            # the first batch holding seq since_seq + 1 (or the segment's first, if it starts later)
+            i = max(bisect.bisect_right(segment.firsts, since_seq + 1) - 1, 0)
+            for first, batch in zip(segment.firsts[i:], segment.batches[i:]):
+                if since_seq >= first:
+                    batch = batch.slice(since_seq - first + 1)
+                chosen.append(batch.slice(0, wanted))
+                wanted -= chosen[-1].num_rows
+                if wanted <= 0:
+                    break
             if wanted <= 0:
                 break
         if chosen:
@@ -311,8 +340,7 @@ class EventLog:
     def _write_batch(self, batch: pa.RecordBatch) -> None:
         first_seq = self._last_seq + 1
         append_record(self._fd, batch, first_seq, fsync=self.fsync)
-        self._active.batches.append(batch)
-        self._active.count += batch.num_rows
+        self._active.add(batch, first_seq)
         self._last_seq = first_seq + batch.num_rows - 1
 
     def _open_segment(self, segment_id: int) -> WalSegment:

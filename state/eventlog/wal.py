@@ -44,14 +44,26 @@ class WalSegment:
     path: Path
     batches: list[pa.RecordBatch] = field(default_factory=list)
     count: int = 0
+    # each batch's first seq, kept beside the batches: a read finds its batch by bisection
+    # instead of asking every batch of the WAL (thousands of small appends) for its first seq
+    firsts: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if len(self.firsts) != len(self.batches):
+            self.firsts = [b["seq"][0].as_py() for b in self.batches]
+
+    def add(self, batch: pa.RecordBatch, first_seq: int) -> None:
+        self.batches.append(batch)
+        self.firsts.append(first_seq)
+        self.count += batch.num_rows
 
     @property
     def first_seq(self) -> int:
-        return self.batches[0]["seq"][0].as_py() if self.batches else -1
+        return self.firsts[0] if self.batches else -1
 
     @property
     def last_seq(self) -> int:
-        return self.batches[-1]["seq"][-1].as_py() if self.batches else -1
+        return self.firsts[-1] + self.batches[-1].num_rows - 1 if self.batches else -1
 
     def event_ids(self) -> list[str]:
         return [i for b in self.batches for i in b.column("event_id").to_pylist()]

@@ -62,7 +62,7 @@ def test_learner_actor_publishes_polls_and_resumes_after_a_kill(ray_cluster, tmp
             self.table = table if self.table is None else pa.concat_tables([self.table, table])
             return self.table.num_rows
 
-        def read(self, since_seq, limit):
+        def read(self, since_seq, limit, types=None, columns=None):  # a superset of those types: allowed
             import pyarrow.compute as pc
 
             return self.table.filter(pc.greater(self.table.column("seq"), since_seq)).slice(0, limit)

@@ -53,7 +53,7 @@ def fake_log_class(ray_cluster):
             self.table = pa.concat_tables([self.table, table])
             return self.table.num_rows
 
-        def read(self, since_seq: int, limit: int) -> pa.Table:
+        def read(self, since_seq: int, limit: int, types=None, columns=None) -> pa.Table:  # all: a superset
             import pyarrow.compute as pc
 
             rows = self.table.filter(pc.greater(self.table.column("seq"), since_seq))

@@ -224,6 +224,42 @@ def test_read_spans_parquet_and_wal(tmp_path, since, limit):
     assert table.schema == STORED_EVENT_SCHEMA
 
 
+@pytest.mark.parametrize("since", [-1, 0, 3, 17, 18, 40, 58, 59])
+@pytest.mark.parametrize("limit", [1, 4, 25, 1000])
+def test_read_finds_its_batch_among_many_small_wal_batches_and_segments(tmp_path, since, limit):
+    """Many one- to three-event appends over several unsealed and sealed WAL segments, and a
+    reopen (the index of batch first seqs rebuilt from disk): every read is the same slice."""
+    with EventLog(tmp_path / "log", segment_max_events=7) as log:
+        i = 0
+        while i < 60:
+            n = 1 + i % 3
+            log.append(batch(i, min(n, 60 - i)))
+            i += n
+        before = log.read(since, limit)
+    with EventLog(tmp_path / "log", segment_max_events=7) as log:
+        after = log.read(since, limit)
+    expected = list(range(since + 1, min(since + 1 + limit, 60)))
+    assert before.column("seq").to_pylist() == expected == after.column("seq").to_pylist()
+    assert after.column("event_id").to_pylist() == [f"ev-{s}" for s in expected]
+
+
+def test_a_follower_reads_only_the_types_and_columns_it_names(tmp_path):
+    with EventLog(tmp_path / "log") as log:
+        kinds = ["play", "impression", "search", "play", "impression", "impression"]
+        log.append([event(i, type=kind, **({"title_id": None} if kind == "search" else {}))
+                    for i, kind in enumerate(kinds)])
+        plays = log.read(-1, 100, types=["play"], columns=["member_id"])
+        assert plays.column_names == ["member_id", "type", "seq"]  # seq and type always come
+        # the plays, and the last row read whatever its type: a follower's seq moves past it
+        assert plays.column("seq").to_pylist() == [0, 3, 5]
+        assert plays.column("type").to_pylist() == ["play", "play", "impression"]
+        assert log.read(0, 2, types=["search"]).column("seq").to_pylist() == [2]  # rows 1-2 read
+        assert log.read(-1, 100, types=["play", "impression", "search"]).equals(log.read(-1, 100))
+        assert log.read(5, 100, types=["play"]).num_rows == 0
+        with pytest.raises(ValueError, match=r"columns: unknown column\(s\) \['memberid'\]"):
+            log.read(-1, 100, columns=["memberid"])
+
+
 def test_read_rejects_a_non_positive_limit(root):
     with EventLog(root) as log, pytest.raises(ValueError, match="limit"):
         log.read(-1, 0)
