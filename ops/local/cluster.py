@@ -111,15 +111,26 @@ def record_head_node(home: Path, node_id: str) -> None:
     (Paths(Path(home)).head_node_id).write_text(node_id)
 
 
-def _kill_leftovers(*markers: str) -> None:
+def _kill_leftovers(*markers: str, timeout_s: float = 10.0) -> None:
     """Ray daemons that outlived `ray start --block` still name our temp dir (or, for Serve's
-    HAProxy, our node id) on their command line."""
+    HAProxy, our node id) on their command line. Scanned until none is left: a process can be
+    born during a scan (HAProxy starts a new process on every reload), and a killed one is
+    waited for, so `marquee down` returns only once they are gone."""
     import psutil
 
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if any(marker in cmdline for marker in markers) and proc.pid != os.getpid():
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(proc.info.get("cmdline") or [])
+            if any(marker in cmdline for marker in markers) and proc.pid != os.getpid():
+                found.append(proc)
+        if not found or time.monotonic() > deadline:
+            return
+        for proc in found:
             try:
                 proc.kill()
             except psutil.Error:
                 pass
+        psutil.wait_procs(found, timeout=1.0)
+        time.sleep(0.2)  # then look again: a reload may have started another
