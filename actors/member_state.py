@@ -13,16 +13,10 @@ import pyarrow as pa
 from actors.named import lazy_remote, start_bound_actor
 from marquee.home import Paths
 from marquee.names import MEMBER_STATE_ACTOR, NAMESPACE
-from marquee.schema import EVENT_TYPES, SERVER_EVENT_TYPES
+from marquee.schema import CLIENT_EVENT_TYPES
 from state.member_state import MemberStateError, MemberStateService, read_titles
 from state.member_state.decode import REQUIRED_COLUMNS
 from state.member_state.views import ContinueWatching, MemberSnapshot  # noqa: F401  (for test_homepage)
-
-
-# What member state reads of the log: every event a member made (the server's own records,
-# decisions and exposures, are most of the log's bytes and nothing a member did) and the columns
-# it applies.
-MEMBER_EVENT_TYPES = [t for t in EVENT_TYPES if t not in SERVER_EVENT_TYPES]
 
 
 class RemoteLogSource:
@@ -57,7 +51,9 @@ class _MemberStateActorImpl(MemberStateService):
     ):
         super().__init__(
             snapshot_dir,
-            RemoteLogSource(log_handle, types=MEMBER_EVENT_TYPES, columns=list(REQUIRED_COLUMNS))
+            # every event a member made (the server's decision records are most of the log's
+            # bytes and nothing a member did), and only the columns member state applies
+            RemoteLogSource(log_handle, types=list(CLIENT_EVENT_TYPES), columns=list(REQUIRED_COLUMNS))
             if log_handle is not None else None,
             read_titles(titles_path) if titles_path is not None else None,
             poll_interval_s=poll_interval_s,

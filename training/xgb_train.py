@@ -348,6 +348,13 @@ def _check_specs(specs: dict[str, TrainSpec]) -> None:
         raise ValueError(f"specs: every model of one run needs the same group column, got {sorted(map(str, groups))}")
 
 
+def _validate_table(table: pa.Table, specs: dict[str, TrainSpec]) -> None:
+    """Every spec's columns present and numeric, and its rows usable (both engines, before any work)."""
+    for spec in specs.values():
+        validate_schema(table.schema, spec)
+        _check_rows(table, spec)
+
+
 def _columns(specs: dict[str, TrainSpec]) -> list[str]:
     """Every column any spec reads, in first-seen order."""
     return list(dict.fromkeys(c for spec in specs.values() for c in spec.columns))
@@ -369,9 +376,7 @@ def train_local_many(table: pa.Table, specs: dict[str, TrainSpec]) -> dict[str, 
         raise TypeError(f"train_local takes a pyarrow.Table, got {type(table).__name__}")
     _check_specs(specs)
     t = time.perf_counter()
-    for spec in specs.values():
-        validate_schema(table.schema, spec)
-        _check_rows(table, spec)
+    _validate_table(table, specs)
     validate_s = time.perf_counter() - t
     nthreads = {spec.params.get("nthread") for spec in specs.values()}
     fitted = _fit_boosters(table, specs, nthread=nthreads.pop() if len(nthreads) == 1 else None)
@@ -466,12 +471,11 @@ def _prepare(data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec], n
     """Validate `data` against every spec and cut it into per-worker shards in the object store."""
     import ray.data
 
+    _check_specs(specs)
     columns, group = _columns(specs), next(iter(specs.values())).group
     t = time.perf_counter()
     if isinstance(data, pa.Table):
-        for spec in specs.values():
-            validate_schema(data.schema, spec)
-            _check_rows(data, spec)
+        _validate_table(data, specs)
         stages = {"validate": time.perf_counter() - t}
         t = time.perf_counter()
         shards = _shard_table(data, columns, group, num_workers)
@@ -619,7 +623,7 @@ class RayTrainRun:
         self._started = time.perf_counter()
         self._stages: dict[str, float] = {}
         self._specs: dict[str, TrainSpec] | None = None
-        self._outcome: tuple | None = None  # (result, boosters, fit_started_at, fit_ended_at, load_s) or error
+        self._outcome: tuple | None = None  # (metrics, boosters, fit_started_at, fit_ended_at, load_s)
         self._error: BaseException | None = None
         self._mailbox = ray.remote(_Mailbox).options(num_cpus=0).remote()
         self._thread = threading.Thread(target=self._fit, name="ray-train-run", daemon=True)
@@ -659,7 +663,6 @@ class RayTrainRun:
         """Hand the run its rows and what to fit on them (validated here, on the caller's thread;
         a refusal calls the run off and raises)."""
         try:
-            _check_specs(specs)
             shards, stages = _prepare(data, specs, self.num_workers)
         except BaseException as exc:
             self.abort(f"its rows were refused: {exc}")
@@ -759,7 +762,6 @@ def train_ray_many(
     The rows are validated and cut before the run starts. `seconds` of each result is the whole run's."""
     start = time.perf_counter()
     _check_scaling(num_workers, cpus_per_worker)
-    _check_specs(specs)
     shards, stages = _prepare(data, specs, num_workers)
     run = RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker)
     run._feed_shards(shards, specs, stages)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from actors.member_state import MEMBER_EVENT_TYPES
 from bandits.rewards import JOINED_TYPES, RewardJoin
-from marquee.schema import decision_event
+from marquee.schema import CLIENT_EVENT_TYPES, decision_event
 from state.eventlog import EventLog
 from state.member_state import MemberState
 from state.member_state.decode import REQUIRED_COLUMNS
@@ -50,7 +49,7 @@ def test_member_state_without_decision_records_is_the_state_of_a_full_read(tmp_p
         full, filtered = MemberState(), MemberState()
         _follow(log.read, full.apply, lambda: full.applied_seq)
         seen = []
-        _follow(lambda since, limit: seen.append(t := log.read(since, limit, types=MEMBER_EVENT_TYPES,
+        _follow(lambda since, limit: seen.append(t := log.read(since, limit, types=list(CLIENT_EVENT_TYPES),
                                                               columns=list(REQUIRED_COLUMNS))) or t,
                 filtered.apply, lambda: filtered.applied_seq)
         assert filtered.applied_seq == full.applied_seq == log.last_seq
