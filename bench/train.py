@@ -169,11 +169,13 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
     """Time `specs` on `table`: plain xgboost fitting them all against one Ray Train run."""
     import ray
 
-    from training.xgb_train import RAY_TRAIN_DEFAULTS, RayTrainRun, predict, train_local_many, train_ray_many
+    from training.ray_train_startup import RAY_TRAIN_DEFAULTS, cluster_environment
+    from training.xgb_train import RayTrainRun, predict, train_local_many, train_ray_many
 
     load_at_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     _progress(f"ray.init(num_cpus={CLUSTER_CPUS})")
     t = time.perf_counter()
+    os.environ.update(cluster_environment())  # as the retrain starts its Ray
     ray.init(num_cpus=CLUSTER_CPUS, include_dashboard=False, log_to_driver=False, configure_logging=False)
     ray_init_s = time.perf_counter() - t
     try:
@@ -186,7 +188,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
         train_ray_many(warm, specs, num_workers=workers, cpus_per_worker=cpus_per_worker)
         warmup_s = time.perf_counter() - t
         _progress(f"warm-up (untimed) {warmup_s:.1f} s")
-        plain, on_ray, prestarted, startups = [], [], [], []
+        plain, on_ray, prestarted, startups, inherited = [], [], [], [], []
         for repeat in range(repeats):  # interleaved, so machine noise hits both engines alike
             local = train_local_many(table, specs)
             plain.append(local)
@@ -203,6 +205,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
             fed = time.perf_counter()
             early.feed(table, specs)
             prestarted.append(early.result(since=fed))
+            inherited.append(early.controller_env_inherited)
             _progress(f"repeat {repeat + 1}/{repeats}: the same, started ahead ({startups[-1]:.1f} s), "
                       f"from the hand-over: {next(iter(prestarted[-1].values())).seconds:.2f} s")
     finally:
@@ -245,6 +248,8 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
         "max_abs_prediction_diff": max_diff,
         "models_identical": max_diff == 0.0,
         "ray_train_settings": {name: os.environ.get(name, value) for name, value in RAY_TRAIN_DEFAULTS.items()},
+        # True: the cluster carried Ray Train's settings, so its controller went without a runtime_env
+        "controller_env_inherited": inherited,
         "load_avg_1m": [round(load_at_start, 2), round(load_at_end, 2)],
     }
 

@@ -15,7 +15,10 @@ def ray_cluster():
     """A local Ray cluster shared by every test that asks for it; shut down at session end."""
     import ray
 
+    from training.ray_train_startup import cluster_environment
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.update(cluster_environment())  # as the retrain starts its Ray (the lean controller)
     if not ray.is_initialized():
         # 4 logical CPUs on this 2-core machine: the session's Serve app keeps ~1 CPU of replicas
         # alive while later tests still schedule Ray Train workers that ask for 2 whole CPUs.

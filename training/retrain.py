@@ -145,6 +145,9 @@ def _start_ray() -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False, configure_logging=False)
     else:
+        from training.ray_train_startup import cluster_environment
+
+        os.environ.update(cluster_environment())  # the raylet and its workers inherit them
         ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
     return True

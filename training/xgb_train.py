@@ -23,36 +23,23 @@ Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md sec
     (`_ray_train_settings`, user-set values win);
   * checkpoints go to a temporary storage_path that is removed once the booster is loaded back.
 
-Where the fixed cost goes (raylet worker-launch log, GCS actor table, per-process CPU; 1 M
-rows, one worker, machine loaded ~3-5 by other work). Each fit starts fresh Python processes,
-one per actor; each costs ~1.2-1.3 CPU-s: ~0.4 s interpreter + `import ray`, ~0.9 s importing
-ray.train (its __init__ imports pandas, fsspec, ray.data). They cannot come from Ray's idle
-pool: the raylet prestarts only num_cpus workers, once, for the first driver, with an empty
-runtime_env, and never refills it; Ray Train gives its controller (and so every actor it
-creates) a runtime_env with env_vars, and a worker that ran a task never hosts an actor.
-  0.0-0.1 s  driver builds the trainer, submits the controller actor
-  0.1-1.5 s  TrainController process: start + import ray (0.6), import ray.train/xgboost (0.8)
-  1.5-3.6 s  PlacementGroupCleaner, SynchronizationActor and RayTrainWorker processes start
-             together (~3.8 CPU-s on 2 cores; the raylet starts at most num_cpus at once)
-  3.6-4.2 s  controller callbacks, rabit tracker, train fn shipped to the worker
-  3.7-4.9 s  DatasetManager process (created only once the workers are up): with Ray Datasets
-             this was the "shard hand-over" -- the worker waited for it, then read its blocks
-             in ~0.06 s. Ray Train still starts it, but the worker no longer waits for it
-  report -> fit() returns: 0.2-0.3 s (poll interval, worker group and placement group teardown)
-Before the watcher was turned off a sixth process (PreemptionWatcher, ~1.1 CPU-s) started at
-~4.5 s, alongside the DMatrix build. In the worker, DMatrix + xgb.train take about as long as
-in the driver (0-0.3 s more). None of these processes can be skipped by a Ray Train setting
-(the cleaner, sync actor and DatasetManager are unconditional in ray 2.60), and neither a
+Where the fixed cost goes: each fit starts fresh Python processes, one per actor, each ~1-3 CPU-s
+(interpreter, `import ray`, ray.train's imports of pandas, fsspec and ray.data): Ray Train's
+controller, then its placement-group cleaner, synchronization actor and training worker together
+(the raylet starts at most num_cpus at once), on a fresh cluster once its autoscaling
+coordinator; then callbacks, the rabit tracker and the train fn shipped to the worker; from the
+report to fit() returning, the poll interval and the worker and placement group teardown.
+`training.ray_train_startup` removes two costs without changing what runs: no DatasetManager
+process (its datasets callback is dropped when the trainer has no datasets, and train_ray gives
+it none), and no runtime_env for the controller when the cluster already carries its settings
+(so it and the actors it creates skip setup_worker.py's second interpreter). The mailbox actor
+lives in that module too, which imports only the standard library, so its process stays light.
+None of the other processes can be skipped by a Ray Train setting in ray 2.60, and neither a
 larger worker_maximum_startup_concurrency nor a longer poll interval shortened the fit.
 
-Measured here, with Ray Datasets as the input (`marquee bench train`: 2 cores, 1 M rows x 30 features, 100 rounds, 1 worker x
-2 CPUs) with the machine shared (1-min load ~3): plain 10.0 s, Ray Train 15.4 s (1.54x). An
-A/B in one window (load 3.5-12): 10.3 vs 15.9 s with these settings, 10.1 vs 15.8 s with the
-watcher back on, so removing it saves CPU (~1.1 CPU-s per fit) but no wall time above this
-noise. The gap, ~5.4 s, is startup 4.2 + shard hand-over 0.9 + teardown 0.2 + DMatrix ~+0.1;
-it does not shrink when the machine is quiet, so the ratio is worse there: earlier, plain 7.5 s
-and Ray Train 12.6 s (1.69x; the naive version took 22.7 s); at 2 M rows 1.38x. For small
-tables train_local is faster.
+The fixed cost does not shrink when the machine is quiet or the table small, so the ratio to
+plain xgboost is worst there (`marquee bench train`, README Benchmarks): a retrain hides it by
+starting the run ahead (`RayTrainRun`); for small tables train_local is faster.
 
 Sharding and ranking: with a ranking objective (rank:ndcg, rank:pairwise, rank:map) every group
 (query) must live whole on one worker, or its pairs are lost and NDCG is computed on fragments.
@@ -85,21 +72,19 @@ from marquee.settings import (
     check_text,
     fail,
 )
+from training.ray_train_startup import (
+    RAY_TRAIN_DEFAULTS,
+    Mailbox,
+    cluster_carries,
+    controller_env_vars,
+    lean_trainer,
+)
 
 if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
     import ray.data
 
 MODEL_FILENAME = "model.ubj"  # same name RayTrainReportCallback uses, so its get_model() works too
 RANKING_OBJECTIVE_PREFIX = "rank:"
-HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # ray.train.v2 constants
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-# Ray Train settings train_ray applies for the duration of a fit unless the user set them (why: see
-# _ray_train_settings). Ray Train reads them in the driver and hands them to its controller and
-# workers through their runtime_env, so they work the same on `ray start` clusters.
-RAY_TRAIN_DEFAULTS = {
-    HEALTH_CHECK_INTERVAL_ENV: "0.1",
-    PREEMPTION_WATCHER_ENV: "0",
-}
 
 
 @dataclass(frozen=True)
@@ -492,34 +477,6 @@ def _prepare(data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec], n
     return shards, stages
 
 
-class _Mailbox:
-    """Where a started run's workers wait for their rows: one parcel, put once, taken by every
-    worker ({"specs", "shards"} or {"abort": why}). An async actor, so takers wait without a thread."""
-
-    def __init__(self) -> None:
-        import asyncio
-
-        self._parcel: dict | None = None
-        self._ready = asyncio.Event()
-        self._waiting = 0
-
-    async def put(self, parcel: dict) -> None:
-        if self._parcel is None:
-            self._parcel = parcel
-            self._ready.set()
-
-    async def take(self) -> dict:
-        self._waiting += 1
-        try:
-            await self._ready.wait()
-        finally:
-            self._waiting -= 1
-        return self._parcel  # type: ignore[return-value]
-
-    async def waiting(self) -> int:
-        return self._waiting
-
-
 @contextmanager
 def _ray_train_settings(defaults: dict[str, str] = RAY_TRAIN_DEFAULTS):
     """Set Ray Train's env-var settings for one fit; a value the user already set wins.
@@ -625,27 +582,32 @@ class RayTrainRun:
         self._specs: dict[str, TrainSpec] | None = None
         self._outcome: tuple | None = None  # (metrics, boosters, fit_started_at, fit_ended_at, load_s)
         self._error: BaseException | None = None
-        self._mailbox = ray.remote(_Mailbox).options(num_cpus=0).remote()
+        self._mailbox = ray.remote(Mailbox).options(num_cpus=0).remote()
+        self.controller_env_inherited: bool | None = None  # known once the run has started
         self._thread = threading.Thread(target=self._fit, name="ray-train-run", daemon=True)
         self._thread.start()
 
     def _fit(self) -> None:
+        import ray
         import ray.train
         from ray.train.xgboost import XGBoostTrainer
 
         try:
-            with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage:
-                trainer = XGBoostTrainer(
+            with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage, _ray_train_settings():
+                fit_started_at = time.time()
+                wanted = controller_env_vars()
+                seen = ray.get(self._mailbox.environment.remote(sorted(wanted)))
+                self.controller_env_inherited = cluster_carries(wanted, seen)
+                trainer = lean_trainer(XGBoostTrainer)(
                     _train_loop_per_worker,
                     train_loop_config={"mailbox": self._mailbox, "nthread": self.cpus_per_worker},
                     scaling_config=ray.train.ScalingConfig(
                         num_workers=self.num_workers, use_gpu=False,
                         resources_per_worker={"CPU": self.cpus_per_worker}),
                     run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
+                    controller_env_inherited=self.controller_env_inherited,
                 )
-                fit_started_at = time.time()
-                with _ray_train_settings():
-                    result = trainer.fit()
+                result = trainer.fit()
                 fit_ended_at = time.time()
                 t = time.perf_counter()
                 if result.checkpoint is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from marquee.home import SERVE_ENV, ClusterError, LocalCluster, Paths, auth_env
 from ops.local.ports import free_ports
+from training.ray_train_startup import cluster_environment
 
 
 # Every port Ray would otherwise take by default (52365 for the job agent, 10001 for the client
@@ -50,7 +51,7 @@ def start_head(home: Path, *, num_cpus: int | None = None, timeout_s: float = 60
     log = open(Paths(home).head_log, "ab")
     # Serve's throughput profile and its HAProxy ingress (measured: 69 -> 128 pages/s at 8
     # clients); HAProxy's stats and metrics ports default to fixed ones: pick free ones.
-    env = {**SERVE_ENV, "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
+    env = {**SERVE_ENV, **cluster_environment(), "RAY_SERVE_HAPROXY_STATS_PORT": str(stats_port),
            "RAY_SERVE_HAPROXY_METRICS_PORT": str(metrics_port), **os.environ, **auth_env(home)}
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     cluster = LocalCluster(

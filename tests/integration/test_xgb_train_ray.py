@@ -151,6 +151,35 @@ def test_a_run_started_before_its_rows_exist_fits_them_once_fed(ray_cluster):
         run.feed(table, {"model": spec})
 
 
+def _dataset_managers() -> int:
+    """DatasetManager actors this session has created so far (GCS actor table, dead ones too)."""
+    return sum(actor["ActorClassName"] == "DatasetManager" for actor in ray._private.state.actors().values())
+
+
+@pytest.mark.parametrize("cluster_has_the_setting", [True, False])
+def test_the_lean_run_skips_the_dataset_manager_and_the_controllers_runtime_env_only_when_safe(
+        ray_cluster, monkeypatch, cluster_has_the_setting):
+    """The shared cluster was started with cluster_environment(), so the controller needs no
+    runtime_env; a setting the cluster does not carry (the driver asks for another health-check
+    interval) keeps Ray Train's own path. Either way the run starts no DatasetManager and the
+    model is the local one."""
+    from training.ray_train_startup import HEALTH_CHECK_INTERVAL_ENV
+    from training.xgb_train import RayTrainRun
+
+    if not cluster_has_the_setting:
+        monkeypatch.setenv(HEALTH_CHECK_INTERVAL_ENV, "0.2")
+    managers_before = _dataset_managers()
+    table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
+        "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
+    run = RayTrainRun(num_workers=1, cpus_per_worker=1)
+    run.feed(table, {"model": spec})
+    result = run.result()["model"]
+    assert run.controller_env_inherited is cluster_has_the_setting
+    assert _dataset_managers() == managers_before
+    np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
+                                  predict(train_local(table, spec).booster, table, FEATURES))
+
+
 def test_a_run_fed_bad_rows_is_called_off_and_says_why(ray_cluster):
     from training.xgb_train import RayTrainRun
 

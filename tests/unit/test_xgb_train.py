@@ -194,7 +194,8 @@ def test_shard_bounds_cut_on_group_boundaries():
 
 
 def test_ray_train_settings_apply_for_one_fit_and_never_override_the_user(monkeypatch):
-    from training.xgb_train import HEALTH_CHECK_INTERVAL_ENV, PREEMPTION_WATCHER_ENV, _ray_train_settings
+    from training.ray_train_startup import HEALTH_CHECK_INTERVAL_ENV, PREEMPTION_WATCHER_ENV
+    from training.xgb_train import _ray_train_settings
 
     monkeypatch.delenv(PREEMPTION_WATCHER_ENV, raising=False)
     monkeypatch.setenv(HEALTH_CHECK_INTERVAL_ENV, "3")  # the user's choice
