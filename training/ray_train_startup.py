@@ -66,7 +66,8 @@ def cluster_carries(wanted: dict[str, str], seen: dict[str, str | None]) -> bool
 
 class Mailbox:
     """Where a started run's workers wait for their rows: one parcel, put once, taken by every
-    worker ({"specs", "shards"} or {"abort": why}). An async actor, so takers wait without a thread.
+    worker ({"specs", "shards"} or {"abort": why}), and where worker 0 delivers the fitted models
+    back ({"boosters", "metrics"}). An async actor, so takers wait without a thread.
     It also tells the driver which env vars the cluster's plain workers see (`environment`)."""
 
     def __init__(self) -> None:
@@ -75,6 +76,8 @@ class Mailbox:
         self._parcel: dict | None = None
         self._ready = asyncio.Event()
         self._waiting = 0
+        self._delivered: dict | None = None
+        self._arrived = asyncio.Event()
 
     async def put(self, parcel: dict) -> None:
         if self._parcel is None:
@@ -91,6 +94,16 @@ class Mailbox:
 
     async def waiting(self) -> int:
         return self._waiting
+
+    async def deliver(self, parcel: dict) -> None:
+        """Worker 0's models and metrics, the moment they are fitted (the first delivery wins)."""
+        if self._delivered is None:
+            self._delivered = parcel
+            self._arrived.set()
+
+    async def delivery(self) -> dict:
+        await self._arrived.wait()
+        return self._delivered  # type: ignore[return-value]
 
     async def environment(self, names: list[str]) -> dict[str, str | None]:
         return {name: os.environ.get(name) for name in names}

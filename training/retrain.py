@@ -129,6 +129,9 @@ class RayStart:
         if self.started_here:
             import ray
 
+            from training.xgb_train import close_runs
+
+            close_runs()  # a ranker run hands its models back before Ray Train has torn down
             ray.shutdown()
         self._done.set()
         self._thread.join()

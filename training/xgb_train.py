@@ -10,7 +10,10 @@ cost below is paid once per retrain; `train_local_many` does the same in this pr
 
 Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md section 4):
   * no per-iteration RayTrainReportCallback: each report is a round trip and made xgb.train 25x
-    slower; the worker reports ONCE at the end, with a checkpoint holding the model;
+    slower; the worker reports ONCE at the end (its metrics, no checkpoint);
+  * the models come back as UBJSON bytes through the same mailbox actor the moment worker 0 has
+    fitted them, so the caller does not wait for Ray Train's report, poll and teardown (~1 s
+    here), which finish on the run's thread (`RayTrainRun.close`, `close_runs`);
   * the data reaches the worker as Arrow tables in the object store (no pandas, no Ray Dataset):
     the driver puts one contiguous shard per worker and hands the refs over through a mailbox
     actor; the worker reads them zero-copy and feeds the Arrow table straight into a
@@ -21,7 +24,7 @@ Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md sec
   * xgboost's nthread is set to the worker's CPUs;
   * Ray Train's controller polls every 0.1 s and its preemption watcher is off
     (`_ray_train_settings`, user-set values win);
-  * checkpoints go to a temporary storage_path that is removed once the booster is loaded back.
+  * the run's storage_path is a temporary directory, removed when the run ends.
 
 Where the fixed cost goes: each fit starts fresh Python processes, one per actor, each ~1-3 CPU-s
 (interpreter, `import ray`, ray.train's imports of pandas, fsspec and ray.data): Ray Train's
@@ -50,9 +53,11 @@ gives each worker its own shard (rank i reads shards[i]). With one worker this i
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +88,7 @@ from training.ray_train_startup import (
 if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
     import ray.data
 
-MODEL_FILENAME = "model.ubj"  # same name RayTrainReportCallback uses, so its get_model() works too
+DEFAULT_MODEL_NAME = "model"  # train_ray's one model
 RANKING_OBJECTIVE_PREFIX = "rank:"
 
 
@@ -531,26 +536,18 @@ def _train_loop_per_worker(config: dict) -> None:
     fitted = _fit_boosters(table, specs, nthread=nthread)
 
     t = time.perf_counter()
-    checkpoint = None
-    with tempfile.TemporaryDirectory(prefix="marquee-xgb-ckpt-") as tmp:
-        if rank == 0:
-            for name, (booster, _, _) in fitted.items():
-                booster.save_model(str(Path(tmp) / _model_file(name)))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        shared["checkpoint_save"] = time.perf_counter() - t
-        metrics = {
-            "stages": shared,
-            "models": {name: {"stages": stages, "evals": evals} for name, (_, evals, stages) in fitted.items()},
-            "rows": table.num_rows,
-            "started_at": started_at,
-            "reporting_at": time.time(),
-        }
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-
-def _model_file(name: str) -> str:
-    """The checkpoint file of one model ('model' -> model.ubj, RayTrainReportCallback's name)."""
-    return f"{name}.ubj"
+    metrics = {
+        "stages": shared,
+        "models": {name: {"stages": stages, "evals": evals} for name, (_, evals, stages) in fitted.items()},
+        "rows": table.num_rows,
+        "started_at": started_at,
+    }
+    if rank == 0:  # the models go straight back; Ray Train's report and teardown follow unwaited
+        boosters = {name: bytes(booster.save_raw("ubj")) for name, (booster, _, _) in fitted.items()}
+        shared["hand_back"] = time.perf_counter() - t
+        metrics["delivered_at"] = time.time()
+        ray.get(config["mailbox"].deliver.remote({"boosters": boosters, "metrics": metrics}))
+    ray.train.report({"rows": table.num_rows})
 
 
 def _check_scaling(num_workers: int, cpus_per_worker: int) -> None:
@@ -561,14 +558,19 @@ def _check_scaling(num_workers: int, cpus_per_worker: int) -> None:
 
 
 class RayTrainRun:
-    """One XGBoostTrainer run, started before its rows exist.
+    """One XGBoostTrainer run, started before its rows exist, returning its models before Ray
+    Train has torn down.
 
-    Why: Ray Train's fixed start-up (fresh processes for its controller and workers, ~8-9 s on
-    two loaded cores, see the module docstring) does not depend on the rows, so a retrain starts
-    the run first and builds the ranker's rows meanwhile; `feed` hands the rows over (the workers
-    wait at a mailbox actor), `result` waits for the boosters. `abort` calls an unfed run off.
-    The rows travel as Arrow tables in the object store, not as Ray Datasets: a Dataset's shard
-    hand-over waits for Ray Train's DatasetManager process (~1.2 s here), an ObjectRef does not."""
+    Why: Ray Train's fixed start-up (fresh processes for its controller and workers, see the
+    module docstring) does not depend on the rows, so a retrain starts the run first and builds
+    the ranker's rows meanwhile; `feed` hands the rows over (the workers wait at a mailbox actor),
+    `result` waits for the boosters. The rows travel as Arrow tables in the object store, not as
+    Ray Datasets: a Dataset's shard hand-over waits for Ray Train's DatasetManager process, an
+    ObjectRef does not. The models come back the same way: worker 0 delivers them to the mailbox
+    as soon as they are fitted, so `result` does not wait for Ray Train's report, poll interval
+    and worker-group teardown (~1 s here), which go on on the run's thread; `close` (or leaving
+    a `with` block, or `close_runs()` before ray.shutdown) waits for them. `abort` calls an unfed
+    run off."""
 
     def __init__(self, *, num_workers: int = 1, cpus_per_worker: int = 2) -> None:
         import threading
@@ -580,12 +582,23 @@ class RayTrainRun:
         self._started = time.perf_counter()
         self._stages: dict[str, float] = {}
         self._specs: dict[str, TrainSpec] | None = None
-        self._outcome: tuple | None = None  # (metrics, boosters, fit_started_at, fit_ended_at, load_s)
+        self._fit_started_at: float | None = None
+        self._fit_ended_at: float | None = None
         self._error: BaseException | None = None
         self._mailbox = ray.remote(Mailbox).options(num_cpus=0).remote()
+        self._delivery = self._mailbox.delivery.remote()
         self.controller_env_inherited: bool | None = None  # known once the run has started
+        self.teardown_s: float | None = None  # from the models' delivery to Ray Train's end, once closed
+        self._delivered_at: float | None = None
         self._thread = threading.Thread(target=self._fit, name="ray-train-run", daemon=True)
+        _remember(self)
         self._thread.start()
+
+    def __enter__(self) -> "RayTrainRun":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _fit(self) -> None:
         import ray
@@ -594,7 +607,7 @@ class RayTrainRun:
 
         try:
             with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage, _ray_train_settings():
-                fit_started_at = time.time()
+                self._fit_started_at = time.time()
                 wanted = controller_env_vars()
                 seen = ray.get(self._mailbox.environment.remote(sorted(wanted)))
                 self.controller_env_inherited = cluster_carries(wanted, seen)
@@ -607,18 +620,9 @@ class RayTrainRun:
                     run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
                     controller_env_inherited=self.controller_env_inherited,
                 )
-                result = trainer.fit()
-                fit_ended_at = time.time()
-                t = time.perf_counter()
-                if result.checkpoint is None:
-                    raise RuntimeError("Ray Train finished without a checkpoint: the worker did not report its model")
-                boosters = {}
-                with result.checkpoint.as_directory() as path:
-                    for name in result.metrics["models"]:
-                        boosters[name] = xgboost.Booster()
-                        boosters[name].load_model(str(Path(path) / _model_file(name)))
-                self._outcome = (result.metrics, boosters, fit_started_at, fit_ended_at, time.perf_counter() - t)
-        except BaseException as exc:  # re-raised by result(), on the caller's thread
+                trainer.fit()
+                self._fit_ended_at = time.time()
+        except BaseException as exc:  # re-raised by result() if no models came, on the caller's thread
             self._error = exc
 
     def feed(self, data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec]) -> None:
@@ -661,39 +665,83 @@ class RayTrainRun:
             ray.get(self._mailbox.put.remote({"abort": why}))
         except Exception:  # the mailbox is gone: the run has ended anyway
             pass
-        self._thread.join()
-        self._release()
+        self.close()
 
-    def _release(self) -> None:
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Wait for Ray Train to finish tearing the run down (idempotent)."""
+        self._thread.join(timeout_s)
+        _kill_quietly(self._mailbox)
+        _OPEN_RUNS.discard(self)
+        if self._delivered_at is not None and self._fit_ended_at is not None and self.teardown_s is None:
+            self.teardown_s = max(0.0, self._fit_ended_at - self._delivered_at)
+
+    def _wait_for_delivery(self) -> dict:
         import ray
 
-        try:
-            ray.kill(self._mailbox)
-        except Exception:
-            pass
+        while True:
+            ready, _ = ray.wait([self._delivery], timeout=0.05)
+            if ready:
+                return ray.get(self._delivery)
+            if not self._thread.is_alive():
+                self._thread.join()
+                raise self._error or RuntimeError(
+                    "Ray Train finished without the models: worker 0 did not deliver them")
 
     def result(self, since: float | None = None) -> dict[str, TrainResult]:
-        """Wait for the run; one TrainResult per spec. `seconds` counts from `since` (default:
-        when the run was started) and is the whole run's for every model."""
+        """Wait for the models; one TrainResult per spec. `seconds` counts from `since` (default:
+        when the run was started) to the models' arrival, and is the whole run's for every model."""
         if self._specs is None:
             raise RuntimeError("feed the training run its rows before waiting for its result")
-        self._thread.join()
-        self._release()
-        if self._error is not None:
-            raise self._error
-        metrics, boosters, fit_started_at, fit_ended_at, load_s = self._outcome  # type: ignore[misc]
+        parcel = self._wait_for_delivery()
+        received_at = time.time()
+        _kill_quietly(self._mailbox)  # every worker has taken its rows and worker 0 delivered
+        t = time.perf_counter()
+        boosters = {}
+        for name, raw in parcel["boosters"].items():
+            boosters[name] = xgboost.Booster()
+            boosters[name].load_model(bytearray(raw))
+        metrics = parcel["metrics"]
+        self._delivered_at = metrics["delivered_at"]
         stages = dict(self._stages)
         # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
-        stages["startup"] = max(0.0, metrics["started_at"] - fit_started_at)
+        stages["startup"] = max(0.0, metrics["started_at"] - self._fit_started_at)
         stages.update({name: float(seconds) for name, seconds in metrics["stages"].items()})
-        stages["report_and_teardown"] = max(0.0, fit_ended_at - metrics["reporting_at"])
-        stages["fit"] = fit_ended_at - fit_started_at
-        stages["load_model"] = load_s
+        stages["delivery"] = max(0.0, received_at - metrics["delivered_at"])
+        stages["fit"] = received_at - self._fit_started_at
+        stages["load_model"] = time.perf_counter() - t
         seconds = time.perf_counter() - (self._started if since is None else since)
         return {name: TrainResult(boosters[name], seconds,
                                   {**stages, **{k: float(v) for k, v in metrics["models"][name]["stages"].items()}},
                                   "ray_train", metrics["models"][name]["evals"])
                 for name in self._specs}
+
+
+_OPEN_RUNS: "weakref.WeakSet[RayTrainRun]" = weakref.WeakSet()
+
+
+def _remember(run: RayTrainRun) -> None:
+    """Track a run until closed; at exit, close the rest before Ray's own atexit shutdown (atexit
+    runs last-registered first, and ray registered its hook when it was imported)."""
+    if not _OPEN_RUNS and not getattr(_remember, "hooked", False):
+        atexit.register(close_runs)
+        _remember.hooked = True  # type: ignore[attr-defined]
+    _OPEN_RUNS.add(run)
+
+
+def close_runs(timeout_s: float = 120.0) -> None:
+    """Wait for every run whose models came back to finish tearing down: call before
+    ray.shutdown, so a run's processes are not cut off mid-teardown."""
+    for run in list(_OPEN_RUNS):
+        run.close(timeout_s)
+
+
+def _kill_quietly(actor) -> None:
+    import ray
+
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone, or Ray shut down
+        pass
 
 
 def train_ray(
@@ -707,7 +755,7 @@ def train_ray(
     A pyarrow Table is projected to the training columns and cut into one contiguous shard per
     worker (groups whole); a lazy Dataset is materialized on the driver first, then cut the same
     way. Call ray.init first (or Ray starts a local cluster on its own)."""
-    name = Path(MODEL_FILENAME).stem
+    name = DEFAULT_MODEL_NAME
     return train_ray_many(data, {name: spec}, num_workers=num_workers, cpus_per_worker=cpus_per_worker)[name]
 
 
@@ -725,9 +773,9 @@ def train_ray_many(
     start = time.perf_counter()
     _check_scaling(num_workers, cpus_per_worker)
     shards, stages = _prepare(data, specs, num_workers)
-    run = RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker)
-    run._feed_shards(shards, specs, stages)
-    return run.result(since=start)
+    with RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker) as run:
+        run._feed_shards(shards, specs, stages)
+        return run.result(since=start)
 
 
 def predict(booster: xgboost.Booster, table: pa.Table, features: list[str]) -> np.ndarray:

@@ -46,7 +46,7 @@ def test_one_worker_matches_train_local(ray_cluster):
     assert np.corrcoef(local_scores, ray_scores)[0, 1] > 0.99
     np.testing.assert_allclose(ray_scores, local_scores, atol=1e-5)  # same rows, split, params: same model
     assert remote.evals["eval"]["auc"] == pytest.approx(local.evals["eval"]["auc"])
-    assert {"startup", "ingest", "dmatrix", "train", "checkpoint_save", "load_model"} <= set(remote.stages)
+    assert {"startup", "ingest", "dmatrix", "train", "hand_back", "delivery", "load_model"} <= set(remote.stages)
     assert all(seconds >= 0 for seconds in remote.stages.values())
 
 
@@ -149,6 +149,26 @@ def test_a_run_started_before_its_rows_exist_fits_them_once_fed(ray_cluster):
     assert result.stages["waiting_for_rows"] >= 0.3 and result.seconds >= ahead + 0.3
     with pytest.raises(RuntimeError, match="already fed"):
         run.feed(table, {"model": spec})
+    run.close()
+
+
+def test_the_models_come_back_before_ray_train_has_torn_down(ray_cluster):
+    """result() returns when worker 0 delivers the models; Ray Train's report and teardown go on
+    on the run's thread until close (or close_runs, as the retrain calls before ray.shutdown)."""
+    from training.xgb_train import _OPEN_RUNS, RayTrainRun, close_runs
+
+    table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
+        "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
+    run = RayTrainRun(num_workers=1, cpus_per_worker=1)
+    run.feed(table, {"model": spec})
+    result = run.result()["model"]
+    assert run.teardown_s is None and run in _OPEN_RUNS  # not waited for yet
+    close_runs()
+    assert not run._thread.is_alive() and run not in _OPEN_RUNS
+    assert run.teardown_s > 0  # the report and teardown the caller did not wait for
+    assert result.stages["fit"] < run._fit_ended_at - run._fit_started_at
+    np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
+                                  predict(train_local(table, spec).booster, table, FEATURES))
 
 
 def _dataset_managers() -> int:
@@ -171,9 +191,9 @@ def test_the_lean_run_skips_the_dataset_manager_and_the_controllers_runtime_env_
     managers_before = _dataset_managers()
     table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
         "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
-    run = RayTrainRun(num_workers=1, cpus_per_worker=1)
-    run.feed(table, {"model": spec})
-    result = run.result()["model"]
+    with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
+        run.feed(table, {"model": spec})
+        result = run.result()["model"]
     assert run.controller_env_inherited is cluster_has_the_setting
     assert _dataset_managers() == managers_before
     np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
