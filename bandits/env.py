@@ -19,7 +19,14 @@ impressions and plays per artwork theme. Then, per step, one impression:
 The observation is the context of bandits.context (what the policy may see), padded to the
 catalog's widest title with a mask; the action is the arm index; the reward is 1 for a play. The
 true probabilities ride in `info` (for the oracle and regret only). One step is one episode.
-`reset(seed=s)` restores the session stream, so identical seeds give identical episodes.
+
+The history is live (`MemberHistory`), as it is in serving, where the learner publishes the
+members' theme counts with every version and member state follows their plays: each impression
+shown and each play it earns is added to the member's counts (`observe`), so a member's context
+carries what the policy showed them and what they did. What is drawn (who, which title, where)
+never depends on the history, so every policy on a seed still meets the same impressions.
+`reset(seed=s)` restores the session stream and the past's history, so identical seeds give
+identical episodes.
 """
 
 from __future__ import annotations
@@ -78,6 +85,30 @@ class Impressions:
         return self.probabilities.max(axis=1)
 
 
+@dataclass
+class MemberHistory:
+    """Per member, what a feature store counts from the log: plays per genre, homepage
+    impressions and plays per artwork theme. `observe` adds impressions as they happen."""
+
+    genre_plays: np.ndarray  # (members, N_GENRES)
+    theme_impressions: np.ndarray  # (members, N_THEMES)
+    theme_plays: np.ndarray  # (members, N_THEMES)
+
+    def copy(self) -> "MemberHistory":
+        return MemberHistory(self.genre_plays.copy(), self.theme_impressions.copy(), self.theme_plays.copy())
+
+    def observe(self, shown: "Impressions", arm: np.ndarray, reward: np.ndarray, title_genres: np.ndarray) -> None:
+        """Count each impression under its shown arm's theme, and its play if it earned one
+        (a padded arm is never shown, so it counts nothing)."""
+        arm = np.asarray(arm, np.int64)
+        theme = shown.arm_class[np.arange(arm.size), arm]
+        shown_ok = theme >= 0
+        played = shown_ok & (np.asarray(reward) > 0)
+        np.add.at(self.theme_impressions, (shown.member[shown_ok], theme[shown_ok]), 1.0)
+        np.add.at(self.theme_plays, (shown.member[played], theme[played]), 1.0)
+        np.add.at(self.genre_plays, shown.member[played], title_genres[shown.title[played]])
+
+
 class SessionStream:
     """The world's sessions after the past, day by day, in time order, drawn from one Generator
     (which `ArtworkWorld.impressions` also draws titles and positions from): the same seed and
@@ -114,6 +145,7 @@ class ArtworkWorld:
         self.simulator = Simulator(cat, mem, behaviour, seed, start, days)
         self.everyone = np.arange(mem.n)
         self._count_history()
+        self.past = MemberHistory(self.genre_plays, self.theme_impressions, self.theme_plays)
 
         self.max_arms = int(cat.art_count.max())
         slots = np.arange(self.max_arms)[None, :]
@@ -156,17 +188,22 @@ class ArtworkWorld:
     def stream(self, rng: np.random.Generator) -> SessionStream:
         return SessionStream(self, rng)
 
-    def impressions(self, n: int, stream: SessionStream) -> Impressions:
-        """The next n impressions of the stream (its Generator draws titles and positions too)."""
+    def history(self) -> MemberHistory:
+        """A fresh live history, starting from the simulated past."""
+        return self.past.copy()
+
+    def impressions(self, n: int, stream: SessionStream, history: MemberHistory | None = None) -> Impressions:
+        """The next n impressions of the stream (its Generator draws titles and positions too),
+        in the context of `history` (default: the simulated past alone)."""
         rng = stream.rng
+        h = self.past if history is None else history
         who, device, hour = stream.take(n)
         title = np.argmax(self.title_logit[who] + gumbel(rng, (n, self.catalog.n)), axis=1)
         position = rng.integers(0, MAX_POSITIONS, n)
         row = rng.integers(0, MAX_ROWS, n)
         themes = self.arm_themes[title]
         mask = themes >= 0
-        member_vec = member_vectors(self.genre_plays[who], self.theme_impressions[who],
-                                    self.theme_plays[who], device, hour)
+        member_vec = member_vectors(h.genre_plays[who], h.theme_impressions[who], h.theme_plays[who], device, hour)
         features, _ = page_features(member_vec, themes, self.title_genres[title])
         m = self.members
         match = np.einsum("nd,nd->n", m.taste[who], self.catalog.vec[title])
@@ -196,6 +233,7 @@ class ArtworkEnv(gym.Env):
         })
         self.action_space = spaces.Discrete(width)
         self._stream: SessionStream | None = None
+        self._history: MemberHistory | None = None
         self._current: Impressions | None = None
 
     def _observe(self) -> tuple[dict, dict]:
@@ -210,7 +248,8 @@ class ArtworkEnv(gym.Env):
         super().reset(seed=seed)
         if seed is not None or self._stream is None:
             self._stream = self.world.stream(self.np_random)
-        self._current = self.world.impressions(1, self._stream)
+            self._history = self.world.history()
+        self._current = self.world.impressions(1, self._stream, self._history)
         return self._observe()
 
     def step(self, action):
@@ -220,6 +259,7 @@ class ArtworkEnv(gym.Env):
         p = self._current.probabilities[0]
         valid = bool(self._current.mask[0, action])
         reward = float(valid and self.np_random.random() < p[action])
+        self._history.observe(self._current, np.array([action]), np.array([reward]), self.world.title_genres)
         _, info = self._observe()
         info.update(valid_action=valid, regret=float(p.max() - p[action]))
         obs, _ = self._observe()

@@ -9,6 +9,9 @@ Protocol (fixed, so numbers compare):
     batch is a page of different members) and learn from that batch's rewards before the next,
     as the nearline learner will; a policy's choices within a batch all use the same state, so
     this is exactly "update every `--batch` steps";
+  * the members' histories are live (bandits.env.MemberHistory): each batch's impressions and
+    plays join their counts before the next batch, as the learner's published counts do in
+    serving; every policy starts from the same simulated past;
   * regret is expected (pseudo-)regret, sum over steps of p(best arm) - p(chosen arm), with the
     true probabilities from the environment (never shown to a policy);
   * hyperparameters are tuned on `--tuning-seeds` seeds disjoint from the reported ones (1000+i
@@ -132,15 +135,17 @@ def learn_online(world: ArtworkWorld, policy: Policy, steps: int, batch: int, se
     stream = world.stream(np.random.default_rng([seed, 11]))
     reward_draws = np.random.default_rng([seed, 12])
     policy_draws = np.random.default_rng([seed, 13])
+    history = world.history()  # live: what this policy shows and earns joins the members' counts
     regret = 0.0
     rows = np.arange(batch)
     for _ in range(steps // batch):
-        shown = world.impressions(batch, stream)
+        shown = world.impressions(batch, stream, history)
         arm, _ = policy.choose(PageContext(shown.features, shown.mask, shown.arm_class), policy_draws)
         p = shown.probabilities[rows, arm]
         regret += float((shown.best - p).sum())
         reward = (reward_draws.random(batch) < p).astype(np.float64)
         policy.update(Feedback(shown.features[rows, arm], shown.arm_class[rows, arm], reward))
+        history.observe(shown, arm, reward, world.title_genres)
     return regret
 
 

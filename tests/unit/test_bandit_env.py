@@ -174,3 +174,40 @@ def test_theme_history_without_history_is_neutral_and_lift_divides_exposure_out(
 def test_bad_context_inputs_raise_naming_the_field(call, field):
     with pytest.raises(ValueError, match=f"^{field}"):
         call()
+
+
+def test_the_history_is_live_and_what_is_drawn_does_not_depend_on_it(world):
+    """An impression and its play join the member's counts under the shown arm's theme (as the
+    learner's published counts do in serving); the past itself is never changed, and the same
+    stream draws the same members and titles whatever the history holds."""
+    past_impressions = world.theme_impressions.copy()
+    history = world.history()
+    shown = world.impressions(200, world.stream(np.random.default_rng(5)), history)
+    arm = np.zeros(200, dtype=np.int64)
+    reward = (np.arange(200) % 3 == 0).astype(np.float64)
+    history.observe(shown, arm, reward, world.title_genres)
+
+    theme = shown.arm_class[:, 0]
+    expected = world.theme_impressions.copy()
+    np.add.at(expected, (shown.member, theme), 1.0)
+    np.testing.assert_array_equal(history.theme_impressions, expected)
+    plays = world.theme_plays.copy()
+    np.add.at(plays, (shown.member[reward > 0], theme[reward > 0]), 1.0)
+    np.testing.assert_array_equal(history.theme_plays, plays)
+    assert history.genre_plays.sum() == world.genre_plays.sum() + world.title_genres[shown.title[reward > 0]].sum()
+    np.testing.assert_array_equal(world.theme_impressions, past_impressions)  # the past is a copy
+
+    again = world.impressions(200, world.stream(np.random.default_rng(5)), history)
+    assert np.array_equal(again.member, shown.member) and np.array_equal(again.title, shown.title)
+    assert not np.array_equal(again.features, shown.features)  # the context moved with the history
+
+
+def test_the_env_counts_its_steps_and_reset_with_a_seed_starts_from_the_past(world):
+    env = ArtworkEnv(world=world)
+    env.reset(seed=4)
+    for _ in range(40):
+        env.step(0)
+        env.reset()
+    assert env._history.theme_impressions.sum() == world.theme_impressions.sum() + 40
+    env.reset(seed=4)
+    np.testing.assert_array_equal(env._history.theme_impressions, world.theme_impressions)
