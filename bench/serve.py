@@ -6,7 +6,8 @@ Two baselines (deployments/inprocess.py), both up for the whole run:
   * fair: as many uvicorn worker processes as the profile has gateway replicas, each building its
     own service, the GC frozen after start-up, and the replica's admission rule (the profile's
     max_ongoing_requests at once, max_queued_requests waiting, 503 + Retry-After beyond) - all
-    read from the profile in deployments/app.py;
+    read from the profile in deployments/app.py - and the scheduling niceness of Serve's replicas
+    (Ray starts its workers at 15; read off a replica's pid from /healthz);
   * one_process: one uvicorn process, no admission limit, the GC as Python leaves it (the old
     baseline, not like for like: kept to show what the process count alone does).
 
@@ -98,7 +99,7 @@ def cli_main(args: argparse.Namespace) -> int:
     return emit(result, args.json)
 
 
-def baseline_specs(profile: str, home: str) -> dict:
+def baseline_specs(profile: str, home: str, niceness: int | None = None) -> dict:
     """The baselines' WorkerSpecs. `fair` takes the gateway's replica count, admission limit,
     queue bound and backpressure answer from the profile in deployments/app.py."""
     from deployments.app import PROFILES
@@ -115,7 +116,7 @@ def baseline_specs(profile: str, home: str) -> dict:
                       max_ongoing=int(gateway.get("max_ongoing_requests", 5)),  # Serve's default: 5
                       max_queued=int(gateway.get("max_queued_requests", -1)),
                       retry_after_s=backpressure.get("retry_after_s"),
-                      status_code=int(backpressure.get("status_code", 503)), freeze_gc=True)
+                      status_code=int(backpressure.get("status_code", 503)), freeze_gc=True, niceness=niceness)
     return {"fair": fair, "one_process": WorkerSpec(home=home)}
 
 
@@ -148,11 +149,11 @@ def run(args: argparse.Namespace, levels: list[int], baselines: list[str]) -> di
     try:
         _progress(f"bringing up Marquee (home {paths.home}, profile {args.profile}, port {port})")
         system = up.bring_up(paths, data=args.data, port=port, profile=args.profile)
-        # after bring_up: deployments.app imports Ray, which must first see the home's auth settings
-        specs = {name: spec for name, spec in baseline_specs(args.profile, str(paths.home)).items()
-                 if name in baselines}
         urls: dict[str, str | None] = {"serve": system["url"].rstrip("/")}
-        wait_healthy(urls["serve"], args.ready_timeout)
+        replica_niceness = _niceness_of(wait_healthy(urls["serve"], args.ready_timeout))
+        # after bring_up: deployments.app imports Ray, which must first see the home's auth settings
+        specs = {name: spec for name, spec in baseline_specs(args.profile, str(paths.home), replica_niceness).items()
+                 if name in baselines}
         for name, spec in specs.items():
             base_port = free_port()
             _progress(f"starting the {name} baseline: {spec.workers} uvicorn process(es) on port {base_port}")
@@ -374,10 +375,20 @@ def build_result(rows: list[dict], args: argparse.Namespace, specs: dict, *, set
     }
 
 
-def wait_healthy(base: str, timeout_s: float, process=None, processes: int = 1, interval_s: float = 0.25) -> None:
+def _niceness_of(pids: set) -> int | None:
+    """The scheduling niceness of a Serve replica answering on this host (None if unknown)."""
+    for pid in pids - {None}:
+        try:
+            return os.getpriority(os.PRIO_PROCESS, int(pid))
+        except (OSError, ValueError):  # not on this host, or gone
+            continue
+    return None
+
+
+def wait_healthy(base: str, timeout_s: float, process=None, processes: int = 1, interval_s: float = 0.25) -> set:
     """Poll GET {base}/healthz until it answers 200 - from `processes` distinct pids (its body's
     "pid"), so every worker of a multi-process server is up; a clear error on timeout or a dead
-    process."""
+    process. Returns the pids seen."""
     import json
     import urllib.error
     import urllib.request
@@ -392,11 +403,12 @@ def wait_healthy(base: str, timeout_s: float, process=None, processes: int = 1, 
         try:
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
-                    if processes <= 1:
-                        return
-                    pids.add(json.loads(response.read()).get("pid"))
-                    if len(pids - {None}) >= processes:
-                        return
+                    try:
+                        pids.add(json.loads(response.read()).get("pid"))
+                    except (ValueError, AttributeError):  # a 200 without a JSON object: no pid
+                        pass
+                    if len(pids - {None}) >= processes or processes <= 1:
+                        return pids
                     last = f"HTTP 200 from {len(pids - {None})} of {processes} processes"
                 else:
                     last = f"HTTP {response.status}"

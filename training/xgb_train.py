@@ -54,6 +54,7 @@ gives each worker its own shard (rank i reads shards[i]). With one worker this i
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import tempfile
 import time
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit t
     import ray.data
 
 DEFAULT_MODEL_NAME = "model"  # train_ray's one model
+log = logging.getLogger("marquee.xgb_train")
 RANKING_OBJECTIVE_PREFIX = "rank:"
 
 
@@ -590,6 +592,7 @@ class RayTrainRun:
         self.controller_env_inherited: bool | None = None  # known once the run has started
         self.teardown_s: float | None = None  # from the models' delivery to Ray Train's end, once closed
         self._delivered_at: float | None = None
+        self._error_logged = False
         self._thread = threading.Thread(target=self._fit, name="ray-train-run", daemon=True)
         _remember(self)
         self._thread.start()
@@ -674,6 +677,9 @@ class RayTrainRun:
         _OPEN_RUNS.discard(self)
         if self._delivered_at is not None and self._fit_ended_at is not None and self.teardown_s is None:
             self.teardown_s = max(0.0, self._fit_ended_at - self._delivered_at)
+        if self._delivered_at is not None and self._error is not None and not self._error_logged:
+            self._error_logged = True  # the models came back intact; say what failed after that
+            log.warning("Ray Train failed after the models were delivered: %s", self._error)
 
     def _wait_for_delivery(self) -> dict:
         import ray

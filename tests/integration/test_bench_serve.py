@@ -96,6 +96,20 @@ def test_fair_baseline_is_read_from_the_profile():
     assert (one.workers, one.max_ongoing, one.freeze_gc) == (1, 0, False)
     with pytest.raises(ValueError, match="unknown profile"):
         serve.baseline_specs("nope", "/h")
+    # like for like: the fair baseline takes the replicas' niceness; the one-process one stays as it was
+    niced = serve.baseline_specs("single", "/h", 15)
+    assert niced["fair"].niceness == 15 and niced["one_process"].niceness is None
+
+
+def test_set_niceness_gives_the_process_that_niceness():
+    import subprocess
+    import sys
+
+    code = ("import os; from deployments.inprocess import set_niceness; "
+            "target = os.getpriority(os.PRIO_PROCESS, 0) + 3; set_niceness(target); "
+            "print(target, os.getpriority(os.PRIO_PROCESS, 0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1]
 
 
 def test_combine_runs_takes_medians_and_sums():
@@ -197,7 +211,8 @@ def test_worker_spec_names_bad_fields():
     from deployments.inprocess import WorkerSpec
 
     for kwargs, field in (({"workers": 0}, "workers"), ({"max_ongoing": -1}, "max_ongoing"),
-                          ({"max_queued": 0}, "max_queued"), ({"retry_after_s": -1}, "retry_after_s")):
+                          ({"max_queued": 0}, "max_queued"), ({"retry_after_s": -1}, "retry_after_s"),
+                          ({"niceness": 25}, "niceness"), ({"niceness": 1.5}, "niceness")):
         with pytest.raises(ValueError, match=field):
             WorkerSpec(home="/h", **kwargs)
     spec = WorkerSpec(home="/h", workers=2, max_ongoing=2, max_queued=16, freeze_gc=True)
@@ -231,7 +246,8 @@ def stand_in_app(spec):
 
 def _trivial_server(port: int) -> subprocess.Popen:
     code = ("print('stand-in server noise on stdout', flush=True)\n"
-            f"from bench.loadgen import serve_trivial\nserve_trivial({port}, body=b'{{\"pid\": 1}}')")
+            "import os\nfrom bench.loadgen import serve_trivial\n"
+            f"serve_trivial({port}, body=('{{\"pid\": %d}}' % os.getpid()).encode())")
     return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
 
 
@@ -269,9 +285,9 @@ def stand_ins(monkeypatch):
 
     real_specs, real_start = serve.baseline_specs, serve.start_baseline
 
-    def specs(profile, home):
+    def specs(profile, home, niceness=None):
         return {name: dataclasses.replace(spec, build="tests.integration.test_bench_serve:stand_in_app")
-                for name, spec in real_specs(profile, home).items()}
+                for name, spec in real_specs(profile, home, niceness).items()}
 
     def start(spec, port):
         process = seen.get("start_override", real_start)(spec, port)
@@ -304,6 +320,8 @@ def test_command_prints_one_json_object_and_stops_everything(stand_ins, tmp_path
     assert result["benchmark"] == "serve" and result["profile"] == "single"
     assert [row["clients"] for row in result["levels"]] == [1, 64]
     assert result["baselines"]["fair"]["workers"] == serve.baseline_specs("single", "/h")["fair"].workers
+    # read from the process answering as Serve (a child of this one: the same niceness)
+    assert result["baselines"]["fair"]["niceness"] == os.getpriority(os.PRIO_PROCESS, 0)
     for row in result["levels"]:
         for target in serve.TARGET_NAMES:
             assert row[target]["ok"] > 0 and row[target]["errors"] == 0, (target, row[target])
