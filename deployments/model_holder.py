@@ -5,7 +5,10 @@ A new version is loaded and warmed up on a background thread while the old one k
 the swap is one reference assignment, so no request is dropped or sees half a model. A version
 that fails to load is recorded and skipped: the old one stays. So is a version trained on another
 catalog than the one this replica serves (`catalog`): it is refused at load, and status() (the
-/healthz model block) names both catalogs.
+/healthz model block) names both catalogs. A failed version is tried again after a back-off
+(RETRY_FIRST_S, doubling up to RETRY_MAX_S), not on every poll: a failure can be passing (a file
+read while the disk was full, say), and a replica must not keep an old model for ever because of
+one bad read.
 """
 
 from __future__ import annotations
@@ -24,19 +27,23 @@ from state.registry import POINTER_FILE, RegistryReader
 
 log = logging.getLogger("marquee.model")
 FOLLOW_PROMOTED = "promoted"
+RETRY_FIRST_S = 30.0  # a version that failed to load is tried again after this, then twice as long...
+RETRY_MAX_S = 600.0  # ...up to this
 
 
 class ModelHolder:
     def __init__(self, registry_root: str | Path, target: str = FOLLOW_PROMOTED,
                  loader: Callable[..., ServingModel] = ServingModel.load, poll_s: float = 0.5,
-                 catalog: DatasetIdentity | None = None):
+                 catalog: DatasetIdentity | None = None, clock: Callable[[], float] = time.monotonic):
         self.registry_root = Path(registry_root)
         self.target = target
         self.catalog = catalog  # what this replica serves; passed to the loader, which refuses others
         self.loader, self.poll_s = loader, poll_s
         self.model: ServingModel | None = None
         self.last_error: str | None = None
-        self.failed: set[str] = set()  # versions that failed to load (not retried until re-targeted)
+        self.failed: set[str] = set()  # versions that failed to load (retried after a back-off)
+        self._failures: dict[str, tuple[int, float]] = {}  # version -> (failures so far, retry at)
+        self._clock = clock
         self.swaps = 0
         self._lock = threading.Lock()
         self._follower = Follower(self.refresh, poll_s, "model-watch")
@@ -58,6 +65,7 @@ class ModelHolder:
         refresh (call refresh() to apply it now)."""
         if target != self.target:
             self.failed.clear()
+            self._failures.clear()
         self.target = target
 
     def refresh(self) -> bool:
@@ -68,16 +76,24 @@ class ModelHolder:
             except Exception as exc:
                 self.last_error = f"registry unreadable: {exc}"
                 return False
-            if wanted is None or wanted == self.version or wanted in self.failed:
+            if wanted is None or wanted == self.version:
+                return False
+            if wanted in self.failed and self._clock() < self._failures[wanted][1]:
                 return False
             started = time.monotonic()
             try:
                 model = self.loader(self.registry_root, wanted, catalog=self.catalog)
             except ModelLoadError as exc:
+                count = self._failures.get(wanted, (0, 0.0))[0] + 1
+                delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
+                self._failures[wanted] = (count, self._clock() + delay)
                 self.failed.add(wanted)
                 self.last_error = str(exc)
-                log.error("model %s failed to load; still serving %s: %s", wanted, self.version, exc)
+                log.error("model %s failed to load (%d time(s); next try in %.0f s); still serving %s: %s",
+                          wanted, count, delay, self.version, exc)
                 return False
+            self.failed.discard(wanted)
+            self._failures.pop(wanted, None)
             self.model = model  # the swap: requests in flight keep the object they already hold
             self.swaps += 1
             self.last_error = None

@@ -134,6 +134,29 @@ def test_a_version_that_fails_to_load_keeps_the_old_model(registry):
     assert loader.calls == [v1, v2]  # a failed version is not retried on every poll
 
 
+def test_a_failed_version_is_tried_again_after_a_growing_back_off(registry):
+    from deployments.model_holder import RETRY_FIRST_S
+
+    v1, v2 = register(registry, 2)
+    now = [0.0]
+    loader = FakeLoader(broken=(v2,))
+    holder = ModelHolder(registry.root, loader=loader, clock=lambda: now[0])
+    registry.promote(v1)
+    holder.refresh()
+    registry.promote(v2)
+    assert holder.refresh() is False and loader.calls == [v1, v2]
+    now[0] = RETRY_FIRST_S - 1
+    assert holder.refresh() is False and loader.calls == [v1, v2]  # not yet
+    now[0] = RETRY_FIRST_S
+    assert holder.refresh() is False and loader.calls == [v1, v2, v2]  # tried again, still broken
+    now[0] = RETRY_FIRST_S + 2 * RETRY_FIRST_S - 1
+    assert holder.refresh() is False and loader.calls == [v1, v2, v2]  # the wait doubled
+    loader.broken.clear()  # the passing fault is over
+    now[0] = RETRY_FIRST_S + 2 * RETRY_FIRST_S
+    assert holder.refresh() is True and holder.version == v2
+    assert holder.status()["failed_versions"] == [] and holder.last_error is None
+
+
 def test_a_good_version_after_a_bad_one_clears_the_error(registry):
     v1, v2, v3 = register(registry, 3)
     holder = ModelHolder(registry.root, loader=FakeLoader(broken=(v2,)))
