@@ -145,7 +145,11 @@ class _Recorder:
         """A well-behaved client waits as a 503's Retry-After asks (RFC 9110) before its next
         request, never past the window; with honor_retry_after=False it hammers on at once."""
         if status == 503 and retry_after and self.honor_retry_after:
-            await asyncio.sleep(min(retry_after, max(0.0, self.window_end - time.perf_counter())))
+            until = min(time.perf_counter() + retry_after, self.window_end)
+            # asyncio may wake a timer up to its clock resolution early: sleep until the clock says so,
+            # or a wait meant to outlast the window would let one more request in at its very end
+            while (left := until - time.perf_counter()) > 0:
+                await asyncio.sleep(left)
 
     def response(self, status: int, latency: float, done: float, retry_after: bool) -> None:
         if not self.window_start <= done <= self.window_end:
