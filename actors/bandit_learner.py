@@ -9,8 +9,9 @@ forever (actors.named), like member state. The actor class is built on first use
 this module never imports Ray.
 
 Why a restart never counts a trial twice. The checkpoint is one file, written atomically: the
-last seq applied, the reward join's whole state at that seq, the trials finished but not yet
-learned, and the policy version holding everything learned before. The order of work is
+last seq applied, the reward join's state at that seq (its open decisions by the seq of their
+records, which a restart reads back from the log: the records are most of the join's bytes), the
+trials finished but not yet learned, and the policy version holding everything learned before. The order of work is
 update -> publish version v -> checkpoint naming v -> prune old versions (never v). A learner
 restarted from a checkpoint loads version v from the store, the join and the pending trials from
 the checkpoint, and reads the log after its seq, so every trial is learned once: trials up to the
@@ -60,7 +61,8 @@ from marquee.settings import assign, check_choice, check_int, check_mapping, che
 log = logging.getLogger("marquee.bandit_learner")
 
 CHECKPOINT_FILE = "bandit_learner.json"
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the join's open decisions by seq (bandits.rewards); 1 is still read
+READ_FORMATS = (1, 2)
 
 
 class BanditLearnerError(Exception):
@@ -140,6 +142,7 @@ class BanditLearner:
         self._pending: list[Trial] = []
         self.applied_seq = -1
         self.policy_version = 0  # the store version holding what was learned (0: nothing yet)
+        self._remove_unfinished_checkpoints()
         if self.checkpoint_path.is_file():
             self._resume()
         else:
@@ -346,7 +349,7 @@ class BanditLearner:
             state = json.loads(path.read_bytes())
         except ValueError as exc:
             raise BanditLearnerError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in READ_FORMATS:
             raise BanditLearnerError(f"{path}: not a bandit-learner checkpoint of format {CHECKPOINT_FORMAT}")
         s = self.settings
         if state["policy"] != s.policy:
@@ -364,11 +367,40 @@ class BanditLearner:
                                       for i, m in enumerate(counts.member_ids.tolist())}
         else:
             self.policy = make_policy(s.policy, FEATURE_DIM, n_classes=N_THEMES, **s.params)
-        self.join = RewardJoin.from_state(state["join"])
+        try:
+            self.join = RewardJoin.from_state(state["join"], self._records(state["join"], int(state["seq"])))
+        except ValueError as exc:
+            raise BanditLearnerError(f"{path}: the reward join cannot be restored: {exc}") from None
         self._pending = [Trial.from_json(t) for t in state["pending"]]
         self.counters = LearnerCounters(**state["counters"])
         self.applied_seq, self.policy_version = int(state["seq"]), int(version)
         log.info("bandit learner: resumed at seq %d, policy %s version %d", self.applied_seq, s.policy, version)
+
+
+    def _remove_unfinished_checkpoints(self) -> None:
+        """A learner killed while writing its checkpoint leaves the temp file write_atomic renames
+        from; this learner is the only writer of its directory and writes nothing yet, so any
+        such file is a dead one's."""
+        for tmp in self.checkpoint_path.parent.glob(f".{CHECKPOINT_FILE}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            log.info("bandit learner: removed an unfinished checkpoint %s", tmp.name)
+
+    def _records(self, join_state: dict, seq: int):
+        """The log rows holding the open decisions' records, up to the checkpoint's seq, read a
+        batch at a time from the oldest of them (the checkpoint refers to them by seq)."""
+        wanted = RewardJoin.decision_seqs(join_state)
+        if not wanted:
+            return
+        if self.reader is None:
+            raise BanditLearnerError(f"{self.checkpoint_path}: the checkpoint refers to {len(wanted)} decision "
+                                     "record(s) in the event log, and this learner has no reader")
+        since = min(wanted) - 1
+        while since < seq:
+            rows = self.reader.read(since, self.settings.read_batch)
+            if rows.num_rows == 0:
+                return  # the log ends early: from_state names what is missing
+            yield rows
+            since = int(pc.max(rows.column("seq")).as_py())
 
 
 def _last_seq(reader: Any) -> int | None:

@@ -291,3 +291,36 @@ def test_bad_settings_are_refused_naming_the_field(settings, field):
 
 def test_the_learner_is_the_dimension_serving_scores(uninterrupted):
     assert uninterrupted.policy.dim == FEATURE_DIM
+
+
+def test_a_checkpoint_reads_its_open_decisions_back_from_the_log_and_says_when_it_cannot(tmp_path, log_table):
+    """The checkpoint names open decisions by seq (their records stay in the log): a restart
+    re-reads them from the oldest one on; without the log, or with them gone, it refuses by name."""
+    cut = 200
+    one = learner(tmp_path, log_table.slice(0, cut))
+    one.sync()
+    one.checkpoint()
+    state = json.loads((tmp_path / "ckpt" / CHECKPOINT_FILE).read_text())
+    seqs = [raw[0] for raw in state["join"]["open"]]
+    assert seqs and all(isinstance(s, int) for s in seqs)
+    # [seq, [[title, exposed_ms, rewarded], ...]]: no arms, propensities or contexts copied in
+    assert all(len(raw) == 2 and all(len(t) == 3 for t in raw[1]) for raw in state["join"]["open"])
+    assert "-0" not in json.dumps(state["join"]["open"])  # no artwork id
+    again = learner(tmp_path, log_table.slice(0, cut))
+    assert again.join.open_decisions == one.join.open_decisions and again.reader.reads >= 1
+    again.reader = None
+    with pytest.raises(BanditLearnerError, match="no reader"):
+        BanditLearner(tmp_path / "ckpt", PolicyStore(tmp_path / "store"), arms(), None, one.settings)
+    early = log_table.filter(pc.less(log_table.column("seq"), min(seqs) + 1))  # the later records are gone
+    with pytest.raises(BanditLearnerError, match="cannot be restored.*decision record"):
+        learner(tmp_path, early)
+
+
+def test_an_unfinished_checkpoint_of_a_killed_learner_is_removed_and_the_last_whole_one_used(tmp_path, log_table):
+    one = learner(tmp_path, log_table.slice(0, 100))
+    one.sync()
+    one.checkpoint()
+    dead = tmp_path / "ckpt" / f".{CHECKPOINT_FILE}.4242.deadbeef.tmp"
+    dead.write_bytes(b'{"format": 2, "seq"')  # killed mid-write
+    again = learner(tmp_path, log_table.slice(0, 100))
+    assert not dead.exists() and again.loaded_seq == one.applied_seq

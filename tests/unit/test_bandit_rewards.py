@@ -270,9 +270,55 @@ def test_a_join_restored_from_its_json_state_finishes_exactly_the_same_trials():
         first = RewardJoin()
         before = first.consume(table.slice(0, cut))
         state = json.loads(json.dumps(first.to_state()))
-        resumed = RewardJoin.from_state(state)
+        resumed = RewardJoin.from_state(state, table.slice(0, cut))
         assert resumed.to_state() == state
         assert before + resumed.consume(table.slice(cut)) == expected
+
+
+def test_the_state_refers_to_open_decisions_by_seq_and_keeps_only_what_happened_to_them():
+    """The log holds the records: the state carries their seqs and the exposed / rewarded titles
+    (the checkpoint stays small however many titles a page has), and restoring needs the records."""
+    log = base_page(Log())
+    log.decision("r2", 8, T0 + 10, [(11, "11-0", 0.5), (12, "12-1", 0.25)])
+    log.impression(7, 1, T0 + 100, "r1").play(7, 1, T0 + 200, "r1")
+    table = log.table()
+    join = RewardJoin()
+    join.consume(table)
+    state = json.loads(json.dumps(join.to_state()))
+    assert state["open"] == [[1, [[1, T0 + 100, True]]], [2, []]]
+    assert RewardJoin.decision_seqs(state) == [1, 2]
+    with pytest.raises(ValueError, match="2 decision record"):
+        RewardJoin.from_state(state)
+    with pytest.raises(ValueError, match="seq 2"):
+        RewardJoin.from_state(state, table.slice(0, 1))
+    with pytest.raises(ValueError, match="seq 3 is a 'impression'"):
+        RewardJoin.from_state({**state, "open": [[3, []]]}, table)
+    resumed = RewardJoin.from_state(state, [table.slice(0, 1), table.slice(1)])  # batches, extra rows ignored
+    assert resumed.to_state() == state
+    tick = closing_tick(Log(), T0 + 10).table()
+    assert resumed.consume(tick) == join.consume(tick) and resumed.stats == join.stats
+
+
+def test_a_format_1_state_with_its_decisions_copied_in_is_still_restored():
+    table = busy_log().table()
+    expected = RewardJoin().consume(table)
+    first = RewardJoin()
+    before = first.consume(table.slice(0, 61))
+    state = first.to_state()
+    def item_state(e, t):  # format 1: [title, artwork_id, propensity, row_id, position, exposed_ms, rewarded]
+        i = e.touched.get(t)
+        return [None, False] if i is None else [i.exposed_ms, i.rewarded]
+
+    old = {**state, "format": 1, "open": [
+        {"request_id": e.request_id, "member_id": e.member_id, "decision_ms": e.decision_ms,
+         "deadline_ms": e.deadline_ms, "policy": e.policy, "policy_version": e.policy_version,
+         "context": e.context, "items": [[t, *arm, *item_state(e, t)] for t, arm in e.arms.items()]}
+        for e in first._open.values()]}
+    assert any(i[5] is not None for e in old["open"] for i in e["items"]), "some title must be exposed"
+    assert old["open"], "the cut must leave decisions open"
+    resumed = RewardJoin.from_state(json.loads(json.dumps(old)))
+    assert resumed.to_state()["open"] == old["open"]  # no record to refer to: kept whole until closed
+    assert before + resumed.consume(table.slice(61)) == expected
 
 
 def test_memory_is_bounded_by_the_window():
@@ -314,6 +360,6 @@ def test_open_decisions_are_bounded_the_soonest_due_closes_early_and_is_counted(
     join, finished = run(log, RewardJoin(max_open=2))
     assert join.open_decisions == 2 and join.stats.evicted == 1
     assert [t.request_id for t in finished] == ["r0"] and finished[0].reward == 0.0
-    assert RewardJoin.from_state(join.to_state()).max_open == 2
+    assert RewardJoin.from_state(join.to_state(), log.table()).max_open == 2
     with pytest.raises(ValueError, match="max_open"):
         RewardJoin(max_open=0)
