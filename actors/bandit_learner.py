@@ -11,14 +11,14 @@ this module never imports Ray.
 Why a restart never counts a trial twice. The checkpoint is one file, written atomically: the
 last seq applied, the reward join's state at that seq (its open decisions by the seq of their
 records, which a restart reads back from the log: the records are most of the join's bytes), the
-trials finished but not yet learned, and the policy version holding everything learned before. The order of work is
-update -> publish version v -> checkpoint naming v -> prune old versions (never v). A learner
-restarted from a checkpoint loads version v from the store, the join and the pending trials from
-the checkpoint, and reads the log after its seq, so every trial is learned once: trials up to the
-checkpoint are in v or pending, later ones are re-derived from the log (the join's output does
-not depend on how the log is read in batches). A crash between publish and checkpoint leaves a
-version the restarted learner does not build on; the store numbers the next version after it,
-so nothing a replica may have loaded is ever overwritten.
+trials finished but not yet learned, and the policy version holding everything learned before.
+The order of work is update -> publish version v -> checkpoint naming v -> prune old versions
+(never v). A learner restarted from a checkpoint loads version v from the store, the join and
+the pending trials from the checkpoint, and reads the log after its seq, so every trial is
+learned once: trials up to the checkpoint are in v or pending, later ones are re-derived from
+the log (the join's output does not depend on how the log is read in batches). A crash between
+publish and checkpoint leaves a version the restarted learner does not build on; the store
+numbers the next version after it, so nothing a replica may have loaded is ever overwritten.
 
 What is learnt from whom. Every trial teaches the policy, whichever policy chose its arm
 (experiments may serve several): the learners are reward models of (context, arm class), which
@@ -375,7 +375,6 @@ class BanditLearner:
         self.counters = LearnerCounters(**state["counters"])
         self.applied_seq, self.policy_version = int(state["seq"]), int(version)
         log.info("bandit learner: resumed at seq %d, policy %s version %d", self.applied_seq, s.policy, version)
-
 
     def _remove_unfinished_checkpoints(self) -> None:
         """A learner killed while writing its checkpoint leaves the temp file write_atomic renames

@@ -41,7 +41,6 @@ class ModelHolder:
         self.loader, self.poll_s = loader, poll_s
         self.model: ServingModel | None = None
         self.last_error: str | None = None
-        self.failed: set[str] = set()  # versions that failed to load (retried after a back-off)
         self._failures: dict[str, tuple[int, float]] = {}  # version -> (failures so far, retry at)
         self._clock = clock
         self.swaps = 0
@@ -64,9 +63,13 @@ class ModelHolder:
         """Follow the promoted pointer ("promoted") or pin a version; takes effect on the next
         refresh (call refresh() to apply it now)."""
         if target != self.target:
-            self.failed.clear()
             self._failures.clear()
         self.target = target
+
+    @property
+    def failed(self) -> set[str]:
+        """The versions that failed to load (each retried after its back-off)."""
+        return set(self._failures)
 
     def refresh(self) -> bool:
         """Load the wanted version if it differs from the served one; True if it swapped."""
@@ -78,7 +81,7 @@ class ModelHolder:
                 return False
             if wanted is None or wanted == self.version:
                 return False
-            if wanted in self.failed and self._clock() < self._failures[wanted][1]:
+            if wanted in self._failures and self._clock() < self._failures[wanted][1]:
                 return False
             started = time.monotonic()
             try:
@@ -87,12 +90,10 @@ class ModelHolder:
                 count = self._failures.get(wanted, (0, 0.0))[0] + 1
                 delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (count - 1))
                 self._failures[wanted] = (count, self._clock() + delay)
-                self.failed.add(wanted)
                 self.last_error = str(exc)
                 log.error("model %s failed to load (%d time(s); next try in %.0f s); still serving %s: %s",
                           wanted, count, delay, self.version, exc)
                 return False
-            self.failed.discard(wanted)
             self._failures.pop(wanted, None)
             self.model = model  # the swap: requests in flight keep the object they already hold
             self.swaps += 1
