@@ -21,9 +21,13 @@ The reward model for DM/DR: an L2 logistic regression on the random logs, its fe
 affinity to it) and penalty (PENALTY_GRID) chosen by cross-validated log loss on the random logs,
 predictions cross-fitted over the same K folds.
 
-`best` (BEST_RULE, fixed before any run and blind to the observed rate): the narrowest bootstrap
-interval among the estimators consistent whatever the reward model (IPS, SNIPS, DR, SNDR).
-The intervals resample the random logs only: pi_e's and the model's own estimation noise is not in them.
+The intervals: a two-sample percentile bootstrap. Each resample draws the random logs' rows and,
+independently, the BTS logs' rows; pi_e (its chosen settings kept) is refitted on the BTS resample
+and the reward model (its feature set and penalty kept) on the random one, so every interval
+carries pi_e's estimation noise and DM's carries the model's.
+
+`best` (bandits.ope.best_estimator, blind to the observed rate): DEFAULT_BEST_RULE; the report
+gives every rule's pick under `best_by_rule`.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from scipy import sparse
 from scipy.special import expit
 
 from bandits.ope import (
-    CONSISTENT_ESTIMATORS,
+    BEST_RULE_TEXT,
+    BEST_RULES,
     ESTIMATORS,
     Estimate,
     L2Logistic,
     LoggedBandit,
+    best_estimator,
+    bootstrap_refit,
     cross_fitted,
     cv_log_loss,
     estimate_all,
@@ -57,12 +64,11 @@ USER_FEATURE_PREFIX = "user_feature_"
 AFFINITY_PREFIX = "user-item_affinity_"
 ITEM_CONTEXT_FILE = "item_context.csv"
 ITEM_FEATURE_PREFIX = "item_feature_"
-BEST_RULE = ("narrowest 95% bootstrap interval (ci_high - ci_low) among ips, snips, dr, sndr "
-             "(consistent whatever the reward model; dm is not); fixed in advance, never looks "
-             "at the observed rate")
-INTERVAL_NOTE = ("percentile bootstrap over the random logs' rows, with pi_e and the cross-fitted reward "
-                 "model held fixed: DM's interval therefore omits the reward model's own estimation noise "
-                 "and is too narrow; no interval includes the noise of pi_e estimated from the bts logs")
+DEFAULT_BEST_RULE = "narrowest_consistent"
+INTERVAL_NOTE = ("two-sample percentile bootstrap: the random logs' rows and the bts logs' rows resampled "
+                 "independently; pi_e (chosen settings kept) refitted on each bts resample and the reward model "
+                 "(chosen features and penalty kept) on each random resample, so the intervals carry both "
+                 "fits' noise")
 PENALTY_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 
 
@@ -200,12 +206,14 @@ class TimeBinnedPolicy:
         return np.clip(((seconds - self.start) / self.width).astype(np.int64), 0, self.settings.n_bins - 1)
 
     def fit(self, seconds: np.ndarray, position: np.ndarray, item: np.ndarray,
-            propensity: np.ndarray) -> TimeBinnedPolicy:
+            propensity: np.ndarray, weight: np.ndarray | None = None) -> TimeBinnedPolicy:
+        """weight: per row (a bootstrap's counts); default 1 each."""
         s, shape = self.settings, (self.settings.n_bins, self.n_positions, self.n_items)
         where = (self.bins(seconds), position, item)
+        weight = np.ones(len(item)) if weight is None else np.asarray(weight, float)
         count, inverse = np.zeros(shape), np.zeros(shape)
-        np.add.at(count, where, 1.0)
-        np.add.at(inverse, where, 1.0 / propensity)
+        np.add.at(count, where, weight)
+        np.add.at(inverse, where, weight / propensity)
         overall = count.sum(axis=0) + 0.5
         overall /= overall.sum(axis=-1, keepdims=True)
         prior = s.smoothing * self.n_items
@@ -312,8 +320,11 @@ def _item_block(item_context: pd.DataFrame | None, n_items: int) -> np.ndarray:
 
 def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, n_resamples: int = 2000,
                              n_folds: int = 5, n_bins: int | None = None, confidence: float = 0.95,
+                             best_rule: str = DEFAULT_BEST_RULE,
                              progress: Callable[[str], None] = lambda message: None) -> dict:
     """Estimate BTS's click rate from the random logs with every estimator; compare with BTS's own."""
+    if best_rule not in BEST_RULES:
+        raise ValueError(f"best rule: {best_rule!r} is not one of {', '.join(BEST_RULES)}")
     if n_resamples < 1:
         raise ValueError(f"bootstrap: must be >= 1, got {n_resamples}")
     if n_bins is not None and n_bins < 1:
@@ -327,7 +338,7 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
     n_positions = int(max(log.position.max() for log in both)) + 1
     start = float(min(log.seconds.min() for log in both))
     end = float(max(log.seconds.max() for log in both))
-    policy_seed, reward_seed, bootstrap_seed = np.random.SeedSequence(seed).spawn(3)
+    policy_seed, reward_seed, bootstrap_seed, bts_bootstrap_seed = np.random.SeedSequence(seed).spawn(4)
     progress(f"{campaign}: {random_logs.n} random rows, {bts_logs.n} bts rows, "
              f"{n_items} items, {n_positions} positions")
 
@@ -336,7 +347,7 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
     target_dist = policy.distribution(random_logs.seconds, random_logs.position)
     progress(f"policy model {policy_summary['chosen']}: held-out action log-likelihood "
              f"{policy_summary['heldout_loglik']:.4f} (static {policy_summary['static_heldout_loglik']:.4f})")
-    reward_hat, reward_summary = fit_reward_model(random_logs, item_context, n_items=n_items, n_positions=n_positions,
+    reward_hat, refit_reward_hat, reward_summary = fit_reward_model(random_logs, item_context, n_items=n_items, n_positions=n_positions,
                                                   n_folds=n_folds, seed=reward_seed)
     progress(f"reward model: features {reward_summary['feature_set']}, penalty {reward_summary['penalty']}, "
              f"cv log loss {reward_summary['cv_log_loss']:.5f} "
@@ -347,9 +358,20 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
     data = LoggedBandit(reward=y, action=item, behavior_prob=random_logs.propensity,
                         target_prob=target_dist[rows, item], target_dist=target_dist,
                         reward_hat=reward_hat)
+    bts_rng = np.random.default_rng(bts_bootstrap_seed)
+
+    def resample(counts: np.ndarray) -> LoggedBandit:
+        """The random rows' resample (counts) with pi_e refitted on a fresh resample of the bts rows."""
+        bts_counts = np.bincount(bts_rng.integers(0, bts_logs.n, bts_logs.n), minlength=bts_logs.n)
+        refitted = TimeBinnedPolicy(policy.settings, **span).fit(
+            bts_logs.seconds, bts_logs.position, bts_logs.item, bts_logs.propensity, weight=bts_counts)
+        dist = refitted.distribution(random_logs.seconds, random_logs.position)
+        return LoggedBandit(reward=y, action=item, behavior_prob=random_logs.propensity,
+                            target_prob=dist[rows, item], target_dist=dist, reward_hat=refit_reward_hat(counts))
+
     estimates = estimate_all(data, ESTIMATORS, n_resamples=n_resamples, seed=bootstrap_seed,
-                             confidence=confidence)
-    best = min(CONSISTENT_ESTIMATORS, key=lambda name: estimates[name].width)
+                             confidence=confidence, resample=resample)
+    picks = {rule: best_estimator(estimates, rule) for rule in BEST_RULES}
     observed = float(bts_logs.click.mean())
     weight = data.weight
     return {
@@ -361,8 +383,9 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
         "n_items": n_items,
         "n_positions": n_positions,
         "estimators": {name: _entry(e, observed) for name, e in estimates.items()},
-        "best": best,
-        "best_rule": BEST_RULE,
+        "best": picks[best_rule],
+        "best_rule": BEST_RULE_TEXT[best_rule],
+        "best_by_rule": picks,
         "interval": INTERVAL_NOTE,
         "settings": {"seed": seed, "bootstrap": n_resamples, "folds": n_folds, "confidence": confidence,
                      "time_bins": n_bins if n_bins is not None else "auto"},
@@ -394,9 +417,12 @@ def fit_evaluation_policy(bts_logs: CampaignLogs, span: dict, *, n_folds: int, n
 
 
 def fit_reward_model(random_logs: CampaignLogs, item_context: pd.DataFrame | None, *, n_items: int,
-                     n_positions: int, n_folds: int, seed: np.random.SeedSequence) -> tuple[np.ndarray, dict]:
+                     n_positions: int, n_folds: int, seed: np.random.SeedSequence,
+                     ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], dict]:
     """Cross-fitted (n, n_items) click predictions on the random logs: feature set x penalty chosen
-    by cross-validated log loss on those logs, then each fold predicted by the model of the others."""
+    by cross-validated log loss on those logs, then each fold predicted by the model of the others.
+    Also the refit for the bootstrap: bootstrap counts -> (n, n_items) predictions of the chosen
+    model refitted on that resample (started from the fit on every row)."""
     y, item = random_logs.click, random_logs.item
     folds = fold_ids(random_logs.n, n_folds, np.random.default_rng(seed))
     designs = {name: RewardFeatures(random_logs, name, n_items=n_items, n_positions=n_positions,
@@ -411,10 +437,14 @@ def fit_reward_model(random_logs: CampaignLogs, item_context: pd.DataFrame | Non
     loss = {(name, p): cv_log_loss(folds, y, fitter(f, p), logged(f))
             for name, f in designs.items() for p in PENALTY_GRID}
     feature_set, penalty = min(loss, key=lambda key: loss[key])  # the first of equals
-    reward_hat = cross_fitted(folds, fitter(designs[feature_set], penalty), designs[feature_set].all_items)
+    chosen = designs[feature_set]
+    reward_hat = cross_fitted(folds, fitter(chosen, penalty), chosen.all_items)
+    every_row = np.arange(random_logs.n)
+    refit = bootstrap_refit(chosen.design(every_row, item), y, penalty,
+                            lambda model: chosen.all_items(model, every_row))
     constant = log_loss(y, cross_fitted(folds, lambda train: y[train].mean(),
                                         lambda rate, test: np.full(len(test), rate)))
-    return reward_hat, {
+    return reward_hat, refit, {
         "model": "L2 logistic regression on the random logs, cross-fitted",
         "selected_by": "cross-validated log loss on the random logs (feature set x penalty)",
         "feature_set": feature_set,

@@ -10,15 +10,25 @@ resamples for every estimator, so their intervals compare):
 - DR     base dm,  num w (r - q_i), den 1     (unbiased if the propensities are right, whatever q)
 - SNDR   base dm,  num w (r - q_i), den w     (DR with the correction self-normalised)
 
-The bootstrap resamples the logged rows with the reward model held fixed (as Open Bandit Pipeline
-does); fit the model by cross-fitting (``fold_ids`` + ``cross_fitted``) so a row's prediction never
-comes from a model that saw it. ``L2Logistic`` is the small, honest reward model used for that.
+The point estimates use a cross-fitted reward model (``fold_ids`` + ``cross_fitted``: a row's
+prediction never comes from a model that saw it). The bootstrap resamples the logged rows; by default
+the reward model is held fixed (as Open Bandit Pipeline does), which leaves its own estimation noise
+out of DM's interval: DM's variance is almost all the model's, so that interval is far too narrow.
+Give ``resample`` and each resample refits what was fitted (the model on its rows, the counts as
+weights; an estimated evaluation policy on a resample of its own logs), so the intervals carry
+that noise too. ``L2Logistic`` is the small reward model.
+
+``best_estimator`` picks one estimator by a rule that never sees the truth: the interval
+intersection rule (SLOPE, Su, Srinath and Krishnamurthy, ICML 2020: Lepski's method for OPE). From
+the widest interval down, keep narrower estimators while every interval kept so far still has a
+common point; the last kept wins. A biased but precise estimator (DM) wins only when the unbiased
+ones cannot tell it apart from them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -27,7 +37,18 @@ from scipy.special import expit
 ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr")
 # Consistent whatever the reward model, given correct behaviour propensities (DM is not).
 CONSISTENT_ESTIMATORS = ("ips", "snips", "dr", "sndr")
-_NEEDS_MODEL = ("dm", "dr", "sndr")
+MODEL_ESTIMATORS = ("dm", "dr", "sndr")
+BEST_RULES = ("narrowest_consistent", "mse", "intersection")
+BEST_RULE_TEXT = {
+    "mse": ("least estimated mean squared error: each estimator's bootstrap variance, plus for dm (not "
+            "consistent) its squared bias estimated against the narrowest consistent interval's estimator "
+            "((gap)^2 - Var(gap) over shared resamples, floored at 0). Never looks at the observed rate"),
+    "intersection": ("interval intersection (SLOPE, Su et al. 2020): estimators ordered from the widest 95% "
+                     "interval to the narrowest; keep going while all intervals kept share a point; the last "
+                     "kept is best. Never looks at the observed rate"),
+    "narrowest_consistent": ("narrowest 95% interval among ips, snips, dr, sndr (consistent whatever the "
+                             "reward model; dm is not). Never looks at the observed rate"),
+}
 # Rows x resamples gathered per bootstrap step: bounds memory at ~8 bytes x this.
 _BOOTSTRAP_CELLS = 4_000_000
 
@@ -120,8 +141,14 @@ def estimator_terms(name: str, data: LoggedBandit) -> Terms:
         return Terms(zeros, w * data.reward, w)
     if data.reward_hat is None:
         raise ValueError(f"estimator: {name} needs target_dist and reward_hat")
-    direct = np.sum(data.target_dist * data.reward_hat, axis=1)
-    residual = data.reward - data.reward_hat[np.arange(data.n), data.action]
+    return _model_terms(name, data, data.reward_hat)
+
+
+def _model_terms(name: str, data: LoggedBandit, reward_hat: np.ndarray) -> Terms:
+    """DM / DR / SNDR terms with the reward model's predictions `reward_hat` (n, n_actions)."""
+    zeros, ones, w = np.zeros(data.n), np.ones(data.n), data.weight
+    direct = np.sum(data.target_dist * reward_hat, axis=1)
+    residual = data.reward - reward_hat[np.arange(data.n), data.action]
     if name == "dm":
         return Terms(direct, zeros, ones)
     return Terms(direct, w * residual, ones if name == "dr" else w)
@@ -135,32 +162,47 @@ class Estimate:
     estimate: float
     ci_low: float
     ci_high: float
+    # The bootstrap replicates behind the interval (shared resamples across one estimate_all call).
+    replicates: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def width(self) -> float:
         return self.ci_high - self.ci_low
 
 
+# A reward model refitted on one resample: bootstrap counts (n,) -> that model's terms, one per name.
+Refit = Callable[[np.ndarray], Sequence[Terms]]
+
+
 def bootstrap_replicates(terms: Sequence[Terms], *, n_resamples: int, seed: int | np.random.SeedSequence,
-                         ) -> np.ndarray:
-    """(len(terms), n_resamples) bootstrap replicates: rows resampled with replacement, jointly for
-    every estimator. Vectorised: each resample is a row of counts; one matrix product sums them."""
+                         refit: Refit | None = None) -> np.ndarray:
+    """(len(terms) [+ len(refit(...))], n_resamples) bootstrap replicates: rows resampled with
+    replacement, jointly for every estimator. Vectorised: each resample is a row of counts; one
+    matrix product sums the fixed terms. `refit`, if given, is called with each resample's counts
+    and its terms' replicates follow the fixed ones' (same resamples)."""
     if n_resamples < 1:
         raise ValueError(f"n_resamples: must be >= 1, got {n_resamples}")
-    n = len(terms[0].base)
-    if any(len(t.base) != n for t in terms):
-        raise ValueError("terms: every estimator's terms must have the same number of rows")
+    n = len(terms[0].base) if terms else None
+    if n is None or any(len(t.base) != n for t in terms):
+        raise ValueError("terms: give at least one, every estimator's terms with the same number of rows")
     columns = np.column_stack([np.column_stack([t.base, t.num, t.den]) for t in terms])  # (n, 3m)
     rng = np.random.default_rng(seed)
     chunk = max(1, _BOOTSTRAP_CELLS // n)
-    out = np.empty((len(terms), n_resamples))
+    rows: list[np.ndarray] = []
     for start in range(0, n_resamples, chunk):
         b = min(chunk, n_resamples - start)
         draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
         counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(float)
         sums = (counts @ columns).reshape(b, len(terms), 3)
-        out[:, start:start + b] = (sums[:, :, 0] / n + sums[:, :, 1] / sums[:, :, 2]).T
-    return out
+        block = [(sums[:, :, 0] / n + sums[:, :, 1] / sums[:, :, 2]).T]
+        if refit is not None:
+            block.append(np.array([[_weighted_value(t, c) for t in refit(c)] for c in counts]).T)
+        rows.append(np.vstack(block))
+    return np.hstack(rows)
+
+
+def _weighted_value(terms: Terms, counts: np.ndarray) -> float:
+    return float(counts @ terms.base / len(counts) + (counts @ terms.num) / (counts @ terms.den))
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -172,14 +214,63 @@ def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tup
 
 
 def estimate_all(data: LoggedBandit, names: Sequence[str] = ESTIMATORS, *, n_resamples: int = 2000,
-                 seed: int | np.random.SeedSequence = 0, confidence: float = 0.95) -> dict[str, Estimate]:
-    """Each named estimator's value and percentile-bootstrap interval, on shared resamples."""
+                 seed: int | np.random.SeedSequence = 0, confidence: float = 0.95,
+                 resample: Callable[[np.ndarray], LoggedBandit] | None = None) -> dict[str, Estimate]:
+    """Each named estimator's value and percentile-bootstrap interval, on shared resamples.
+
+    resample(counts) -> LoggedBandit: the logs with what was fitted on them (the reward model, an
+    estimated evaluation policy) refitted on one resample, its rows weighted by the counts; given,
+    every estimator's replicates come from it, so the intervals carry the fitted parts' noise."""
     if data.reward_hat is None:
-        names = [name for name in names if name not in _NEEDS_MODEL]
+        names = [name for name in names if name not in MODEL_ESTIMATORS]
+    names = list(names)
     terms = [estimator_terms(name, data) for name in names]
-    low, high = percentile_interval(bootstrap_replicates(terms, n_resamples=n_resamples, seed=seed), confidence)
-    return {name: Estimate(name, t.value(), float(lo), float(hi))
-            for name, t, lo, hi in zip(names, terms, low, high)}
+    refit = None
+    if resample is not None:
+        def refit(counts: np.ndarray) -> list[Terms]:
+            refitted = resample(counts)
+            return [estimator_terms(name, refitted) for name in names]
+    replicates = bootstrap_replicates(terms, n_resamples=n_resamples, seed=seed, refit=refit)
+    if resample is not None:
+        replicates = replicates[len(names):]  # the refitted replicates replace the fixed ones
+    low, high = percentile_interval(replicates, confidence)
+    return {name: Estimate(name, t.value(), float(lo), float(hi), row)
+            for name, t, lo, hi, row in zip(names, terms, low, high, replicates)}
+
+
+def best_estimator(estimates: dict[str, Estimate], rule: str = "narrowest_consistent") -> str:
+    """The estimator a rule fixed in advance picks (BEST_RULE_TEXT): never the truth."""
+    consistent = [n for n in CONSISTENT_ESTIMATORS if n in estimates]
+    reference = min(consistent, key=lambda n: estimates[n].width)
+    if rule == "narrowest_consistent":
+        return reference
+    if rule == "mse":
+        return min(estimates, key=lambda n: (estimated_mse(estimates[n], estimates[reference], n in consistent),
+                                             ESTIMATORS.index(n)))
+    if rule != "intersection":
+        raise ValueError(f"best rule: {rule!r} is not one of {', '.join(BEST_RULES)}")
+    order = sorted(estimates, key=lambda n: (-estimates[n].width, ESTIMATORS.index(n)))
+    low, high, chosen = -np.inf, np.inf, order[0]
+    for name in order:
+        low, high = max(low, estimates[name].ci_low), min(high, estimates[name].ci_high)
+        if low > high:
+            break
+        chosen = name
+    return chosen
+
+
+def estimated_mse(candidate: Estimate, reference: Estimate, consistent: bool) -> float:
+    """Bootstrap variance, plus for an estimator that may be biased an unbiased estimate of its
+    squared bias against a consistent reference, (theta - theta_ref)^2 - Var(theta - theta_ref),
+    floored at 0 (the two share resamples, so the difference's variance is the paired one)."""
+    if candidate.replicates is None or reference.replicates is None:
+        raise ValueError(f"estimated_mse: {candidate.name} and {reference.name} need their bootstrap replicates")
+    variance = float(np.var(candidate.replicates, ddof=1))
+    if consistent:
+        return variance
+    gap = candidate.estimate - reference.estimate
+    bias_squared = gap ** 2 - float(np.var(candidate.replicates - reference.replicates, ddof=1))
+    return variance + max(bias_squared, 0.0)
 
 
 # --- the reward model and cross-fitting ---------------------------------------------------------
@@ -209,28 +300,37 @@ class L2Logistic:
         if not self.penalty > 0:
             raise ValueError(f"penalty: must be > 0, got {self.penalty}")
 
-    def fit(self, X: np.ndarray | sparse.spmatrix, y: np.ndarray) -> L2Logistic:
-        """X dense or scipy.sparse (n, p); y in {0, 1}."""
+    def fit(self, X: np.ndarray | sparse.spmatrix, y: np.ndarray, sample_weight: np.ndarray | None = None,
+            init: L2Logistic | None = None) -> L2Logistic:
+        """X dense or scipy.sparse (n, p); y in {0, 1}; sample_weight (n,) >= 0 (a bootstrap's
+        counts); init: a fitted model to start Newton from (a refit on a resample)."""
         y = np.asarray(y, float)
         if X.ndim != 2 or X.shape[0] != len(y):
             raise ValueError(f"X: must be (n, p) with n = len(y) = {len(y)}, got {X.shape}")
+        weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
+        if weight.shape != y.shape or np.any(weight < 0) or not weight.sum() > 0:
+            raise ValueError(f"sample_weight: must be {len(y)} non-negative values, not all zero")
         ones = np.ones((X.shape[0], 1))
         design = sparse.hstack([ones, X], format="csr") if sparse.issparse(X) else np.hstack([ones, X])
         ridge = np.full(design.shape[1], self.penalty)
         ridge[0] = 0.0
-        rate = np.clip(y.mean(), 1e-6, 1 - 1e-6)
+        rate = np.clip(np.average(y, weights=weight), 1e-6, 1 - 1e-6)
         params = np.zeros(design.shape[1])
         params[0] = np.log(rate / (1 - rate))
+        if init is not None:
+            if len(init.coef_) != X.shape[1]:
+                raise ValueError(f"init: a model of {len(init.coef_)} features, X has {X.shape[1]}")
+            params = np.concatenate([[init.intercept_], init.coef_])
 
         def objective(theta: np.ndarray) -> float:
             eta = design @ theta
-            return float(np.sum(np.logaddexp(0.0, eta) - y * eta) + 0.5 * theta @ (ridge * theta))
+            return float(weight @ (np.logaddexp(0.0, eta) - y * eta) + 0.5 * theta @ (ridge * theta))
 
         value = objective(params)
         for _ in range(self.max_iter):
             prob = expit(design @ params)
-            grad = design.T @ (prob - y) + ridge * params
-            curvature = prob * (1 - prob)
+            grad = design.T @ (weight * (prob - y)) + ridge * params
+            curvature = weight * prob * (1 - prob)
             weighted = design.multiply(curvature[:, None]) if sparse.issparse(design) else design * curvature[:, None]
             hessian = design.T @ weighted
             hessian = (hessian.toarray() if sparse.issparse(hessian) else hessian) + np.diag(ridge)
@@ -254,6 +354,19 @@ class L2Logistic:
         """P(reward = 1) for each row of X."""
         X = X if sparse.issparse(X) else np.asarray(X, float)
         return expit(self.intercept_ + X @ self.coef_)
+
+
+def bootstrap_refit(design: np.ndarray | sparse.spmatrix, y: np.ndarray, penalty: float,
+                    predict_all: Callable[[L2Logistic], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A reward model refitted on one resample, for estimate_all's `resample`: bootstrap counts ->
+    (n, n_actions) predictions of an L2Logistic on the logged rows' design; the counts weight the rows, Newton starts from the fit on every row (a few steps), and
+    predict_all(model) gives that model's (n, n_actions) predictions."""
+    full = L2Logistic(penalty).fit(design, y)
+
+    def refit(counts: np.ndarray) -> np.ndarray:
+        return predict_all(L2Logistic(penalty).fit(design, y, sample_weight=counts, init=full))
+
+    return refit
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:

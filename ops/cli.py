@@ -83,6 +83,8 @@ def _bench(name: str):
             from bench import train as module
         elif name == "bandit":
             from bench import bandit as module
+        elif name == "ope":
+            from bench import ope as module
         else:
             from bench import serve as module
         return module.configure_cli, module.cli_main
@@ -110,6 +112,7 @@ BENCHMARKS: dict[str, tuple[Callable, str]] = {
     "train": (_bench("train"), "XGBoost via Ray Train against plain xgboost.train, same rows"),
     "serve": (_bench("serve"), "homepage over Serve HTTP against the same code under plain uvicorn"),
     "bandit": (_bench("bandit"), "artwork policies on the bandit environment: regret against the oracle"),
+    "ope": (_bench("ope"), "off-policy estimators and the best-estimator rules on synthetic logs with a known value"),
 }
 
 

@@ -26,12 +26,13 @@ members (`marquee ope --logs HOME --policy NAME`).
    over the same folds (a trial's prediction never comes from a model that saw it). Reported
    beside them: the logging policy's observed reward rate on the evaluation trials (the value of
    what was served), trial and reward counts, the importance weights' effective sample size and
-   the candidate's settings. `best` is bandits.obd's rule, fixed in advance: the narrowest
-   interval among the estimators consistent whatever the reward model.
+   the candidate's settings. `best` is picked by bandits.obd's default rule, fixed in advance:
+   the narrowest interval among the estimators consistent whatever the reward model
+   (`best_by_rule` shows the other rules' picks beside it).
 
-The intervals resample evaluation trials with the candidate and the reward model held fixed,
-and treat the trials of one page as independent (they share a member and a moment), so they
-are somewhat narrow. A logging policy that shows one arm with certainty (propensity 1 while the
+The intervals resample evaluation trials with the candidate held fixed and the reward model
+(its chosen penalty) refitted on every resample; they treat the trials of one page as
+independent (they share a member and a moment), so they are somewhat narrow. A logging policy that shows one arm with certainty (propensity 1 while the
 title has others) gives no information about the others: `logging.deterministic_share` says how
 much of the log is like that.
 """
@@ -43,7 +44,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -55,12 +56,15 @@ from threadpoolctl import threadpool_limits
 from actors.bandit_learner import LearnerSettings, LogActorReader
 from bandits.arms import ArmTable
 from bandits.context import FEATURE_DIM, MEMBER_DIM, N_THEMES, page_features
-from bandits.obd import BEST_RULE, PENALTY_GRID
+from bandits.obd import DEFAULT_BEST_RULE, PENALTY_GRID
 from bandits.ope import (
-    CONSISTENT_ESTIMATORS,
+    BEST_RULE_TEXT,
+    BEST_RULES,
     ESTIMATORS,
     L2Logistic,
     LoggedBandit,
+    best_estimator,
+    bootstrap_refit,
     cross_fitted,
     cv_log_loss,
     estimate_all,
@@ -80,9 +84,9 @@ MIN_EVAL_TRIALS = 100  # fewer, and the intervals and the reward model's folds s
 READ_BATCH = 50_000  # log rows per read
 PAGE_CHUNK = 4_096  # trials whose pages are built at once (a page is 6 arms x 87 floats a trial)
 DETERMINISTIC_PROPENSITY = 1.0 - 1e-9
-INTERVAL_NOTE = ("percentile bootstrap over the evaluation trials, the candidate and the cross-fitted reward "
-                 "model held fixed (DM's interval omits the model's own noise); trials of one page are "
-                 "resampled as independent")
+INTERVAL_NOTE = ("percentile bootstrap over the evaluation trials, the candidate held fixed and the reward "
+                 "model (its chosen penalty) refitted on every resample, so the model-based estimators' "
+                 "intervals carry its noise; trials of one page are resampled as independent")
 
 
 class ServedOpeError(ValueError):
@@ -334,9 +338,11 @@ def target_distribution(policy: Policy, data: TrialSet, rng: np.random.Generator
 # -- the reward model ----------------------------------------------------------------------------
 
 
-def reward_model(data: TrialSet, folds: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+def reward_model(data: TrialSet, folds: np.ndarray
+                 ) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray], dict[str, Any]]:
     """Cross-fitted (n, max_arms) play probabilities of every arm of each trial's title, from an
-    L2 logistic regression on the shown arm's context row; penalty by cross-validated log loss."""
+    L2 logistic regression on the shown arm's context row; penalty by cross-validated log loss.
+    Also the bootstrap's refit (counts -> every arm's predictions of the model refitted on them)."""
     chunks = [slice(s, min(s + PAGE_CHUNK, data.n)) for s in range(0, data.n, PAGE_CHUNK)]
     x = np.concatenate([data.shown(rows)[0] for rows in chunks])
     y = data.reward
@@ -344,21 +350,22 @@ def reward_model(data: TrialSet, folds: np.ndarray) -> tuple[np.ndarray, dict[st
     def fitter(penalty: float) -> Callable[[np.ndarray], L2Logistic]:
         return lambda train: L2Logistic(penalty).fit(x[train], y[train])
 
+    pages = [data.page(rows) for rows in chunks]
+    features = np.concatenate([page.features for page in pages])  # (n, width, FEATURE_DIM), built once
+    mask = np.concatenate([page.mask for page in pages])
+
     def every_arm(model: L2Logistic, rows: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(rows), data.width))
-        for start in range(0, len(rows), PAGE_CHUNK):
-            part = rows[start:start + PAGE_CHUNK]
-            page = data.page(part)
-            predicted = model.predict_proba(page.features.reshape(-1, FEATURE_DIM)).reshape(page.mask.shape)
-            out[start:start + len(part)] = np.where(page.mask, predicted, 0.0)
-        return out
+        predicted = model.predict_proba(features[rows].reshape(-1, FEATURE_DIM)).reshape(len(rows), -1)
+        return np.where(mask[rows], predicted, 0.0)
 
     loss = {p: cv_log_loss(folds, y, fitter(p), lambda model, rows: model.predict_proba(x[rows]))
             for p in PENALTY_GRID}
     penalty = min(loss, key=loss.get)  # the first of equals, in grid order
     constant = log_loss(y, cross_fitted(folds, lambda train: y[train].mean(),
                                         lambda rate, rows: np.full(len(rows), rate)))
-    return cross_fitted(folds, fitter(penalty), every_arm), {
+    every_row = np.arange(data.n)
+    refit = bootstrap_refit(x, y, penalty, lambda model: every_arm(model, every_row))
+    return cross_fitted(folds, fitter(penalty), every_arm), refit, {
         "model": "L2 logistic regression on the shown arm's context row (bandits.context), cross-fitted "
                  "over the evaluation trials",
         "selected_by": "cross-validated log loss on the evaluation trials",
@@ -423,13 +430,14 @@ def _evaluate_trials(trials: Sequence[Trial], arms: ArmTable, settings: LearnerS
         raise ServedOpeError(f"no overlap: the candidate gives probability 0 to the arm shown in every one of the "
                              f"{evaluation.n} evaluation trials, so the logs say nothing about what it would earn")
     folds = fold_ids(evaluation.n, n_folds, np.random.default_rng(reward_seed))
-    reward_hat, model_summary = reward_model(evaluation, folds)
+    reward_hat, refit_reward_hat, model_summary = reward_model(evaluation, folds)
     progress(f"reward model: penalty {model_summary['penalty']}, cv log loss {model_summary['cv_log_loss']:.5f} "
              f"(constant rate {model_summary['constant_rate_cv_log_loss']:.5f})")
     logged = LoggedBandit(reward=evaluation.reward, action=evaluation.action, behavior_prob=evaluation.propensity,
                           target_prob=target[rows, evaluation.action], target_dist=target, reward_hat=reward_hat)
-    estimates = estimate_all(logged, ESTIMATORS, n_resamples=n_resamples, seed=bootstrap_seed, confidence=confidence)
-    best = min(CONSISTENT_ESTIMATORS, key=lambda name: estimates[name].width)
+    estimates = estimate_all(logged, ESTIMATORS, n_resamples=n_resamples, seed=bootstrap_seed, confidence=confidence,
+                             resample=lambda counts: replace(logged, reward_hat=refit_reward_hat(counts)))
+    picks = {rule: best_estimator(estimates, rule) for rule in BEST_RULES}
     weight = logged.weight
     arms_per_title = arms.arm_themes[evaluation.title_row] >= 0
     deterministic = (evaluation.propensity >= DETERMINISTIC_PROPENSITY) & (arms_per_title.sum(axis=1) > 1)
@@ -444,8 +452,9 @@ def _evaluate_trials(trials: Sequence[Trial], arms: ArmTable, settings: LearnerS
         "rewards": {"train": int(train.reward.sum()), "eval": int(evaluation.reward.sum())},
         "estimators": {name: {"estimate": e.estimate, "ci_low": e.ci_low, "ci_high": e.ci_high}
                        for name, e in estimates.items()},
-        "best": best,
-        "best_rule": BEST_RULE,
+        "best": picks[DEFAULT_BEST_RULE],
+        "best_rule": BEST_RULE_TEXT[DEFAULT_BEST_RULE],
+        "best_by_rule": picks,
         "interval": INTERVAL_NOTE,
         "weights": {"mean": float(weight.mean()), "max": float(weight.max()),
                     "effective_sample_size": float(weight.sum() ** 2 / np.sum(weight ** 2))},

@@ -12,14 +12,14 @@ import pandas as pd
 import pytest
 
 from bandits.obd import (
-    BEST_RULE,
+    DEFAULT_BEST_RULE,
     PolicyModelSettings,
     TimeBinnedPolicy,
     campaign_file,
     evaluate_bts_from_random,
     read_campaign_logs,
 )
-from bandits.ope import CONSISTENT_ESTIMATORS, ESTIMATORS
+from bandits.ope import BEST_RULE_TEXT, BEST_RULES, CONSISTENT_ESTIMATORS, ESTIMATORS
 from bandits.ope_cli import cli_main, configure_cli
 from marquee.home import data_root
 
@@ -102,8 +102,12 @@ def test_report_shape_and_the_best_rule(report):
             abs(entry["estimate"] - report["observed_rate"]) / report["observed_rate"])
     widths = {n: report["estimators"][n]["ci_high"] - report["estimators"][n]["ci_low"]
               for n in CONSISTENT_ESTIMATORS}
-    assert report["best"] == min(widths, key=widths.get)
-    assert report["best_rule"] == BEST_RULE and "observed" in BEST_RULE
+    assert report["best_by_rule"]["narrowest_consistent"] == min(widths, key=widths.get)
+    assert set(report["best_by_rule"]) == set(BEST_RULES)
+    assert report["best"] == report["best_by_rule"][DEFAULT_BEST_RULE]
+    assert report["best_rule"] == BEST_RULE_TEXT[DEFAULT_BEST_RULE] and "observed" in report["best_rule"]
+    dm = report["estimators"]["dm"]
+    assert dm["ci_high"] - dm["ci_low"] > 0.2 * (widths["dr"])  # the refitted model's noise is in DM's interval
     assert report["reward_model"]["feature_set"] in report["reward_model"]["best_cv_log_loss_by_feature_set"]
 
 

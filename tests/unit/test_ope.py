@@ -3,19 +3,26 @@ scipy.stats.bootstrap, coverage on a simulated bandit whose true value is known,
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import sparse, stats
 from scipy.special import expit
 
 from bandits.ope import (
+    BEST_RULES,
     CONSISTENT_ESTIMATORS,
     ESTIMATORS,
+    Estimate,
     L2Logistic,
     LoggedBandit,
+    best_estimator,
+    bootstrap_refit,
     bootstrap_replicates,
     cross_fitted,
     estimate_all,
+    estimated_mse,
     estimator_terms,
     fold_ids,
     percentile_interval,
@@ -166,3 +173,81 @@ def test_l2_logistic_solves_its_optimality_conditions_dense_and_sparse():
     assert np.abs(L2Logistic(penalty=1e6).fit(X, y).coef_).max() < 1e-2  # heavy penalty -> constant
     with pytest.raises(ValueError, match="penalty"):
         L2Logistic(penalty=0.0)
+
+
+def test_weighted_fit_equals_the_fit_on_repeated_rows_and_a_warm_start_lands_on_the_same_optimum():
+    rng = np.random.default_rng(8)
+    X = rng.normal(size=(300, 4))
+    y = (rng.random(300) < expit(X @ np.array([0.5, -1.0, 0.2, 0.0]))).astype(float)
+    counts = rng.integers(0, 3, 300).astype(float)
+    repeated = np.repeat(np.arange(300), counts.astype(int))
+    weighted = L2Logistic(penalty=3.0).fit(X, y, sample_weight=counts)
+    plain = L2Logistic(penalty=3.0).fit(X[repeated], y[repeated])
+    assert np.allclose(weighted.coef_, plain.coef_, atol=1e-8) and weighted.intercept_ == pytest.approx(plain.intercept_)
+    warm = L2Logistic(penalty=3.0).fit(X, y, sample_weight=counts, init=L2Logistic(penalty=3.0).fit(X, y))
+    assert np.allclose(warm.coef_, weighted.coef_, atol=1e-7)
+    with pytest.raises(ValueError, match="sample_weight"):
+        L2Logistic(penalty=1.0).fit(X, y, sample_weight=-counts)
+    with pytest.raises(ValueError, match="init"):
+        L2Logistic(penalty=1.0).fit(X[:, :2], y, init=plain)
+
+
+def _dm_world(seed: int, n: int = 3000):
+    """A uniform logger over 2 actions, a target that plays action 1, a constant-plus-action model."""
+    rng = np.random.default_rng(seed)
+    action = rng.integers(0, 2, n)
+    reward = (rng.random(n) < np.where(action == 1, 0.3, 0.1)).astype(float)
+    design = np.eye(2)[action]
+    target = np.tile([0.0, 1.0], (n, 1))
+    model = L2Logistic(penalty=1e-3).fit(design, reward)
+    predict = lambda m: np.column_stack([m.predict_proba(np.tile(row, (n, 1))) for row in np.eye(2)])  # noqa: E731
+    data = LoggedBandit(reward, action, np.full(n, 0.5), target[np.arange(n), action], target_dist=target,
+                        reward_hat=predict(model))
+    return data, bootstrap_refit(design, reward, 1e-3, predict)
+
+
+def test_refitting_the_reward_model_gives_dm_an_interval_that_carries_the_models_noise():
+    """Held fixed, the model leaves DM a zero-width interval; refitted per resample, DM's interval
+    is that of the mean reward under action 1 (its binomial standard error) and covers 0.3 at
+    about the nominal rate."""
+    data, refit = _dm_world(1)
+    fixed = estimate_all(data, ("ips", "dm"), n_resamples=300, seed=2)
+    refitted = estimate_all(data, ("ips", "dm"), n_resamples=300, seed=2,
+                            resample=lambda counts: replace(data, reward_hat=refit(counts)))
+    assert fixed["dm"].width == pytest.approx(0.0, abs=1e-9)
+    assert refitted["ips"].ci_low == fixed["ips"].ci_low  # the same resamples for the fixed terms
+    p1, n1 = 0.3, np.sum(data.action == 1)
+    assert refitted["dm"].width == pytest.approx(2 * 1.96 * np.sqrt(p1 * (1 - p1) / n1), rel=0.25)
+    covered = 0
+    for seed in range(40):
+        world, world_refit = _dm_world(100 + seed)
+        e = estimate_all(world, ("dm",), n_resamples=200, seed=seed,
+                         resample=lambda counts, w=world, r=world_refit: replace(w, reward_hat=r(counts)))["dm"]
+        covered += e.ci_low <= 0.3 <= e.ci_high
+    assert 33 <= covered <= 40  # nominal 38 of 40
+
+
+def _estimate(name, value, low, high, replicates):
+    return Estimate(name, value, low, high, np.asarray(replicates, float))
+
+
+def test_best_rules_on_hand_made_intervals():
+    r = np.array([0.0, 1.0, 2.0, 3.0])
+    estimates = {
+        "ips": _estimate("ips", 1.0, 0.0, 2.0, 1.0 + r),
+        "dr": _estimate("dr", 1.1, 0.2, 1.9, 1.1 + 0.8 * r),
+        "dm": _estimate("dm", 1.8, 1.7, 1.9, 1.8 + 0.1 * r),
+    }
+    assert best_estimator(estimates, "narrowest_consistent") == "dr"
+    assert best_estimator(estimates, "intersection") == "dm"  # [1.7, 1.9] meets [0.2, 1.9] and [0, 2]
+    # mse: dr's variance var(0.8 r) = 1.067; dm's 0.0167 + (0.7^2 - var(-0.7 r) = 0.49 - 0.817 -> 0) -> dm
+    assert estimated_mse(estimates["dr"], estimates["dr"], True) == pytest.approx(np.var(0.8 * r, ddof=1))
+    assert estimated_mse(estimates["dm"], estimates["dr"], False) == pytest.approx(np.var(0.1 * r, ddof=1))
+    assert best_estimator(estimates, "mse") == "dm"
+    far = dict(estimates, dm=_estimate("dm", 5.0, 4.9, 5.1, 5.0 + 0.1 * r))
+    assert best_estimator(far, "intersection") == "dr" and best_estimator(far, "mse") == "dr"
+    with pytest.raises(ValueError, match="best rule"):
+        best_estimator(estimates, "closest")
+    with pytest.raises(ValueError, match="replicates"):
+        estimated_mse(Estimate("dm", 1.0, 0.0, 2.0), estimates["dr"], False)
+    assert set(BEST_RULES) == {"narrowest_consistent", "mse", "intersection"}

@@ -19,8 +19,8 @@ from scipy.special import expit
 
 from bandits.arms import ArmTable
 from bandits.context import FEATURE_NAMES, member_vectors, page_features
-from bandits.obd import BEST_RULE
-from bandits.ope import CONSISTENT_ESTIMATORS, ESTIMATORS
+from bandits.obd import DEFAULT_BEST_RULE
+from bandits.ope import BEST_RULE_TEXT, CONSISTENT_ESTIMATORS, ESTIMATORS
 from bandits.policies import PageContext
 from marquee.dataset import write_dataset
 from marquee.home import LocalCluster, Paths
@@ -212,7 +212,7 @@ def test_split_is_in_time_and_never_splits_a_page(served):
 
 def test_uniform_candidate_intervals_cover_the_logged_rate(served):
     _, arms, truth, joined = served
-    result = evaluate_trials(joined.trials, arms, candidate_settings("uniform"), n_resamples=1000)
+    result = evaluate_trials(joined.trials, arms, candidate_settings("uniform"), n_resamples=400)
     report = result.report
     assert set(report["estimators"]) == set(ESTIMATORS)
     logged = report["logged_rate"]
@@ -237,7 +237,7 @@ DR_TOLERANCE = 0.045
 def test_epsilon_greedy_trained_on_the_past_is_judged_near_its_true_value(served):
     _, arms, truth, joined = served
     result = evaluate_trials(joined.trials, arms, candidate_settings("epsilon_greedy", {"epsilon": 0.1}, 200),
-                             n_resamples=1000)
+                             n_resamples=400)
     report, policy = result.report, result.policy
     assert int(np.argmax(policy.reward_sum / np.maximum(policy.pulls, 1))) == ARTWORK_THEMES.index(BEST)
     assert policy.pulls.sum() == report["n_train"]  # learnt from the training trials only
@@ -252,7 +252,9 @@ def test_epsilon_greedy_trained_on_the_past_is_judged_near_its_true_value(served
         assert entry["ci_low"] <= value <= entry["ci_high"], (name, entry, value)
     assert abs(report["estimators"]["dr"]["estimate"] - value) < DR_TOLERANCE
     widths = {n: report["estimators"][n]["ci_high"] - report["estimators"][n]["ci_low"] for n in CONSISTENT_ESTIMATORS}
-    assert report["best"] == min(widths, key=widths.get) and report["best_rule"] == BEST_RULE
+    assert report["best_by_rule"]["narrowest_consistent"] == min(widths, key=widths.get)
+    assert report["best"] == report["best_by_rule"][DEFAULT_BEST_RULE]
+    assert report["best_rule"] == BEST_RULE_TEXT[DEFAULT_BEST_RULE]
     weights = np.array([policy.probabilities(result.evaluation.page(slice(i, i + 1)), 0)[0, a] / p for i, (a, p)
                         in enumerate(zip(result.evaluation.action, result.evaluation.propensity))])
     assert report["weights"]["effective_sample_size"] == pytest.approx(weights.sum() ** 2 / (weights ** 2).sum())
@@ -261,7 +263,7 @@ def test_epsilon_greedy_trained_on_the_past_is_judged_near_its_true_value(served
 def test_linucb_candidate_covers_its_true_value_and_thompson_runs_are_seeded(served):
     _, arms, truth, joined = served
     result = evaluate_trials(joined.trials, arms, candidate_settings("linucb", {"arm_model": "shared", "alpha": 0.1}),
-                             n_resamples=1000)
+                             n_resamples=400)
     value = true_value(result, truth)
     dr = result.report["estimators"]["dr"]
     assert dr["ci_low"] <= value <= dr["ci_high"] and abs(dr["estimate"] - value) < DR_TOLERANCE
