@@ -359,8 +359,9 @@ class L2Logistic:
 def bootstrap_refit(design: np.ndarray | sparse.spmatrix, y: np.ndarray, penalty: float,
                     predict_all: Callable[[L2Logistic], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
     """A reward model refitted on one resample, for estimate_all's `resample`: bootstrap counts ->
-    (n, n_actions) predictions of an L2Logistic on the logged rows' design; the counts weight the rows, Newton starts from the fit on every row (a few steps), and
-    predict_all(model) gives that model's (n, n_actions) predictions."""
+    (n, n_actions) predictions of an L2Logistic on the logged rows' design. The counts weight the
+    rows, Newton starts from the fit on every row (a few steps), and predict_all(model) gives
+    that model's (n, n_actions) predictions."""
     full = L2Logistic(penalty).fit(design, y)
 
     def refit(counts: np.ndarray) -> np.ndarray:

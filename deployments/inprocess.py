@@ -127,12 +127,11 @@ def marquee_app(spec: WorkerSpec):
     from marquee.home import LocalCluster, use_cluster_auth
 
     use_cluster_auth(home)  # before ray is imported
-    import ray
 
     cluster = LocalCluster.load(home)
     if cluster is None or not cluster.alive():
         raise RuntimeError(f"no Marquee cluster runs for {home}: start it with `marquee up --detach`")
-    ray.init(address=cluster.gcs_address, namespace="marquee", logging_level="ERROR", log_to_driver=False)
+    cluster.connect("marquee")
 
     from deployments.gateway import make_api
     from deployments.service import ActorRef, Settings, build_service

@@ -11,7 +11,7 @@ broken by title_id, so the same input always gives the same row.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from deployments.contracts import Limit, RowFill, ScoredItem, TitleInfo
@@ -122,15 +122,37 @@ class Diversity:
         if isinstance(pool_factor, bool) or not isinstance(pool_factor, int) or pool_factor < 1:
             raise ValueError(f"pool_factor must be an int >= 1, got {pool_factor!r}")
         self.catalog, self.mmr_lambda, self.pool_factor = catalog, float(mmr_lambda), pool_factor
+        self._masks = GenreMasks(catalog)
 
     def __call__(self, fill: RowFill) -> None:
         want = fill.want
         if fill.diversify and self.mmr_lambda < 1.0:
             pool = fill.pool[: max(want * self.pool_factor, want)]
-            selected = [genres_of(self.catalog, item.title_id) for _, item in fill.pinned]
-            fill.chosen = _mmr(pool, want, self.mmr_lambda, fill.limits, selected, self.catalog)
+            mask_of = self._masks.of
+            fill.chosen = _mmr(pool, want, self.mmr_lambda, fill.limits,
+                               [mask_of(item.title_id) for _, item in fill.pinned], mask_of)
         else:
             fill.chosen = _by_score(fill.pool, want, fill.limits)
+
+
+class GenreMasks:
+    """Each title's genres as a bit mask (one bit per genre of the catalog), made on first use
+    and kept: MMR compares genre sets for every row of every page, and set algebra on ints is
+    several times cheaper than on frozensets. The catalog does not change under a selector."""
+
+    def __init__(self, catalog: Catalog):
+        self.catalog = catalog
+        self._bit: dict[str, int] = {}
+        self._mask: dict[int, int] = {}
+
+    def of(self, title_id: int) -> int:
+        mask = self._mask.get(title_id)
+        if mask is None:
+            mask = 0
+            for genre in sorted(genres_of(self.catalog, title_id)):
+                mask |= 1 << self._bit.setdefault(genre, len(self._bit))
+            self._mask[title_id] = mask
+        return mask
 
 
 def _by_score(pool: Sequence[ScoredItem], want: int, limits: Sequence[Limit]) -> list[ScoredItem]:
@@ -155,37 +177,25 @@ def _jaccard(a: int, b: int) -> float:
     return (a & b).bit_count() / union.bit_count() if union else 0.0
 
 
-def _genre_masks(genre_sets: Sequence[frozenset[str]]) -> list[int]:
-    """The sets as bit masks over the genres they use: set algebra on ints, not on frozensets."""
-    bit: dict[str, int] = {}
-    masks = []
-    for genres in genre_sets:
-        mask = 0
-        for genre in genres:
-            mask |= 1 << bit.setdefault(genre, len(bit))
-        masks.append(mask)
-    return masks
-
-
 def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, limits: Sequence[Limit],
-         selected_genres: list[frozenset[str]], catalog: Catalog) -> list[ScoredItem]:
+         selected_masks: Sequence[int], mask_of: Callable[[int], int]) -> list[ScoredItem]:
     """Maximal marginal relevance: lam * relevance - (1 - lam) * max genre similarity to the row so far.
 
     Relevance is the score min-max scaled within the row's pool, so lambda means the same thing
     whatever scale a source scores on. Ties: higher raw score, then lower title_id. (Per-item facts
-    are computed once and only the items of a just-filled limit key are re-checked: this runs for
-    every row of every page.)
+    are computed once; the similarity to the row so far depends only on an item's genre mask, so
+    it is kept per distinct mask; only the items of a just-filled limit key are re-checked: this
+    runs for every row of every page.)
     """
     if want <= 0 or not pool:
         return []
     lo = min(i.score for i in pool)
     hi = max(i.score for i in pool)
     span = hi - lo
-    masks = _genre_masks([genres_of(catalog, i.title_id) for i in pool] + list(selected_genres))
-    genres, selected = masks[:len(pool)], masks[len(pool):]
+    genres = [mask_of(i.title_id) for i in pool]
+    max_sim = {g: max((_jaccard(g, s) for s in selected_masks), default=0.0) for g in set(genres)}
     keys = [[limit.key(i.title_id) for i in pool] for limit in limits]
     base = [lam * ((i.score - lo) / span if span > 0 else 1.0) for i in pool]
-    max_sim = [max((_jaccard(g, s) for s in selected), default=0.0) for g in genres]
     alive = [True] * len(pool)
     for limit, k in zip(limits, keys):
         counts, cap = limit.counts, limit.cap
@@ -195,13 +205,14 @@ def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, limits: Sequence[Lim
     penalty = 1 - lam
     chosen: list[ScoredItem] = []
     while len(chosen) < want:
-        best_k, best_key = -1, None
+        best_k, best_value = -1, 0.0
         for k, item in enumerate(pool):
             if not alive[k]:
                 continue
-            key = (base[k] - penalty * max_sim[k], item.score, -item.title_id)
-            if best_key is None or key > best_key:
-                best_k, best_key = k, key
+            value = base[k] - penalty * max_sim[genres[k]]
+            if best_k < 0 or value > best_value or (
+                    value == best_value and (item.score, -item.title_id) > (pool[best_k].score, -pool[best_k].title_id)):
+                best_k, best_value = k, value
         if best_k < 0:
             break
         chosen.append(pool[best_k])
@@ -215,11 +226,10 @@ def _mmr(pool: Sequence[ScoredItem], want: int, lam: float, limits: Sequence[Lim
                         if k[j] == picked_key:
                             alive[j] = False
         picked = genres[best_k]
-        for k in range(len(pool)):
-            if alive[k]:
-                sim = _jaccard(genres[k], picked)
-                if sim > max_sim[k]:
-                    max_sim[k] = sim
+        for g, sim in max_sim.items():
+            new = _jaccard(g, picked)
+            if new > sim:
+                max_sim[g] = new
     return chosen
 
 

@@ -127,6 +127,24 @@ class LocalCluster:
         tmp.write_text(json.dumps(asdict(self), indent=2))
         os.replace(tmp, self.state_file)
 
+    def connect(self, namespace: str | None = None, attempts: int = 3, pause_s: float = 2.0) -> None:
+        """`ray.init` as a driver of this head, tried again after a failure: a head that just
+        opened its port can still time out the driver's node lookup on a loaded machine (seen
+        once in CI right after a restart). The last failure is raised as it came."""
+        import time
+
+        import ray
+
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=self.gcs_address, namespace=namespace, logging_level="ERROR", log_to_driver=False)
+                return
+            except (ConnectionError, RuntimeError):
+                ray.shutdown()  # leave nothing half-connected for the next attempt
+                if attempt == attempts or not self.alive():
+                    raise
+                time.sleep(pause_s)
+
     @classmethod
     def load(cls, home: Path) -> "LocalCluster | None":
         path = Paths(Path(home)).cluster_record

@@ -241,7 +241,7 @@ def _ray_dataset(events, home: Paths, scratch: Path):
         cluster = LocalCluster.load(home.home)
         if cluster is not None and cluster.alive():
             use_cluster_auth(home.home)
-            ray.init(address=cluster.gcs_address, logging_level="ERROR", log_to_driver=False)
+            cluster.connect()
         else:
             ray.init(num_cpus=2, logging_level="ERROR", log_to_driver=False, include_dashboard=False)
     return str(scratch / "events.parquet")

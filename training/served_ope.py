@@ -143,7 +143,7 @@ def _actor_log(paths: Paths, cluster: LocalCluster) -> Iterator[LogActorReader |
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+            cluster.connect(NAMESPACE)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ... for a lost head
             raise ServedOpeError(f"the cluster of {paths.home} (pid {cluster.pid}) holds the event log but cannot "
                                  f"be reached at {cluster.gcs_address}: {type(exc).__name__}: {exc}") from None

@@ -119,8 +119,7 @@ def bring_up(paths: Paths, *, data: str = "world", rebuild: bool = False, seed: 
 
     dataset = ensure_dataset(paths, data, rebuild=rebuild, seed=seed)
     cluster = start_head(paths.home)
-    ray.init(address=cluster.gcs_address, namespace=NAMESPACE, logging_level="ERROR",
-             log_to_driver=False)
+    cluster.connect(NAMESPACE)
     record_head_node(paths.home, ray.get_runtime_context().get_node_id())
     system = prepare_system(paths, dataset, rebuild=rebuild)
     system.update({"ray_address": cluster.gcs_address, "dashboard": cluster.dashboard_url})

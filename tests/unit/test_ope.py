@@ -200,7 +200,7 @@ def _dm_world(seed: int, n: int = 3000):
     design = np.eye(2)[action]
     target = np.tile([0.0, 1.0], (n, 1))
     model = L2Logistic(penalty=1e-3).fit(design, reward)
-    predict = lambda m: np.column_stack([m.predict_proba(np.tile(row, (n, 1))) for row in np.eye(2)])  # noqa: E731
+    predict = lambda m: np.tile(m.predict_proba(np.eye(2)), (n, 1))  # noqa: E731  (every row: the same 2 contexts)
     data = LoggedBandit(reward, action, np.full(n, 0.5), target[np.arange(n), action], target_dist=target,
                         reward_hat=predict(model))
     return data, bootstrap_refit(design, reward, 1e-3, predict)
@@ -220,8 +220,8 @@ def test_refitting_the_reward_model_gives_dm_an_interval_that_carries_the_models
     assert refitted["dm"].width == pytest.approx(2 * 1.96 * np.sqrt(p1 * (1 - p1) / n1), rel=0.25)
     covered = 0
     for seed in range(40):
-        world, world_refit = _dm_world(100 + seed)
-        e = estimate_all(world, ("dm",), n_resamples=200, seed=seed,
+        world, world_refit = _dm_world(100 + seed, n=1500)
+        e = estimate_all(world, ("dm",), n_resamples=150, seed=seed,
                          resample=lambda counts, w=world, r=world_refit: replace(w, reward_hat=r(counts)))["dm"]
         covered += e.ci_low <= 0.3 <= e.ci_high
     assert 33 <= covered <= 40  # nominal 38 of 40
