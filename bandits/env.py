@@ -69,7 +69,7 @@ DEFAULT_WORLD = WorldSettings(members=1000, titles=500, days=30)  # days = the o
 @dataclass
 class Impressions:
     """n impressions: who, what, where, the policy's view (features, mask, arm_class) and the
-    truth (probabilities per arm, 0 on padding)."""
+    truth (probabilities per arm, 0 on padding; the logit they share before the theme term)."""
 
     member: np.ndarray
     title: np.ndarray
@@ -79,6 +79,7 @@ class Impressions:
     mask: np.ndarray  # (n, max_arms)
     arm_class: np.ndarray  # (n, max_arms) theme index, -1 on padding
     probabilities: np.ndarray  # (n, max_arms)
+    base_logit: np.ndarray  # (n,) the play logit before the arm's theme term (truth, for the oracles)
 
     @property
     def best(self) -> np.ndarray:
@@ -211,7 +212,7 @@ class ArtworkWorld:
         base = play_logit(self.behaviour, match, self.pop_z[who, title], self.recency[title], 0.0,
                           position, row, hour, device)  # common to the arms; the theme term per arm:
         probabilities = np.where(mask, sigmoid(base[:, None] + self.behaviour.play_theme * affinity), 0.0)
-        return Impressions(who, title, device, hour, features, mask, themes, probabilities)
+        return Impressions(who, title, device, hour, features, mask, themes, probabilities, base)
 
 
 class ArtworkEnv(gym.Env):

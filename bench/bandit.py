@@ -28,7 +28,11 @@ Protocol (fixed, so numbers compare):
   * ceilings (diagnostics that use the truth, not policies): on fresh impressions, the greedy
     choice of a ridge fitted in hindsight to the true probabilities of every arm (the best a
     linear model on these features can do) and the best fixed theme ranking (the best a
-    context-free policy can do), both as regret per impression relative to uniform;
+    context-free policy can do), both as regret per impression relative to uniform; and two
+    oracles run like the policies on the reported seeds (posterior_oracle): told the true click
+    model and the genre-explained part of each member's theme affinity, they learn only the
+    personal rest, greedy on the posterior mean or Thompson; what they reach bounds what the
+    targets can ask of a policy in `--steps` impressions;
   * history sensitivity: the reported seeds rerun with a longer observable past
     (`--sensitivity-history-days`, default 90 and 180 days against the default 30), settings as
     tuned, for uniform, epsilon-greedy and the contextual policies, with the same ceilings: the
@@ -56,6 +60,8 @@ from bandits.env import DEFAULT_WORLD, ArtworkWorld
 from bandits.policies import Feedback, PageContext, Policy, make_policy
 from bench.report import emit, progress
 from producers.world.generate import WorldSettings
+from producers.world.members import PERSONAL_THEME_SD, theme_lean
+from producers.world.sampling import sigmoid
 
 PAGE_TITLES, PAGE_ARMS = 40, 6
 TUNING_SEED_BASE = 1000
@@ -66,6 +72,7 @@ RATIO_TO_EPSILON_GREEDY = 0.5
 RATIO_TO_UNIFORM = 0.2
 SELECTION_P99_LIMIT_MS = 1.0
 CONTEXTUAL = ("linucb", "linear_ts")
+ORACLES = {"posterior_greedy_oracle": False, "posterior_thompson_oracle": True}  # name -> sample
 
 # Same budget for every tuned policy: six configurations each.
 GRIDS: dict[str, list[dict[str, Any]]] = {
@@ -224,6 +231,43 @@ def ceilings(world: ArtworkWorld, seed: int) -> dict[str, float]:
             "context_free_hindsight": regret_of(theme_means[np.maximum(themes[test], 0)])}
 
 
+def posterior_oracle(world: ArtworkWorld, steps: int, batch: int, seed: int, *, sample: bool,
+                     prior_mean: np.ndarray | None = None, prior_sd: float = PERSONAL_THEME_SD) -> float:
+    """Cumulative regret of an oracle told everything but each member's personal theme noise:
+    the true click model (every impression's logit before the theme term, the theme coefficient)
+    and the part of the theme affinity the member's favourite genres explain (the prior mean;
+    prior sd the world's personal sd). It learns the rest from what it shows, one Laplace step
+    per impression of a (member, theme) Gaussian posterior, and picks by the posterior mean
+    (sample=False: greedy) or a draw from it (Thompson). On the seed's impressions and reward
+    draws, as learn_online (common random numbers). A diagnostic of what the environment allows
+    within `steps`, not a policy: no policy can read what it is told."""
+    stream = world.stream(np.random.default_rng([seed, 11]))
+    reward_draws = np.random.default_rng([seed, 12])
+    draws = np.random.default_rng([seed, 13])
+    history = world.history()  # the stream's titles follow the shown history, as for the policies
+    mean = (theme_lean(world.members.favorites) if prior_mean is None else np.asarray(prior_mean, float)).copy()
+    precision = np.full(mean.shape, prior_sd ** -2.0)
+    coef = world.behaviour.play_theme
+    rows, regret = np.arange(batch), 0.0
+    for _ in range(steps // batch):
+        shown = world.impressions(batch, stream, history)
+        who, themes = shown.member[:, None], np.maximum(shown.arm_class, 0)
+        belief = mean[who, themes]
+        if sample:
+            belief = belief + draws.standard_normal(belief.shape) / np.sqrt(precision[who, themes])
+        arm = np.argmax(np.where(shown.mask, belief, -np.inf), axis=1)
+        p = shown.probabilities[rows, arm]
+        regret += float((shown.best - p).sum())
+        reward = (reward_draws.random(batch) < p).astype(np.float64)
+        history.observe(shown, arm, reward, world.title_genres)
+        for member, theme, base, r in zip(shown.member.tolist(), themes[rows, arm].tolist(),
+                                          shown.base_logit.tolist(), reward.tolist()):
+            q = float(sigmoid(base + coef * mean[member, theme]))
+            precision[member, theme] += coef * coef * q * (1.0 - q)
+            mean[member, theme] += coef * (r - q) / precision[member, theme]
+    return regret
+
+
 def run(settings: BenchSettings) -> dict[str, Any]:
     began = time.perf_counter()
     tuning_worlds = {TUNING_SEED_BASE + i: world_for(settings, TUNING_SEED_BASE + i)
@@ -235,13 +279,16 @@ def run(settings: BenchSettings) -> dict[str, Any]:
     seeds = list(range(1, settings.seeds + 1))
     regrets: dict[str, list[float]] = {name: [] for name in GRIDS}
     bounds: list[dict[str, float]] = []
+    oracles: dict[str, list[float]] = {name: [] for name in ORACLES}
     world = None
     for seed in seeds:
         world = world_for(settings, seed)
         for name in GRIDS:
             regrets[name].append(run_policy(world, name, tuned[name]["params"], settings.steps, settings.batch, seed))
         bounds.append(ceilings(world, seed))
-        _progress(f"seed {seed}: " + ", ".join(f"{n} {r[-1]:.0f}" for n, r in regrets.items()))
+        for name, sample in ORACLES.items():
+            oracles[name].append(posterior_oracle(world, settings.steps, settings.batch, seed, sample=sample))
+        _progress(f"seed {seed}: " + ", ".join(f"{n} {r[-1]:.0f}" for n, r in (regrets | oracles).items()))
 
     # Latency: each policy after a short online run on the last seed's world, one member's page.
     page = timing_page(world, np.random.default_rng(99))
@@ -301,6 +348,11 @@ def run(settings: BenchSettings) -> dict[str, Any]:
         "selection_p99_ms": p99,
         "ratios": ratios,
         "ceilings_vs_uniform": {k: round(statistics.fmean(b[k] for b in bounds), 4) for k in bounds[0]},
+        "oracles": {name: {"regret_mean": round(statistics.fmean(v), 2),
+                           "regret_std": round(statistics.stdev(v), 2) if len(v) > 1 else 0.0,
+                           "regret_vs_uniform": round(statistics.fmean(v) / uniform_mean, 4),
+                           "regret_vs_epsilon_greedy": round(statistics.fmean(v) / eps, 4)}
+                    for name, v in oracles.items()},
         "targets": {
             f"{n}_vs_epsilon_greedy": f"<= {RATIO_TO_EPSILON_GREEDY} (mean regret / best epsilon-greedy's)" for n in CONTEXTUAL
         } | {f"{n}_vs_uniform": f"<= {RATIO_TO_UNIFORM} (mean regret / uniform's)" for n in CONTEXTUAL}

@@ -74,6 +74,21 @@ class Members:
         })
 
 
+FAVORITE_WEIGHTS = (1.0, 0.7, 0.5)  # a member's first, second and third favourite genre
+THEME_LEAN = 0.6  # how strongly the favourite genres' themes tilt the theme affinity
+PERSONAL_THEME_SD = 0.5  # the rest of the theme affinity: each member's own, unrelated to genres
+
+
+def theme_lean(favorites: np.ndarray) -> np.ndarray:
+    """The part of each member's artwork-theme affinity their favourite genres explain (centred
+    per member); the rest is personal noise of sd PERSONAL_THEME_SD. One definition, for the
+    world and for the bandit benchmark's oracles, which are told this part and must learn the rest."""
+    fav_weight = np.where(favorites >= 0, np.array(FAVORITE_WEIGHTS)[None, :], 0.0)
+    liked = np.einsum("nk,nkt->nt", fav_weight, genre_theme_matrix()[np.maximum(favorites, 0)])
+    liked = liked / fav_weight.sum(axis=1, keepdims=True)
+    return THEME_LEAN * (liked - liked.mean(axis=1, keepdims=True))
+
+
 def build_members(
     rng: np.random.Generator, n: int, start: date, days: int, genre_vecs: np.ndarray
 ) -> Members:
@@ -109,15 +124,12 @@ def build_members(
     favorites = weighted_subset(rng, weights, favorite_count)
     favorites = np.pad(favorites, ((0, 0), (0, 3 - favorites.shape[1])), constant_values=-1)
 
-    fav_weight = np.where(favorites >= 0, np.array([1.0, 0.7, 0.5])[None, :], 0.0)
+    fav_weight = np.where(favorites >= 0, np.array(FAVORITE_WEIGHTS)[None, :], 0.0)
     mix = np.einsum("nk,nkd->nd", fav_weight, genre_vecs[np.maximum(favorites, 0)])
     taste = unit(mix + 0.6 * rng.standard_normal((n, LATENT_DIM)) / np.sqrt(LATENT_DIM))
     est_taste = unit(taste + 0.9 * rng.standard_normal((n, LATENT_DIM)) / np.sqrt(LATENT_DIM))
-    genre_themes = genre_theme_matrix()
-    liked = np.einsum("nk,nkt->nt", fav_weight, genre_themes[np.maximum(favorites, 0)])
-    liked = liked / fav_weight.sum(axis=1, keepdims=True)
-    personal = 0.5 * rng.standard_normal((n, len(ARTWORK_THEMES)))
-    theme_affinity = personal + 0.6 * (liked - liked.mean(axis=1, keepdims=True))
+    personal = PERSONAL_THEME_SD * rng.standard_normal((n, len(ARTWORK_THEMES)))
+    theme_affinity = personal + theme_lean(favorites)
 
     return Members(
         country=country.astype(np.int64), maturity=maturity.astype(np.int8), language=language,

@@ -42,6 +42,10 @@ def test_cli_prints_one_json_object_with_regret_latency_and_targets(capsys):
     assert result["ratios"]["linucb_vs_uniform"] == pytest.approx(
         result["policies"]["linucb"]["regret_mean"] / result["policies"]["uniform"]["regret_mean"], rel=1e-3)
     assert 0 < result["ceilings_vs_uniform"]["linear_hindsight"] < 1.2
+    assert set(result["oracles"]) == set(bandit.ORACLES)
+    for row in result["oracles"].values():
+        assert row["regret_mean"] > 0 and row["regret_vs_uniform"] == pytest.approx(
+            row["regret_mean"] / result["policies"]["uniform"]["regret_mean"], rel=1e-3)
     longer = result["history_sensitivity"]["14"]
     assert longer["linucb_vs_uniform"] == pytest.approx(longer["linucb_regret_mean"] / longer["uniform_regret_mean"],
                                                         rel=1e-3)
