@@ -441,7 +441,7 @@ def fit_reward_model(random_logs: CampaignLogs, item_context: pd.DataFrame | Non
     reward_hat = cross_fitted(folds, fitter(chosen, penalty), chosen.all_items)
     every_row = np.arange(random_logs.n)
     refit = bootstrap_refit(chosen.design(every_row, item), y, penalty,
-                            lambda model: chosen.all_items(model, every_row))
+                            lambda model: chosen.all_items(model, every_row), centre=reward_hat)
     constant = log_loss(y, cross_fitted(folds, lambda train: y[train].mean(),
                                         lambda rate, test: np.full(len(test), rate)))
     return reward_hat, refit, {

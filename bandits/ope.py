@@ -18,11 +18,14 @@ Give ``resample`` and each resample refits what was fitted (the model on its row
 weights; an estimated evaluation policy on a resample of its own logs), so the intervals carry
 that noise too. ``L2Logistic`` is the small reward model.
 
-``best_estimator`` picks one estimator by a rule that never sees the truth: the interval
-intersection rule (SLOPE, Su, Srinath and Krishnamurthy, ICML 2020: Lepski's method for OPE). From
-the widest interval down, keep narrower estimators while every interval kept so far still has a
-common point; the last kept wins. A biased but precise estimator (DM) wins only when the unbiased
-ones cannot tell it apart from them.
+``best_estimator`` picks one estimator by a rule that never sees the truth (BEST_RULES; the
+default, ``narrowest_consistent``: the narrowest interval among the estimators consistent whatever
+the reward model). ``intersection`` is SLOPE (Su, Srinath and Krishnamurthy, ICML 2020: Lepski's
+method for OPE): from the widest interval down, keep narrower estimators while every interval kept
+so far still has a common point; the last kept wins, so a biased but precise estimator (DM) wins
+only when the wider ones cannot tell it apart from them. ``mse``: the smallest estimated variance
+plus squared bias against the narrowest consistent estimator. The refits' replicates are centred
+on the cross-fitted predictions the point estimate used (``bootstrap_refit``'s ``centre``).
 """
 
 from __future__ import annotations
@@ -357,15 +360,24 @@ class L2Logistic:
 
 
 def bootstrap_refit(design: np.ndarray | sparse.spmatrix, y: np.ndarray, penalty: float,
-                    predict_all: Callable[[L2Logistic], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+                    predict_all: Callable[[L2Logistic], np.ndarray], centre: np.ndarray | None = None
+                    ) -> Callable[[np.ndarray], np.ndarray]:
     """A reward model refitted on one resample, for estimate_all's `resample`: bootstrap counts ->
     (n, n_actions) predictions of an L2Logistic on the logged rows' design. The counts weight the
-    rows, Newton starts from the fit on every row (a few steps), and predict_all(model) gives
-    that model's (n, n_actions) predictions."""
+    rows, Newton runs from the fit on every row (warm start, a few steps to converge), and
+    predict_all(model) gives that model's (n, n_actions) predictions.
+
+    `centre`: the predictions the point estimate used (cross-fitted, so no row's prediction saw
+    it). A refit predicts the rows it was fitted on, so its replicates would sit around the
+    in-sample fit, not around the reported estimate; with `centre`, a resample's predictions are
+    centre + (refit - in-sample fit on every row): the refit's variation, carried around the
+    predictions actually reported. None: the point estimate used the in-sample fit itself."""
     full = L2Logistic(penalty).fit(design, y)
+    offset = None if centre is None else np.asarray(centre, float) - predict_all(full)
 
     def refit(counts: np.ndarray) -> np.ndarray:
-        return predict_all(L2Logistic(penalty).fit(design, y, sample_weight=counts, init=full))
+        predicted = predict_all(L2Logistic(penalty).fit(design, y, sample_weight=counts, init=full))
+        return predicted if offset is None else predicted + offset
 
     return refit
 

@@ -31,8 +31,8 @@ Protocol (fixed, so numbers compare):
     context-free policy can do), both as regret per impression relative to uniform; and two
     oracles run like the policies on the reported seeds (posterior_oracle): told the true click
     model and the genre-explained part of each member's theme affinity, they learn only the
-    personal rest, greedy on the posterior mean or Thompson; what they reach bounds what the
-    targets can ask of a policy in `--steps` impressions;
+    personal rest, greedy on the posterior mean or Thompson: a reference (not a bound) for what
+    the targets ask of a policy in `--steps` impressions;
   * history sensitivity: the reported seeds rerun with a longer observable past
     (`--sensitivity-history-days`, default 90 and 180 days against the default 30), settings as
     tuned, for uniform, epsilon-greedy and the contextual policies, with the same ceilings: the
@@ -239,8 +239,10 @@ def posterior_oracle(world: ArtworkWorld, steps: int, batch: int, seed: int, *, 
     prior sd the world's personal sd). It learns the rest from what it shows, one Laplace step
     per impression of a (member, theme) Gaussian posterior, and picks by the posterior mean
     (sample=False: greedy) or a draw from it (Thompson). On the seed's impressions and reward
-    draws, as learn_online (common random numbers). A diagnostic of what the environment allows
-    within `steps`, not a policy: no policy can read what it is told."""
+    draws, as learn_online (common random numbers). A reference for what the environment allows
+    within `steps`, not a policy (no policy can read what it is told) and not a bound: greedy on
+    the posterior mean is not Bayes-optimal (it ignores the value of exploring), so a policy
+    could in principle do somewhat better than this oracle."""
     stream = world.stream(np.random.default_rng([seed, 11]))
     reward_draws = np.random.default_rng([seed, 12])
     draws = np.random.default_rng([seed, 13])
@@ -253,8 +255,9 @@ def posterior_oracle(world: ArtworkWorld, steps: int, batch: int, seed: int, *, 
         shown = world.impressions(batch, stream, history)
         who, themes = shown.member[:, None], np.maximum(shown.arm_class, 0)
         belief = mean[who, themes]
-        if sample:
-            belief = belief + draws.standard_normal(belief.shape) / np.sqrt(precision[who, themes])
+        if sample:  # one draw per (impression, theme): two arms of one theme share it
+            noise = draws.standard_normal((batch, mean.shape[1]))[rows[:, None], themes]
+            belief = belief + noise / np.sqrt(precision[who, themes])
         arm = np.argmax(np.where(shown.mask, belief, -np.inf), axis=1)
         p = shown.probabilities[rows, arm]
         regret += float((shown.best - p).sum())

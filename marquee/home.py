@@ -135,6 +135,9 @@ class LocalCluster:
 
         import ray
 
+        if ray.is_initialized():  # a session this call did not open is not ours to shut down
+            raise RuntimeError(f"this process is already connected to a Ray cluster; connect to "
+                               f"{self.gcs_address} from a fresh process (or ray.shutdown() first)")
         for attempt in range(1, attempts + 1):
             try:
                 ray.init(address=self.gcs_address, namespace=namespace, logging_level="ERROR", log_to_driver=False)

@@ -354,8 +354,9 @@ def reward_model(data: TrialSet, folds: np.ndarray
     features = np.concatenate([page.features for page in pages])  # (n, width, FEATURE_DIM), built once
     mask = np.concatenate([page.mask for page in pages])
 
-    def every_arm(model: L2Logistic, rows: np.ndarray) -> np.ndarray:
-        predicted = model.predict_proba(features[rows].reshape(-1, FEATURE_DIM)).reshape(len(rows), -1)
+    def every_arm(model: L2Logistic, rows: np.ndarray | slice) -> np.ndarray:  # a slice: a view, no copy
+        chosen = features[rows]
+        predicted = model.predict_proba(chosen.reshape(-1, FEATURE_DIM)).reshape(chosen.shape[:2])
         return np.where(mask[rows], predicted, 0.0)
 
     loss = {p: cv_log_loss(folds, y, fitter(p), lambda model, rows: model.predict_proba(x[rows]))
@@ -363,9 +364,9 @@ def reward_model(data: TrialSet, folds: np.ndarray
     penalty = min(loss, key=loss.get)  # the first of equals, in grid order
     constant = log_loss(y, cross_fitted(folds, lambda train: y[train].mean(),
                                         lambda rate, rows: np.full(len(rows), rate)))
-    every_row = np.arange(data.n)
-    refit = bootstrap_refit(x, y, penalty, lambda model: every_arm(model, every_row))
-    return cross_fitted(folds, fitter(penalty), every_arm), refit, {
+    reward_hat = cross_fitted(folds, fitter(penalty), every_arm)
+    refit = bootstrap_refit(x, y, penalty, lambda model: every_arm(model, slice(None)), centre=reward_hat)
+    return reward_hat, refit, {
         "model": "L2 logistic regression on the shown arm's context row (bandits.context), cross-fitted "
                  "over the evaluation trials",
         "selected_by": "cross-validated log loss on the evaluation trials",

@@ -26,6 +26,7 @@ def calls(monkeypatch):
             raise outcome
 
     monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "shutdown", lambda: record.__setitem__("shutdown", record["shutdown"] + 1))
     return record
 
@@ -49,3 +50,11 @@ def test_a_dead_head_is_not_waited_for(tmp_path, calls):
     with pytest.raises(ConnectionError, match="refused"):
         _cluster(tmp_path, 2**22 + 12345).connect(pause_s=0)  # no such pid
     assert len(calls["init"]) == 1
+
+
+def test_a_session_already_open_is_refused_and_left_alone(tmp_path, calls, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    calls["outcomes"] = [None]
+    with pytest.raises(RuntimeError, match="already connected to a Ray cluster"):
+        _cluster(tmp_path, os.getpid()).connect(pause_s=0)
+    assert calls["init"] == [] and calls["shutdown"] == 0

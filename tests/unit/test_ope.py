@@ -251,3 +251,21 @@ def test_best_rules_on_hand_made_intervals():
     with pytest.raises(ValueError, match="replicates"):
         estimated_mse(Estimate("dm", 1.0, 0.0, 2.0), estimates["dr"], False)
     assert set(BEST_RULES) == {"narrowest_consistent", "mse", "intersection"}
+
+
+def test_a_centred_refit_reproduces_the_reported_predictions_on_the_full_sample():
+    """With `centre` (the cross-fitted predictions the point estimate used), a resample that is the
+    whole sample gives back exactly those predictions, so the replicates sit around the reported
+    estimate, not around the in-sample fit; without it, the in-sample fit's."""
+    rng = np.random.default_rng(4)
+    n = 2000
+    x = rng.standard_normal((n, 3))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(-3 + x[:, 0])))).astype(float)
+    predict = lambda m: m.predict_proba(x)[:, None]  # noqa: E731
+    folds = np.arange(n) % 5
+    centre = cross_fitted(folds, lambda rows: L2Logistic(1.0).fit(x[rows], y[rows]),
+                          lambda m, rows: m.predict_proba(x[rows])[:, None])
+    in_sample = predict(L2Logistic(1.0).fit(x, y))
+    assert not np.allclose(centre, in_sample, atol=1e-4)
+    assert np.allclose(bootstrap_refit(x, y, 1.0, predict, centre=centre)(np.ones(n)), centre, atol=1e-8)
+    assert np.allclose(bootstrap_refit(x, y, 1.0, predict)(np.ones(n)), in_sample, atol=1e-8)
