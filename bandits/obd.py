@@ -42,13 +42,12 @@ from scipy import sparse
 from scipy.special import expit
 
 from bandits.ope import (
-    BEST_RULE_TEXT,
     BEST_RULES,
     ESTIMATORS,
     Estimate,
     L2Logistic,
     LoggedBandit,
-    best_estimator,
+    best_report,
     bootstrap_refit,
     cross_fitted,
     cv_log_loss,
@@ -371,7 +370,6 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
 
     estimates = estimate_all(data, ESTIMATORS, n_resamples=n_resamples, seed=bootstrap_seed,
                              confidence=confidence, resample=resample)
-    picks = {rule: best_estimator(estimates, rule) for rule in BEST_RULES}
     observed = float(bts_logs.click.mean())
     weight = data.weight
     return {
@@ -383,9 +381,7 @@ def evaluate_bts_from_random(root: str | Path, campaign: str, *, seed: int = 7, 
         "n_items": n_items,
         "n_positions": n_positions,
         "estimators": {name: _entry(e, observed) for name, e in estimates.items()},
-        "best": picks[best_rule],
-        "best_rule": BEST_RULE_TEXT[best_rule],
-        "best_by_rule": picks,
+        **best_report(estimates, best_rule),
         "interval": INTERVAL_NOTE,
         "settings": {"seed": seed, "bootstrap": n_resamples, "folds": n_folds, "confidence": confidence,
                      "time_bins": n_bins if n_bins is not None else "auto"},

@@ -129,8 +129,11 @@ class Terms:
     num: np.ndarray
     den: np.ndarray
 
-    def value(self) -> float:
-        return float(self.base.mean() + self.num.sum() / self.den.sum())
+    def value(self, counts: np.ndarray | None = None) -> float:
+        """The estimate; with `counts` (a bootstrap resample's row counts) the resample's."""
+        if counts is None:
+            return float(self.base.mean() + self.num.sum() / self.den.sum())
+        return float(counts @ self.base / len(counts) + (counts @ self.num) / (counts @ self.den))
 
 
 def estimator_terms(name: str, data: LoggedBandit) -> Terms:
@@ -179,10 +182,11 @@ Refit = Callable[[np.ndarray], Sequence[Terms]]
 
 def bootstrap_replicates(terms: Sequence[Terms], *, n_resamples: int, seed: int | np.random.SeedSequence,
                          refit: Refit | None = None) -> np.ndarray:
-    """(len(terms) [+ len(refit(...))], n_resamples) bootstrap replicates: rows resampled with
-    replacement, jointly for every estimator. Vectorised: each resample is a row of counts; one
-    matrix product sums the fixed terms. `refit`, if given, is called with each resample's counts
-    and its terms' replicates follow the fixed ones' (same resamples)."""
+    """(len(terms), n_resamples) bootstrap replicates: rows resampled with replacement, jointly for
+    every estimator. Vectorised: each resample is a row of counts; one matrix product sums the
+    terms. `refit`, if given, is called with each resample's counts and the terms it returns (one
+    per estimator, in order) give that resample's replicates in place of the fixed terms' (the
+    same resamples either way)."""
     if n_resamples < 1:
         raise ValueError(f"n_resamples: must be >= 1, got {n_resamples}")
     n = len(terms[0].base) if terms else None
@@ -196,16 +200,12 @@ def bootstrap_replicates(terms: Sequence[Terms], *, n_resamples: int, seed: int 
         b = min(chunk, n_resamples - start)
         draws = rng.integers(0, n, size=(b, n)) + (np.arange(b) * n)[:, None]
         counts = np.bincount(draws.ravel(), minlength=b * n).reshape(b, n).astype(float)
-        sums = (counts @ columns).reshape(b, len(terms), 3)
-        block = [(sums[:, :, 0] / n + sums[:, :, 1] / sums[:, :, 2]).T]
-        if refit is not None:
-            block.append(np.array([[_weighted_value(t, c) for t in refit(c)] for c in counts]).T)
-        rows.append(np.vstack(block))
+        if refit is None:
+            sums = (counts @ columns).reshape(b, len(terms), 3)
+            rows.append((sums[:, :, 0] / n + sums[:, :, 1] / sums[:, :, 2]).T)
+        else:
+            rows.append(np.array([[t.value(c) for t in refit(c)] for c in counts]).T)
     return np.hstack(rows)
-
-
-def _weighted_value(terms: Terms, counts: np.ndarray) -> float:
-    return float(counts @ terms.base / len(counts) + (counts @ terms.num) / (counts @ terms.den))
 
 
 def percentile_interval(replicates: np.ndarray, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
@@ -234,8 +234,6 @@ def estimate_all(data: LoggedBandit, names: Sequence[str] = ESTIMATORS, *, n_res
             refitted = resample(counts)
             return [estimator_terms(name, refitted) for name in names]
     replicates = bootstrap_replicates(terms, n_resamples=n_resamples, seed=seed, refit=refit)
-    if resample is not None:
-        replicates = replicates[len(names):]  # the refitted replicates replace the fixed ones
     low, high = percentile_interval(replicates, confidence)
     return {name: Estimate(name, t.value(), float(lo), float(hi), row)
             for name, t, lo, hi, row in zip(names, terms, low, high, replicates)}
@@ -260,6 +258,12 @@ def best_estimator(estimates: dict[str, Estimate], rule: str = "narrowest_consis
             break
         chosen = name
     return chosen
+
+
+def best_report(estimates: dict[str, Estimate], rule: str) -> dict:
+    """The report's `best` (by `rule`), its rule in words, and every rule's pick beside it."""
+    picks = {name: best_estimator(estimates, name) for name in BEST_RULES}
+    return {"best": picks[rule], "best_rule": BEST_RULE_TEXT[rule], "best_by_rule": picks}
 
 
 def estimated_mse(candidate: Estimate, reference: Estimate, consistent: bool) -> float:

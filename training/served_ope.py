@@ -58,12 +58,10 @@ from bandits.arms import ArmTable
 from bandits.context import FEATURE_DIM, MEMBER_DIM, N_THEMES, page_features
 from bandits.obd import DEFAULT_BEST_RULE, PENALTY_GRID
 from bandits.ope import (
-    BEST_RULE_TEXT,
-    BEST_RULES,
     ESTIMATORS,
     L2Logistic,
     LoggedBandit,
-    best_estimator,
+    best_report,
     bootstrap_refit,
     cross_fitted,
     cv_log_loss,
@@ -438,7 +436,6 @@ def _evaluate_trials(trials: Sequence[Trial], arms: ArmTable, settings: LearnerS
                           target_prob=target[rows, evaluation.action], target_dist=target, reward_hat=reward_hat)
     estimates = estimate_all(logged, ESTIMATORS, n_resamples=n_resamples, seed=bootstrap_seed, confidence=confidence,
                              resample=lambda counts: replace(logged, reward_hat=refit_reward_hat(counts)))
-    picks = {rule: best_estimator(estimates, rule) for rule in BEST_RULES}
     weight = logged.weight
     arms_per_title = arms.arm_themes[evaluation.title_row] >= 0
     deterministic = (evaluation.propensity >= DETERMINISTIC_PROPENSITY) & (arms_per_title.sum(axis=1) > 1)
@@ -453,9 +450,7 @@ def _evaluate_trials(trials: Sequence[Trial], arms: ArmTable, settings: LearnerS
         "rewards": {"train": int(train.reward.sum()), "eval": int(evaluation.reward.sum())},
         "estimators": {name: {"estimate": e.estimate, "ci_low": e.ci_low, "ci_high": e.ci_high}
                        for name, e in estimates.items()},
-        "best": picks[DEFAULT_BEST_RULE],
-        "best_rule": BEST_RULE_TEXT[DEFAULT_BEST_RULE],
-        "best_by_rule": picks,
+        **best_report(estimates, DEFAULT_BEST_RULE),
         "interval": INTERVAL_NOTE,
         "weights": {"mean": float(weight.mean()), "max": float(weight.max()),
                     "effective_sample_size": float(weight.sum() ** 2 / np.sum(weight ** 2))},
