@@ -288,13 +288,13 @@ class RewardFeatures:
         """(len(rows), n_items) predicted click probabilities for every item at each row: the
         linear predictor split by block (context + item + affinity), never an (n x items) design."""
         n_context = self.context.shape[1]
-        eta = model.intercept_ + self.context[rows] @ model.coef_[:n_context]
-        eta = np.repeat(eta[:, None], self.n_items, axis=1)
-        if self.items is not None:
-            eta = eta + (self.items @ model.coef_[n_context:n_context + self.items.shape[1]])[None, :]
+        per_row = model.intercept_ + self.context[rows] @ model.coef_[:n_context]
+        per_item = (np.zeros(self.n_items) if self.items is None
+                    else self.items @ model.coef_[n_context:n_context + self.items.shape[1]])
+        eta = per_row[:, None] + per_item[None, :]
         if self.affinity is not None:
-            eta = eta + model.coef_[-1] * self.affinity[rows]
-        return expit(eta)
+            eta += model.coef_[-1] * self.affinity[rows]
+        return expit(eta, out=eta)
 
 
 def _item_block(item_context: pd.DataFrame | None, n_items: int) -> np.ndarray:

@@ -317,41 +317,48 @@ class L2Logistic:
         weight = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, float)
         if weight.shape != y.shape or np.any(weight < 0) or not weight.sum() > 0:
             raise ValueError(f"sample_weight: must be {len(y)} non-negative values, not all zero")
+        if init is not None and len(init.coef_) != X.shape[1]:
+            raise ValueError(f"init: a model of {len(init.coef_)} features, X has {X.shape[1]}")
+        # Rows a resample left out weigh nothing: dropping them changes no value and saves a third.
+        kept = weight > 0
+        if not kept.all():
+            X, y, weight = X[kept], y[kept], weight[kept]
         ones = np.ones((X.shape[0], 1))
         design = sparse.hstack([ones, X], format="csr") if sparse.issparse(X) else np.hstack([ones, X])
         ridge = np.full(design.shape[1], self.penalty)
         ridge[0] = 0.0
-        rate = np.clip(np.average(y, weights=weight), 1e-6, 1 - 1e-6)
-        params = np.zeros(design.shape[1])
-        params[0] = np.log(rate / (1 - rate))
-        if init is not None:
-            if len(init.coef_) != X.shape[1]:
-                raise ValueError(f"init: a model of {len(init.coef_)} features, X has {X.shape[1]}")
+        if init is None:
+            rate = np.clip(np.average(y, weights=weight), 1e-6, 1 - 1e-6)
+            params = np.zeros(design.shape[1])
+            params[0] = np.log(rate / (1 - rate))
+        else:
             params = np.concatenate([[init.intercept_], init.coef_])
 
-        def objective(theta: np.ndarray) -> float:
-            eta = design @ theta
+        def objective(theta: np.ndarray, eta: np.ndarray) -> float:
             return float(weight @ (np.logaddexp(0.0, eta) - y * eta) + 0.5 * theta @ (ridge * theta))
 
-        value = objective(params)
+        # The linear predictor is carried along: a step's trial points cost no product with X.
+        eta = design @ params
+        value = objective(params, eta)
         for _ in range(self.max_iter):
-            prob = expit(design @ params)
+            prob = expit(eta)
             grad = design.T @ (weight * (prob - y)) + ridge * params
             curvature = weight * prob * (1 - prob)
             weighted = design.multiply(curvature[:, None]) if sparse.issparse(design) else design * curvature[:, None]
             hessian = design.T @ weighted
             hessian = (hessian.toarray() if sparse.issparse(hessian) else hessian) + np.diag(ridge)
             step = np.linalg.solve(hessian + 1e-12 * np.eye(len(params)), grad)
+            direction = design @ step
             scale = 1.0
             while scale > 1e-6:
-                candidate = params - scale * step
-                candidate_value = objective(candidate)
+                candidate, candidate_eta = params - scale * step, eta - scale * direction
+                candidate_value = objective(candidate, candidate_eta)
                 if candidate_value <= value:
                     break
                 scale /= 2
             else:
                 break
-            params, improvement, value = candidate, value - candidate_value, candidate_value
+            params, eta, improvement, value = candidate, candidate_eta, value - candidate_value, candidate_value
             if improvement <= self.tol * max(1.0, abs(value)):
                 break
         self.intercept_, self.coef_ = float(params[0]), params[1:]

@@ -116,8 +116,9 @@ def baseline_specs(profile: str, home: str, niceness: int | None = None) -> dict
                       max_ongoing=int(gateway.get("max_ongoing_requests", 5)),  # Serve's default: 5
                       max_queued=int(gateway.get("max_queued_requests", -1)),
                       retry_after_s=backpressure.get("retry_after_s"),
-                      status_code=int(backpressure.get("status_code", 503)), freeze_gc=True, niceness=niceness)
-    return {"fair": fair, "one_process": WorkerSpec(home=home)}
+                      status_code=int(backpressure.get("status_code", 503)), freeze_gc=True, niceness=niceness,
+                      member_state=PROFILES[profile]["member_state"])
+    return {"fair": fair, "one_process": WorkerSpec(home=home, member_state=fair.member_state)}
 
 
 def start_baseline(spec, port: int):

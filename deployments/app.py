@@ -43,6 +43,7 @@ from marquee.names import APP_NAME, EVENT_LOG_ACTOR, MEMBER_STATE_ACTOR, NAMESPA
 PROFILES: dict[str, dict[str, Any]] = {
     "single": {
         "placement": "fused",
+        "member_state": "local",  # each replica follows the log itself: no actor call per page
         # Two pages at a time per replica (one computes while the other waits on member state),
         # the rest wait in the replica's FIFO queue: on 2 cores, four pages sharing a replica's
         # GIL all finished late (measured at 8 clients: p99 about 90 ms at 4, 83 ms at 2, for
@@ -56,6 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     },
     "cluster": {
         "placement": "split",
+        "member_state": "actor",  # one copy of every member's state, wherever the replicas run
         "Gateway": {"autoscaling_config": {"min_replicas": 2, "max_replicas": 8, "target_ongoing_requests": 8},
                     "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 32,
                     "max_queued_requests": 256, "backpressure_config": {"status_code": 503, "retry_after_s": 1}},
@@ -76,6 +78,7 @@ class AppArgs(BaseModel):
     dataset: str = ""  # default: the dataset `marquee up` recorded in HOME/serving.json
     profile: Literal["single", "cluster"] = "single"
     placement: Literal["fused", "split"] | None = None  # default: the profile's
+    member_state: Literal["local", "actor"] | None = None  # default: the profile's (member_view.py)
     user_config: dict = {}  # initial hot values: model_version and a HomepageConfig override
     cpu_scale: float = 1.0  # multiplies every replica's num_cpus (run the cluster profile on a laptop)
 
@@ -85,12 +88,13 @@ def _settings(args: AppArgs) -> dict:
 
     home = args.home or str(Paths().home)
     placement = args.placement or PROFILES[args.profile]["placement"]
+    member_state = args.member_state or PROFILES[args.profile]["member_state"]
     settings = Settings(home=str(Path(home).resolve()), dataset=args.dataset, placement=placement,
-                        hot=args.user_config)
+                        member_state=member_state, hot=args.user_config)
     check(HotValues.parse(args.user_config).page)  # a bad page config fails here, at build
     # hot values travel as user_config (reconfigure), never as constructor arguments
     return {"home": settings.home, "dataset": settings.dataset, "placement": settings.placement,
-            "admin_token": settings.admin_token}
+            "member_state": settings.member_state, "admin_token": settings.admin_token}
 
 
 def _options(profile: str, name: str, cpu_scale: float) -> dict:

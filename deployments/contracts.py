@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from marquee.names import DAY_MS
@@ -182,7 +182,7 @@ class Candidate:
         _check_score(f"Candidate {self.title_id} from {self.source}: score", self.score)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ScoredItem:
     """A title after merging: every source that proposed it (kept for the explanation)."""
 
@@ -191,15 +191,22 @@ class ScoredItem:
     sources: tuple[str, ...] = ()
     reasons: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        _check_int("ScoredItem.title_id", self.title_id)
-        _check_score(f"ScoredItem {self.title_id}: score", self.score)
-        object.__setattr__(self, "sources", tuple(self.sources))
-        object.__setattr__(self, "reasons", tuple(self.reasons))
+    # Written out rather than generated: several hundred are made per homepage, and the
+    # generated frozen __init__ plus __post_init__ set every field twice.
+    def __init__(self, title_id: int, score: float, sources: Iterable[str] = (), reasons: Iterable[str] = ()):
+        if type(title_id) is not int:
+            _check_int("ScoredItem.title_id", title_id)
+        if type(score) is not float or not math.isfinite(score):
+            _check_score(f"ScoredItem {title_id}: score", score)
+        setattr_ = object.__setattr__
+        setattr_(self, "title_id", title_id)
+        setattr_(self, "score", score)
+        setattr_(self, "sources", sources if type(sources) is tuple else tuple(sources))
+        setattr_(self, "reasons", reasons if type(reasons) is tuple else tuple(reasons))
 
     def with_score(self, score: float) -> "ScoredItem":
         """The same item re-scored (what the ranker returns)."""
-        return replace(self, score=score)
+        return ScoredItem(self.title_id, score, self.sources, self.reasons)
 
 
 @dataclass(frozen=True, slots=True)

@@ -253,12 +253,11 @@ class Homepage:
         if len(scores) != len(retrieved.title_ids):
             raise ValueError(f"ranker returned {len(scores)} scores for {len(retrieved.title_ids)} candidates")
         score_of = dict(zip(retrieved.title_ids.tolist(), scores.tolist()))
-        boost = retrieved.boost
+        boost, reasons = retrieved.boost, retrieved.reasons
         out: dict[str, list[ScoredItem]] = {}
-        personalized = []
-        for tid, names in retrieved.proposed_by.items():
-            reason = retrieved.reasons.get(tid) or MODEL_SOURCE_TEXT.get(names[0], "Picked for you")
-            personalized.append(ScoredItem(tid, score_of[tid] + boost.get(tid, 0.0), names, (reason,)))
+        personalized = [ScoredItem(tid, score_of[tid] + boost.get(tid, 0.0), names,
+                                   (reasons.get(tid) or MODEL_SOURCE_TEXT.get(names[0], "Picked for you"),))
+                        for tid, names in retrieved.proposed_by.items()]
         typical = float(np.median(scores)) if len(scores) else 0.0  # cold titles compete at this level
         for cand in retrieved.rows.get("cold_titles", ()):
             personalized.append(ScoredItem(cand.title_id, typical * cand.score + boost.get(cand.title_id, 0.0),
@@ -269,10 +268,12 @@ class Homepage:
             if key == "cold_titles":
                 continue
             ordered = key == "top_in_country"
+            row_reason = ROW_TEXT.get(key, "").format(country=ctx.country)  # once per row, not per title
+            unscored = floor * 0.5
             items = []
             for cand in cands:
-                reason = cand.reason or ROW_TEXT.get(key, "").format(country=ctx.country)
-                score = score_of.get(cand.title_id, floor * 0.5) + boost.get(cand.title_id, 0.0)
+                reason = cand.reason or row_reason
+                score = score_of.get(cand.title_id, unscored) + boost.get(cand.title_id, 0.0)
                 items.append(ScoredItem(cand.title_id, score, (cand.source,), (reason,) if reason else ()))
             out[key] = _keep_order(items) if ordered else items
         out["continue_watching"] = _keep_order(

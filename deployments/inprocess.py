@@ -44,6 +44,7 @@ class WorkerSpec:
     freeze_gc: bool = False
     niceness: int | None = None  # the processes' scheduling niceness (None: inherited); see set_niceness
     build: str = "deployments.inprocess:marquee_app"  # module:function returning this process's ASGI app
+    member_state: str = "local"  # where pages read member state (service.Settings.member_state), as the profile
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -136,7 +137,8 @@ def marquee_app(spec: WorkerSpec):
     from deployments.gateway import make_api
     from deployments.service import ActorRef, Settings, build_service
 
-    service, _ = build_service(Settings(home=str(home.resolve())), member_state=ActorRef("marquee-member-state"),
+    service, _ = build_service(Settings(home=str(home.resolve()), member_state=spec.member_state),
+                               member_state=ActorRef("marquee-member-state"),
                                event_log=ActorRef("marquee-event-log"))
     return make_api(service)
 

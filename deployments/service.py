@@ -23,6 +23,7 @@ from bandits.store import PolicyStore
 from deployments.artwork import BanditServing
 from deployments.assignment import ExperimentRouter, ExperimentsFile, override_validator
 from deployments.decisions import DecisionRecorder
+from deployments.member_view import MEMBER_STATE_SOURCES, LocalMemberView
 from deployments.page_builder import build_homepage
 from deployments.page_config import HotValues
 from deployments.placement import PLACEMENTS
@@ -39,6 +40,7 @@ class Settings:
     home: str
     dataset: str = ""  # dataset directory; default: what `marquee up` recorded in HOME/serving.json
     placement: str = "fused"
+    member_state: str = "local"  # MEMBER_STATE_SOURCES: this process's own view, or the actor (member_view.py)
     admin_token: str | None = None  # default: HOME/admin_token
     namespace: str = "marquee"
     hot: dict = field(default_factory=dict)  # initial hot values (same shape as user_config)
@@ -47,6 +49,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {tuple(PLACEMENTS)}, got {self.placement!r}")
+        if self.member_state not in MEMBER_STATE_SOURCES:
+            raise ValueError(f"member_state must be one of {MEMBER_STATE_SOURCES}, got {self.member_state!r}")
         home = Path(self.home)
         if not self.dataset:
             recorded = Paths(home).serving_record
@@ -215,15 +219,21 @@ def build_service(settings: Settings, *, member_state: Any, event_log: Any,
                   handles: Mapping[str, Any] | None = None, catalog: ServingCatalog | None = None,
                   ) -> tuple[MarqueeService, Callable[[dict], None]]:
     """The service and its `reconfigure(user_config)`. `settings.placement` says where the
-    candidate and scoring stages run; `handles` are the split placement's stage deployments."""
+    candidate and scoring stages run; `handles` are the split placement's stage deployments;
+    `settings.member_state` whether pages read `member_state` (the actor) or this process's own
+    follower of `event_log`."""
     hot = HotValues.parse(settings.hot)
     catalog = catalog or load_catalog(settings.dataset)
     stages, apply_to_stages = PLACEMENTS[settings.placement](settings.registry_root, settings.dataset, catalog, hot,
                                                              dict(handles or {}))
-    member = member_reader(member_state)
+    def log_handle() -> Any:
+        return event_log.get() if isinstance(event_log, ActorRef) else event_log
+
+    member = (LocalMemberView(settings.home, settings.dataset, log_handle) if settings.member_state == "local"
+              else member_reader(member_state))
     # the replica's learned artwork state, kept across reconfigures, following the learner's store
     bandit = BanditServing(catalog).follow(PolicyStore(Paths(Path(settings.home)).bandit_store))
-    recorder = DecisionRecorder(lambda: event_log.get() if isinstance(event_log, ActorRef) else event_log)
+    recorder = DecisionRecorder(log_handle)
 
     def build(config, interleaving_experiment=None) -> Homepage:
         return build_homepage(config, catalog, stages, member, bandit=bandit, record=recorder.record,

@@ -10,6 +10,10 @@ NAMESPACE = "marquee"  # the Ray namespace of every named actor and of the Serve
 APP_NAME = "marquee"  # the Serve application
 EVENT_LOG_ACTOR = "marquee-event-log"
 MEMBER_STATE_ACTOR = "marquee-member-state"
+# Titles per member that member state keeps for the homepage: its history for scoring and the
+# watched filter (the heaviest MovieLens members rated ~700 titles). The actor and every
+# replica-local view of member state keep the same number.
+MEMBER_RECENT_LIMIT = 1000
 BANDIT_LEARNER_ACTOR = "marquee-bandit-learner"  # follows the log, learns the artwork policy
 
 DAY_S = 86_400

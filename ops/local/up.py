@@ -18,11 +18,7 @@ from pathlib import Path
 
 from marquee.dataset_spec import DatasetSpec
 from marquee.home import Paths
-from marquee.names import NAMESPACE
-
-# Titles per member that member state hands the homepage: its history for scoring and the
-# watched filter (the heaviest MovieLens members rated ~700 titles).
-RECENT_LIMIT = 1000
+from marquee.names import MEMBER_RECENT_LIMIT, NAMESPACE
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +156,7 @@ def prepare_system(paths: Paths, dataset: Path, *, rebuild: bool = False, train_
         ray.get(event_log.import_events_dir.remote(str(dataset / "events")))
     member_state = start_member_state(
         paths.member_state, log_handle=event_log, titles_path=dataset / "titles.parquet",
-        lifetime="detached", recent_limit=RECENT_LIMIT)
+        lifetime="detached", recent_limit=MEMBER_RECENT_LIMIT)
     applied = ray.get(member_state.sync.remote())
     # the artwork bandit learns nearline from what is served (decisions joined to plays)
     start_bandit_learner(paths.bandit_learner, event_log, paths.bandit_store, dataset, lifetime="detached")

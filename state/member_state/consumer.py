@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 class MemberStateService:
     """MemberState kept current: loads the latest snapshot, catches up from `source`, then a
     background thread polls every `poll_interval_s` and snapshots every `snapshot_every` applied
-    events or `snapshot_interval_s` seconds (whichever first). Thread-safe."""
+    events or `snapshot_interval_s` seconds (whichever first). Thread-safe.
+
+    `write_snapshots=False`: a follower of another's snapshot (a serving replica's own view of
+    the actor's state): it loads the snapshot and follows the log, and never writes the file.
+    `synced` turns True at the first successful catch-up with the source."""
 
     def __init__(
         self,
@@ -39,6 +43,7 @@ class MemberStateService:
         batch: int = 50_000,
         recent_limit: int = 50,
         start_polling: bool = True,
+        write_snapshots: bool = True,
     ):
         if poll_interval_s <= 0 or snapshot_every < 1 or snapshot_interval_s <= 0 or batch < 1:
             raise MemberStateError(
@@ -56,6 +61,8 @@ class MemberStateService:
         self._snapshot_lock = threading.Lock()  # one writer at a time
         self._stop = threading.Event()
         self.last_error: str | None = None
+        self.write_snapshots = write_snapshots
+        self.synced = False
 
         if self.snapshot_path.is_file():
             self._state = MemberState.load(self.snapshot_path, titles=titles, recent_limit=recent_limit)
@@ -110,11 +117,14 @@ class MemberStateService:
                             f"event source returned {rows.num_rows} row(s) with seq <= {since}; "
                             "it breaks the read(since_seq, limit) contract"
                         )
+            self.synced = True
             self._maybe_snapshot()
         return self._state.applied_seq
 
     def snapshot(self) -> int:
         """Write a snapshot now; returns the applied_seq it holds."""
+        if not self.write_snapshots:
+            raise MemberStateError(f"this member state follows {self.snapshot_path} and never writes it")
         with self._snapshot_lock:
             with self._lock:
                 table = self._state.to_table()
@@ -140,6 +150,8 @@ class MemberStateService:
             self._poller.join(timeout=5)
 
     def _maybe_snapshot(self) -> None:
+        if not self.write_snapshots:
+            return
         behind = self._state.applied_seq - self._snapshot_seq
         if behind <= 0:
             return

@@ -94,6 +94,8 @@ def test_fair_baseline_is_read_from_the_profile():
     assert fair.retry_after_s == gateway["backpressure_config"]["retry_after_s"]
     assert fair.freeze_gc is True and fair.home == "/h"
     assert (one.workers, one.max_ongoing, one.freeze_gc) == (1, 0, False)
+    # both read member state where the profile's replicas do: only the process count differs
+    assert fair.member_state == one.member_state == PROFILES["single"]["member_state"] == "local"
     with pytest.raises(ValueError, match="unknown profile"):
         serve.baseline_specs("nope", "/h")
     # like for like: the fair baseline takes the replicas' niceness; the one-process one stays as it was
