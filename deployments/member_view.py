@@ -32,6 +32,10 @@ from state.member_state.decode import REQUIRED_COLUMNS
 from state.member_state.views import MemberSnapshot
 
 MEMBER_STATE_SOURCES = ("local", "actor")  # where a replica reads member state from
+# Rows applied per read: a page's read waits on the lock an apply holds, in the event loop's
+# thread, so a burst of ingest (or the catch-up at start) is applied in short steps, not in the
+# actor's 50,000-row ones.
+APPLY_BATCH = 2_000
 
 
 class _FollowedLog:
@@ -58,7 +62,8 @@ class LocalMemberView:
                  poll_interval_s: float = 0.2):
         self.service = MemberStateService(
             Paths(Path(home)).member_state, _FollowedLog(log_handle), read_titles(Path(dataset) / "titles.parquet"),
-            poll_interval_s=poll_interval_s, recent_limit=MEMBER_RECENT_LIMIT, write_snapshots=False)
+            poll_interval_s=poll_interval_s, recent_limit=MEMBER_RECENT_LIMIT, write_snapshots=False,
+            batch=APPLY_BATCH)
 
     async def __call__(self, member_id: int) -> MemberSnapshot:
         if not self.service.synced:
