@@ -35,6 +35,13 @@ class RemoteLogSource:
         return ray.get(self.handle.read.remote(since_seq, limit, self.types, self.columns), timeout=self.timeout_s)
 
 
+def member_event_source(handle: Any) -> RemoteLogSource:
+    """What member state reads from the log (the actor and every replica-local view alike):
+    every event a member made (the server's decision records are most of the log's bytes and
+    nothing a member did), and only the columns member state applies."""
+    return RemoteLogSource(handle, types=list(CLIENT_EVENT_TYPES), columns=list(REQUIRED_COLUMNS))
+
+
 class _MemberStateActorImpl(MemberStateService):
     """The body of MemberStateActor: the service, reading from an event-log actor."""
 
@@ -51,10 +58,7 @@ class _MemberStateActorImpl(MemberStateService):
     ):
         super().__init__(
             snapshot_dir,
-            # every event a member made (the server's decision records are most of the log's
-            # bytes and nothing a member did), and only the columns member state applies
-            RemoteLogSource(log_handle, types=list(CLIENT_EVENT_TYPES), columns=list(REQUIRED_COLUMNS))
-            if log_handle is not None else None,
+            member_event_source(log_handle) if log_handle is not None else None,
             read_titles(titles_path) if titles_path is not None else None,
             poll_interval_s=poll_interval_s,
             snapshot_every=snapshot_every,

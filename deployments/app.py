@@ -44,7 +44,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "single": {
         "placement": "fused",
         "member_state": "local",  # each replica follows the log itself: no actor call per page
-        # Two pages at a time per replica (one computes while the other waits on member state),
+        # Two pages at a time per replica (one computes while the other's candidates and ranker run
+        # off the event loop; measured when pages still waited on the member-state actor),
         # the rest wait in the replica's FIFO queue: on 2 cores, four pages sharing a replica's
         # GIL all finished late (measured at 8 clients: p99 about 90 ms at 4, 83 ms at 2, for
         # 2-3% less throughput). Small queues on purpose: past ~36 requests in flight a page

@@ -264,12 +264,12 @@ class Homepage:
                                            ("cold_titles",), (ROW_TEXT["cold_titles"],)))
         out["personalized"] = personalized
         floor = min(score_of.values(), default=0.0)
+        unscored = floor * 0.5  # a row source's title the ranker did not score
         for key, cands in retrieved.rows.items():
             if key == "cold_titles":
                 continue
             ordered = key == "top_in_country"
             row_reason = ROW_TEXT.get(key, "").format(country=ctx.country)  # once per row, not per title
-            unscored = floor * 0.5
             items = []
             for cand in cands:
                 reason = cand.reason or row_reason

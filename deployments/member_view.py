@@ -23,12 +23,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.member_state import RemoteLogSource
+from actors.member_state import member_event_source
 from marquee.home import Paths
 from marquee.names import MEMBER_RECENT_LIMIT
-from marquee.schema import CLIENT_EVENT_TYPES
 from state.member_state import MemberStateService, read_titles
-from state.member_state.decode import REQUIRED_COLUMNS
 from state.member_state.views import MemberSnapshot
 
 MEMBER_STATE_SOURCES = ("local", "actor")  # where a replica reads member state from
@@ -44,13 +42,16 @@ class _FollowedLog:
 
     def __init__(self, log_handle: Callable[[], Any]):
         self.log_handle = log_handle
+        self._handle: Any = None
+        self._source: Any = None
 
     def read(self, since_seq: int, limit: int) -> pa.Table:
         handle = self.log_handle()
         if handle is None:
             raise LookupError("the event log is not running")
-        return RemoteLogSource(handle, types=list(CLIENT_EVENT_TYPES), columns=list(REQUIRED_COLUMNS)
-                               ).read(since_seq, limit)
+        if handle is not self._handle:  # the actor's source, rebuilt only when the handle changes
+            self._handle, self._source = handle, member_event_source(handle)
+        return self._source.read(since_seq, limit)
 
 
 class LocalMemberView:

@@ -18,16 +18,10 @@ from state.member_state import MemberStateError, MemberStateService
 from tests.unit.test_member_state import FakeSource, rich_log, titles_table
 
 
-class _LogReader:
-    """Stands in for RemoteLogSource (a Ray call) in these tests: the same read contract, over
-    the FakeSource the test's 'event log handle' is."""
-
-    def __init__(self, handle, *, types, columns):
-        self.handle = handle
-        self.types, self.columns = types, columns
-
-    def read(self, since_seq: int, limit: int):
-        return self.handle.read(since_seq, limit)
+def _log_reader(handle):
+    """Stands in for member_event_source (a Ray call) in these tests: the test's 'event log
+    handle' is a FakeSource, which has the same read contract."""
+    return handle
 
 
 @pytest.fixture
@@ -69,7 +63,7 @@ def test_a_service_that_never_reached_its_source_is_not_synced(tmp_path):
 
 def test_the_view_reads_what_the_actor_would_and_follows_the_log(home, monkeypatch):
     root, dataset = home
-    monkeypatch.setattr(member_view, "RemoteLogSource", _LogReader)
+    monkeypatch.setattr(member_view, "member_event_source", _log_reader)
     log = rich_log()
     source = FakeSource(log.table())
     # the actor's service, as `marquee up` starts it: it owns the snapshot
@@ -93,7 +87,7 @@ def test_the_view_reads_what_the_actor_would_and_follows_the_log(home, monkeypat
 
 def test_the_view_refuses_to_answer_before_it_has_caught_up(home, monkeypatch):
     root, dataset = home
-    monkeypatch.setattr(member_view, "RemoteLogSource", _LogReader)
+    monkeypatch.setattr(member_view, "member_event_source", _log_reader)
     view = LocalMemberView(root, dataset, lambda: None, poll_interval_s=10)  # no event log running
     try:
         with pytest.raises(LookupError, match="has not caught up.*event log is not running"):
