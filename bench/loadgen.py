@@ -110,6 +110,28 @@ class CycleUrls:
         return self.urls[i % len(self.urls)]
 
 
+class SpreadClients:
+    """Client k sends every request to url_fors[k % len(url_fors)] (request i still gets that
+    one's i-th URL): a fixed, even split of the clients over several servers, for a target whose
+    processes each listen on their own port. Picklable like CycleUrls."""
+
+    def __init__(self, url_fors: list[UrlFor]):
+        if not url_fors:
+            raise ValueError("SpreadClients needs at least one url_for")
+        self.url_fors = list(url_fors)
+
+    def for_client(self, k: int) -> UrlFor:
+        return self.url_fors[k % len(self.url_fors)]
+
+    def __call__(self, i: int) -> str:
+        return self.url_fors[0](i)
+
+
+def _client_url_for(url_for: UrlFor, k: int) -> UrlFor:
+    """The url_for of client k (the same for every client unless url_for spreads them)."""
+    return url_for.for_client(k) if isinstance(url_for, SpreadClients) else url_for
+
+
 class _SameUrl:
     def __init__(self, url: str):
         self.url = url
@@ -446,8 +468,9 @@ async def _drive(url_for: UrlFor, clients: int, duration_s: float, warmup_s: flo
     counter = iter(range(1 << 62))
     next_index = counter.__next__
     worker = _WORKERS[client]
-    tasks = [asyncio.create_task(worker(url_for, method, timeout_s, rec, next_index, rec.window_end))
-             for _ in range(clients)]
+    tasks = [asyncio.create_task(worker(_client_url_for(url_for, k), method, timeout_s, rec, next_index,
+                                        rec.window_end))
+             for k in range(clients)]
     # Stop at the window's end: requests still in flight are not waited for (they would not count).
     await asyncio.wait(tasks, timeout=max(0.0, rec.window_end - time.perf_counter()))
     for task in tasks:
@@ -532,7 +555,7 @@ def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: f
 
     url_for(i) is the URL of the i-th request (a str means always the same URL); with
     isolate=True (default) it must be picklable (e.g. CycleUrls) because the loop runs in a
-    spawned process. client: "raw" (asyncio streams, default) or "httpx". honor_retry_after:
+    spawned process; a SpreadClients gives each client its own. client: "raw" (asyncio streams, default) or "httpx". honor_retry_after:
     after a 503 with Retry-After a client waits that long before its next request (as HTTP
     clients must); False sends the next request at once (a client ignoring the server).
     """
@@ -548,7 +571,8 @@ def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: f
         _Target(url_for, method)  # fail early on a bad URL
         url_for = _SameUrl(url_for)
     else:
-        _Target(url_for(0), method)
+        for each in url_for.url_fors if isinstance(url_for, SpreadClients) else [url_for]:
+            _Target(each(0), method)  # fail early on a bad URL
     spec = {"url_for": url_for, "clients": clients, "duration_s": float(duration_s),
             "warmup_s": float(warmup_s), "timeout_s": float(timeout_s), "method": method,
             "client": client, "honor_retry_after": honor_retry_after}

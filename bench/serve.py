@@ -3,11 +3,14 @@ the same service under plain uvicorn, with the same closed-loop load generator (
 at several client counts, in the same run.
 
 Two baselines (deployments/inprocess.py), both up for the whole run:
-  * fair: as many uvicorn worker processes as the profile has gateway replicas, each building its
-    own service, the GC frozen after start-up, and the replica's admission rule (the profile's
-    max_ongoing_requests at once, max_queued_requests waiting, 503 + Retry-After beyond) - all
-    read from the profile in deployments/app.py - and the scheduling niceness of Serve's replicas
-    (Ray starts its workers at 15; read off a replica's pid from /healthz);
+  * fair: as many uvicorn processes as the profile has gateway replicas, each building its own
+    service and listening on its own port, the clients spread evenly over them (client k on
+    process k mod N: uvicorn's --workers share one socket, and one worker took every keep-alive
+    connection in most runs; see deployments/inprocess.py), the GC frozen after start-up, and
+    the replica's admission rule (the profile's max_ongoing_requests at once,
+    max_queued_requests waiting, 503 + Retry-After beyond) - all read from the profile in
+    deployments/app.py - and the scheduling niceness of Serve's replicas (Ray starts its
+    workers at 15; read off a replica's pid from /healthz);
   * one_process: one uvicorn process, no admission limit, the GC as Python leaves it (the old
     baseline, not like for like: kept to show what the process count alone does).
 
@@ -31,7 +34,7 @@ from typing import Callable
 from bench.report import emit, progress, stdout_to_stderr
 from marquee.home import SERVE_ENV
 
-Load = Callable[[str, int], dict]  # (base URL, clients) -> LoadResult.to_dict()
+Load = Callable[[list[str], int], dict]  # (the target's base URLs, one per process; clients) -> LoadResult.to_dict()
 BASELINES = ("fair", "one_process")
 TARGET_NAMES = ("serve", *BASELINES)
 TARGETS = {
@@ -121,11 +124,11 @@ def baseline_specs(profile: str, home: str, niceness: int | None = None) -> dict
     return {"fair": fair, "one_process": WorkerSpec(home=home, member_state=fair.member_state)}
 
 
-def start_baseline(spec, port: int):
-    """Start one baseline (a process group: uvicorn's supervisor and its workers)."""
+def start_baseline(spec, ports: list[int]):
+    """Start one baseline (a process group: one uvicorn process per port)."""
     from deployments.inprocess import launch
 
-    return launch(spec, port)
+    return launch(spec, ports)
 
 
 def stop_baseline(process) -> None:
@@ -136,10 +139,10 @@ def stop_baseline(process) -> None:
 
 def run(args: argparse.Namespace, levels: list[int], baselines: list[str]) -> dict:
     """Bring Serve and the baselines up, load them level by level, always tear them down."""
-    from bench.loadgen import CycleUrls, run_load
+    from bench.loadgen import CycleUrls, SpreadClients, run_load
     from marquee.home import Paths
     from ops.local import up
-    from ops.local.ports import free_port
+    from ops.local.ports import free_port, free_ports
 
     paths = Paths(args.home) if args.home else Paths(Paths().home / "bench-serve")
     port = args.port or free_port()
@@ -150,22 +153,24 @@ def run(args: argparse.Namespace, levels: list[int], baselines: list[str]) -> di
     try:
         _progress(f"bringing up Marquee (home {paths.home}, profile {args.profile}, port {port})")
         system = up.bring_up(paths, data=args.data, port=port, profile=args.profile)
-        urls: dict[str, str | None] = {"serve": system["url"].rstrip("/")}
-        replica_niceness = _niceness_of(wait_healthy(urls["serve"], args.ready_timeout))
+        urls: dict[str, list[str]] = {"serve": [system["url"].rstrip("/")]}  # each target's processes
+        replica_niceness = _niceness_of(wait_healthy(urls["serve"][0], args.ready_timeout))
         # after bring_up: deployments.app imports Ray, which must first see the home's auth settings
         specs = {name: spec for name, spec in baseline_specs(args.profile, str(paths.home), replica_niceness).items()
                  if name in baselines}
         for name, spec in specs.items():
-            base_port = free_port()
-            _progress(f"starting the {name} baseline: {spec.workers} uvicorn process(es) on port {base_port}")
-            processes[name] = start_baseline(spec, base_port)
-            urls[name] = f"http://127.0.0.1:{base_port}"
-        for name, spec in specs.items():  # every worker of each, so none is still building its service
-            wait_healthy(urls[name], args.ready_timeout, process=processes[name], processes=spec.workers)
+            ports = free_ports(spec.workers)
+            _progress(f"starting the {name} baseline: {spec.workers} uvicorn process(es) on port(s) "
+                      f"{', '.join(map(str, ports))}")
+            processes[name] = start_baseline(spec, ports)
+            urls[name] = [f"http://127.0.0.1:{port}" for port in ports]
+        for name in specs:  # every process of each, so none is still building its service
+            for base in urls[name]:
+                wait_healthy(base, args.ready_timeout, process=processes[name])
         setup_s = time.monotonic() - started
 
-        def load(base: str, clients: int) -> dict:
-            url_for = CycleUrls(homepage_urls(base, args.members))
+        def load(bases: list[str], clients: int) -> dict:
+            url_for = SpreadClients([CycleUrls(homepage_urls(base, args.members)) for base in bases])
             return run_load(url_for, clients, args.duration, args.warmup, args.timeout,
                             honor_retry_after=not args.ignore_retry_after).to_dict()
 
@@ -211,7 +216,7 @@ def parse_baselines(text: str) -> list[str]:
     return names
 
 
-def run_levels(levels: list[int], repeats: int, load: Load, urls: dict[str, str | None],
+def run_levels(levels: list[int], repeats: int, load: Load, urls: dict[str, list[str] | None],
                say: Callable[[str], None] | None = None) -> list[dict]:
     """The whole sweep of levels `repeats` times over, every target at every level, the order of
     targets rotating from one (repeat, level) to the next; one row per level: each target's
@@ -370,8 +375,8 @@ def build_result(rows: list[dict], args: argparse.Namespace, specs: dict, *, set
                   "against one uvicorn process, which is not like for like). p50/p95/p99/max_ms over every "
                   "response, a 503 with its latency; accepted_*_ms over 2xx alone. errors = other non-2xx + "
                   "transport errors + timeouts. Fair baseline: the profile's gateway replica count as uvicorn "
-                  "workers (the kernel hands each keep-alive connection to one worker; Serve's HAProxy "
-                  "balances request by request), GC frozen after start-up, the replica's admission limit and "
+                  "processes, each on its own port, client k on process k mod N (an even, fixed split of the "
+                  "keep-alive connections; Serve's HAProxy balances request by request), GC frozen after start-up, the replica's admission limit and "
                   "queue bound per process. Load generator, servers and Ray share the machine's CPUs."),
     }
 
@@ -386,10 +391,9 @@ def _niceness_of(pids: set) -> int | None:
     return None
 
 
-def wait_healthy(base: str, timeout_s: float, process=None, processes: int = 1, interval_s: float = 0.25) -> set:
-    """Poll GET {base}/healthz until it answers 200 - from `processes` distinct pids (its body's
-    "pid"), so every worker of a multi-process server is up; a clear error on timeout or a dead
-    process. Returns the pids seen."""
+def wait_healthy(base: str, timeout_s: float, process=None, interval_s: float = 0.25) -> set:
+    """Poll GET {base}/healthz until it answers 200; a clear error on timeout or a dead process.
+    Returns the pids its body named ("pid"; Serve's replicas answer in turn, so it may be one)."""
     import json
     import urllib.error
     import urllib.request
@@ -408,9 +412,7 @@ def wait_healthy(base: str, timeout_s: float, process=None, processes: int = 1, 
                         pids.add(json.loads(response.read()).get("pid"))
                     except (ValueError, AttributeError):  # a 200 without a JSON object: no pid
                         pass
-                    if len(pids - {None}) >= processes or processes <= 1:
-                        return pids
-                    last = f"HTTP 200 from {len(pids - {None})} of {processes} processes"
+                    return pids
                 else:
                     last = f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:

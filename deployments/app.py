@@ -12,16 +12,13 @@ both (placement.py); `placement` can override the profile's choice.
 The deployment classes here are thin: one per stage, each holding its plain-Python stage object
 (the gateway: the service and its homepage pipeline; Retrieval: the candidate stage; Ranker: the
 scorer) and forwarding to it. Hot values (user_config: `model_version` plus an override of
-HomepageConfig) reach every deployment that holds a stage they configure. `serve_inprocess` runs the same service under plain uvicorn: the baseline of
-`marquee bench serve`.
+HomepageConfig) reach every deployment that holds a stage they configure.
+The same service under plain uvicorn (`marquee bench serve`'s baselines) is deployments/inprocess.py.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -260,18 +257,3 @@ def deploy(args: dict | AppArgs, port: int, host: str = "127.0.0.1", *, name: st
 def _settled(status) -> bool:
     """Every deployment of the app is HEALTHY (not still rolling out a new config)."""
     return all(getattr(d, "status", "HEALTHY") == "HEALTHY" for d in status.deployments.values())
-
-
-# -- the in-process baseline -------------------------------------------------------------------------
-
-
-def serve_inprocess(home: str, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
-    """The same service under plain uvicorn in its own process (it joins the home's Ray cluster
-    only to reach member state and the event log)."""
-    from marquee.home import auth_env
-    from marquee.home import PROJECT_ROOT
-
-    env = {**os.environ, **auth_env(Path(home)), "MARQUEE_HOME": str(home),
-           "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--home", str(home),
-                             "--port", str(port), "--host", host], env=env, cwd=str(PROJECT_ROOT))

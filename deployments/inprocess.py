@@ -5,12 +5,18 @@ the home's Ray cluster as a driver only to reach them); only Serve's proxy, rout
 are absent. Two shapes:
 
 * one process (`--workers 1`, no admission limit, GC as Python leaves it): the old baseline;
-* like for like with a Serve profile: as many uvicorn worker processes as the profile has gateway
-  replicas, each building its own service (uvicorn spawns its workers and each calls the app
-  factory `worker_app` itself, so every process holds its own model and threads), the GC
-  collected and frozen once the app is built (what a Serve replica does after __init__), and the
-  replica's admission rule: `max_ongoing` requests run at once, up to `max_queued` wait, and
-  any request beyond that is answered at once with 503 and Retry-After (`Admission`).
+* like for like with a Serve profile: as many uvicorn processes as the profile has gateway
+  replicas, each building its own service (each calls the app factory `worker_app` itself, so
+  every process holds its own model and threads), the GC collected and frozen once the app is
+  built (what a Serve replica does after __init__), and the replica's admission rule:
+  `max_ongoing` requests run at once, up to `max_queued` wait, and any request beyond that is
+  answered at once with 503 and Retry-After (`Admission`).
+
+Each process listens on its own port (`launch(spec, ports)`), and the load generator spreads its
+clients evenly over them. Why not uvicorn's `--workers`: its workers share one listening socket
+and asyncio accepts every pending connection in one go, so one worker took all 8 keep-alive
+connections of `bench serve` in most runs (measured 2026-12-06: one worker at 99% CPU, the other
+idle), and the "two-process" baseline ran as one by chance.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 SPEC_ENV = "MARQUEE_INPROCESS_SPEC"  # how the parent tells each spawned worker what to build
@@ -143,14 +150,18 @@ def marquee_app(spec: WorkerSpec):
     return make_api(service)
 
 
-def launch(spec: WorkerSpec, port: int, host: str = "127.0.0.1") -> subprocess.Popen:
-    """Start the baseline in its own process group (uvicorn's supervisor plus its workers), so
-    `stop` can end every process of it, even a worker whose parent was killed."""
+def launch(spec: WorkerSpec, ports: list[int], host: str = "127.0.0.1") -> subprocess.Popen:
+    """Start the baseline in its own process group: one uvicorn process per port (spec.workers
+    of them, under one supervisor when there are several), so `stop` can end every process of
+    it, even a worker whose parent was killed."""
     from marquee.home import PROJECT_ROOT, auth_env
 
+    if len(ports) != spec.workers:
+        raise ValueError(f"ports: one per worker, got {len(ports)} for {spec.workers} workers")
     env = {**os.environ, **auth_env(Path(spec.home)), "MARQUEE_HOME": str(spec.home),
            "PYTHONPATH": str(PROJECT_ROOT), SPEC_ENV: spec.to_json()}
-    return subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--port", str(port), "--host", host],
+    return subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--host", host,
+                             *[arg for port in ports for arg in ("--port", str(port))]],
                             env=env, cwd=str(PROJECT_ROOT), start_new_session=True)
 
 
@@ -185,12 +196,34 @@ def set_niceness(niceness: int) -> None:
     os.nice(niceness - os.getpriority(os.PRIO_PROCESS, 0))
 
 
+def _supervise(ports: list[int], host: str) -> int:
+    """One child per port, each serving one process of the spec; a child that exits ends the
+    rest (the baseline is whole or down), and SIGTERM is passed on to every child."""
+    spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
+    env = {**os.environ, SPEC_ENV: replace(spec, workers=1).to_json()}
+    children = [subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--host", host, "--port", str(port)],
+                                 env=env) for port in ports]
+
+    def end(*_):
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+
+    signal.signal(signal.SIGTERM, end)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    end()
+    codes = [child.wait() for child in children]
+    return next((code for code in codes if code), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.inprocess",
                                      description=f"serve the homepage under uvicorn; the {SPEC_ENV} "
                                                  "environment variable holds a WorkerSpec as JSON")
     parser.add_argument("--home", type=Path, default=None, help="shorthand for a one-process spec of this home")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, action="append", required=True,
+                        help="port to listen on; one per worker of the spec (repeat the flag)")
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     if args.home is not None:
@@ -198,13 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     if SPEC_ENV not in os.environ:
         parser.error(f"give --home or set {SPEC_ENV}")
     spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
+    if len(args.port) != spec.workers:
+        parser.error(f"--port: one per worker, got {len(args.port)} for {spec.workers} workers")
     if spec.niceness is not None:
-        set_niceness(spec.niceness)  # before uvicorn spawns its workers: they inherit it
+        set_niceness(spec.niceness)  # before any worker starts: they inherit it
+    if spec.workers > 1:
+        return _supervise(args.port, args.host)
     import uvicorn
 
-    # an import string and factory=True: with workers > 1 each spawned worker calls worker_app
-    uvicorn.run("deployments.inprocess:worker_app", factory=True, workers=spec.workers, host=args.host,
-                port=args.port, log_level="warning", access_log=False)
+    uvicorn.run("deployments.inprocess:worker_app", factory=True, host=args.host, port=args.port[0],
+                log_level="warning", access_log=False)
     return 0
 
 

@@ -227,18 +227,21 @@ STAND_IN_PAGE_S = 0.02
 
 
 def stand_in_app(spec):
-    """WorkerSpec.build for the tests: each uvicorn worker's app - /healthz names its pid, every
-    other path is a 20 ms 'page' - so the real launcher, admission rule and stop run."""
+    """WorkerSpec.build for the tests: each uvicorn worker's app - /healthz names its pid and how
+    many pages it served, every other path is a 20 ms 'page' - so the real launcher, admission
+    rule and stop run."""
     import asyncio
     import json as json_
 
-    body = json_.dumps({"pid": os.getpid()}).encode()
+    served = [0]
 
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
         if scope["path"] != "/healthz":
             await asyncio.sleep(STAND_IN_PAGE_S)
+            served[0] += 1
+        body = json_.dumps({"pid": os.getpid(), "served": served[0]}).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
@@ -291,8 +294,8 @@ def stand_ins(monkeypatch):
         return {name: dataclasses.replace(spec, build="tests.integration.test_bench_serve:stand_in_app")
                 for name, spec in real_specs(profile, home, niceness).items()}
 
-    def start(spec, port):
-        process = seen.get("start_override", real_start)(spec, port)
+    def start(spec, ports):
+        process = seen.get("start_override", real_start)(spec, ports)
         seen["baselines"].append((spec, process))
         return process
 
@@ -348,11 +351,40 @@ def test_command_prints_one_json_object_and_stops_everything(stand_ins, tmp_path
 
 
 def test_dead_baseline_is_a_clear_error_and_still_stops(stand_ins, tmp_path):
-    stand_ins["start_override"] = lambda spec, port: subprocess.Popen(
+    stand_ins["start_override"] = lambda spec, ports: subprocess.Popen(
         [sys.executable, "-c", "raise SystemExit(3)"], start_new_session=True)
     with pytest.raises(RuntimeError, match="exited with code 3"):
         serve.cli_main(_args(tmp_path))
     assert stand_ins["stopped"] == tmp_path
+
+
+def test_fair_baseline_splits_the_clients_evenly_over_its_processes(tmp_path):
+    """Each process on its own port, client k on process k mod N: both processes serve half the
+    pages (uvicorn's shared socket let one worker take every connection)."""
+    import urllib.request
+
+    from bench.loadgen import CycleUrls, SpreadClients, run_load
+    from deployments.inprocess import WorkerSpec, launch, stop
+    from ops.local.ports import free_ports
+
+    spec = WorkerSpec(home=str(tmp_path), workers=2, max_ongoing=2, max_queued=16, freeze_gc=True,
+                      build="tests.integration.test_bench_serve:stand_in_app")
+    with pytest.raises(ValueError, match="one per worker"):
+        launch(spec, free_ports(1))
+    ports = free_ports(2)
+    process = launch(spec, ports)
+    try:
+        bases = [f"http://127.0.0.1:{port}" for port in ports]
+        pids = set().union(*(serve.wait_healthy(base, 60, process=process) for base in bases))
+        assert len(pids) == 2  # two processes, one behind each port
+        result = run_load(SpreadClients([CycleUrls([f"{base}/page"]) for base in bases]), 4, 1.0, 0.0)
+        served = [json.loads(urllib.request.urlopen(f"{base}/healthz", timeout=5).read())["served"]
+                  for base in bases]
+        assert result.errors == 0 and min(served) > 0
+        assert abs(served[0] - served[1]) <= 0.2 * max(served), served
+    finally:
+        stop(process)
+    assert process.poll() is not None and _group_alive(process.pid) == []
 
 
 def test_bad_flags_are_rejected(tmp_path, capsys):

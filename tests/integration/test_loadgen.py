@@ -10,7 +10,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from bench.loadgen import MAX_POST_ATTEMPTS, CycleUrls, LoadGenError, LoadResult, percentile, post_bodies, run_load
+from bench.loadgen import (MAX_POST_ATTEMPTS, CycleUrls, LoadGenError, LoadResult, SpreadClients, percentile,
+                           post_bodies, run_load)
 from ops.local.ports import free_port
 
 BIG = b"x" * 150_000  # bigger than any socket buffer: a partial read would desync the next answer
@@ -35,6 +36,7 @@ class TinyServer:
     def __init__(self):
         self.port = free_port()
         self.seen: list[str] = []
+        self.connections = 0
         self.flaky = 0
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
@@ -61,6 +63,7 @@ class TinyServer:
         server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -154,6 +157,21 @@ def test_url_for_cycles_request_indices(server):
                if "member_id=" in t]
     assert len(members) >= result.requests > 5
     assert members == [i % 5 for i in range(len(members))]
+
+
+def test_spread_clients_pins_each_client_to_one_server():
+    with TinyServer() as a, TinyServer() as b:
+        spread = SpreadClients([CycleUrls([a.url(f"/ok?member_id={m}") for m in range(4)]),
+                                CycleUrls([b.url(f"/ok?member_id={m}") for m in range(4)])])
+        result = load(spread, clients=3, warmup_s=0.0)
+        # clients 0 and 2 on a, client 1 on b, each on its one keep-alive connection throughout
+        assert (a.connections, b.connections) == (2, 1) and result.reconnects == 0
+        assert len(a.seen) > len(b.seen) > 0 and result.ok == result.requests
+        # the request index is shared: between them the two servers saw every member in turn
+        members = [int(parse_qs(urlsplit(t).query)["member_id"][0]) for t in a.seen + b.seen]
+        assert sorted(set(members)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="at least one"):
+        SpreadClients([])
 
 
 def test_503_is_deliberate_not_an_error(server):
