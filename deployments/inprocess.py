@@ -4,7 +4,7 @@ Same FastAPI app, same fused stages, same member-state and event-log actors (eac
 the home's Ray cluster as a driver only to reach them); only Serve's proxy, router and replica
 are absent. Two shapes:
 
-* one process (`--workers 1`, no admission limit, GC as Python leaves it): the old baseline;
+* one process (workers=1, no admission limit, GC as Python leaves it): the old baseline;
 * like for like with a Serve profile: as many uvicorn processes as the profile has gateway
   replicas, each building its own service (each calls the app factory `worker_app` itself, so
   every process holds its own model and threads), the GC collected and frozen once the app is

@@ -387,6 +387,31 @@ def test_fair_baseline_splits_the_clients_evenly_over_its_processes(tmp_path):
     assert process.poll() is not None and _group_alive(process.pid) == []
 
 
+def test_fair_baseline_is_whole_or_down(tmp_path):
+    """A worker that dies ends its supervisor and the other workers: a half baseline never
+    passes for the whole one."""
+    import psutil
+
+    from deployments.inprocess import WorkerSpec, launch, stop
+    from ops.local.ports import free_ports
+
+    spec = WorkerSpec(home=str(tmp_path), workers=2, build="tests.integration.test_bench_serve:stand_in_app")
+    ports = free_ports(2)
+    process = launch(spec, ports)
+    try:
+        for port in ports:
+            serve.wait_healthy(f"http://127.0.0.1:{port}", 60, process=process)
+        children = psutil.Process(process.pid).children()
+        assert len(children) == 2
+        children[0].kill()
+        assert process.wait(30) != 0  # the supervisor reports the death ...
+        psutil.wait_procs([children[1]], timeout=30)
+        assert not children[1].is_running()  # ... and took the other worker down with it
+    finally:
+        stop(process)
+    assert _group_alive(process.pid) == []
+
+
 def test_bad_flags_are_rejected(tmp_path, capsys):
     assert serve.cli_main(_args(tmp_path, "--clients", "8,x")) == 2
     assert serve.cli_main(_args(tmp_path, "--baselines", "fast")) == 2
