@@ -123,11 +123,8 @@ class SpreadClients:
     def for_client(self, k: int) -> UrlFor:
         return self.url_fors[k % len(self.url_fors)]
 
-    def __call__(self, i: int) -> str:
-        return self.url_fors[0](i)
 
-
-def _client_url_for(url_for: UrlFor, k: int) -> UrlFor:
+def _client_url_for(url_for: "UrlFor | SpreadClients", k: int) -> UrlFor:
     """The url_for of client k (the same for every client unless url_for spreads them)."""
     return url_for.for_client(k) if isinstance(url_for, SpreadClients) else url_for
 
@@ -461,7 +458,7 @@ def _retry_after_s(value) -> float | None:
         return 1.0
 
 
-async def _drive(url_for: UrlFor, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
+async def _drive(url_for: UrlFor | SpreadClients, clients: int, duration_s: float, warmup_s: float, timeout_s: float,
                  method: str, client: str, honor_retry_after: bool = True) -> _Recorder:
     start = time.perf_counter()
     rec = _Recorder(start + warmup_s, start + warmup_s + duration_s, honor_retry_after)
@@ -548,7 +545,7 @@ def _run_isolated(spec: dict) -> dict:
     return payload
 
 
-def run_load(url_for: UrlFor | str, clients: int, duration_s: float, warmup_s: float,
+def run_load(url_for: UrlFor | SpreadClients | str, clients: int, duration_s: float, warmup_s: float,
              timeout_s: float = 10.0, method: str = "GET", *, client: str = "raw",
              isolate: bool = True, honor_retry_after: bool = True) -> LoadResult:
     """`clients` closed-loop workers for an untimed `warmup_s`, then a timed `duration_s`.

@@ -393,7 +393,7 @@ def _niceness_of(pids: set) -> int | None:
 
 def wait_healthy(base: str, timeout_s: float, process=None, interval_s: float = 0.25) -> set:
     """Poll GET {base}/healthz until it answers 200; a clear error on timeout or a dead process.
-    Returns the pids its body named ("pid"; Serve's replicas answer in turn, so it may be one)."""
+    Returns {the pid its body named} ({None} when it names none): the process that answered."""
     import json
     import urllib.error
     import urllib.request
@@ -401,7 +401,6 @@ def wait_healthy(base: str, timeout_s: float, process=None, interval_s: float = 
     url = base.rstrip("/") + "/healthz"
     deadline = time.monotonic() + timeout_s
     last = "no answer yet"
-    pids: set = set()
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server for {base} exited with code {process.returncode} before {url} was healthy")
@@ -409,12 +408,10 @@ def wait_healthy(base: str, timeout_s: float, process=None, interval_s: float = 
             with urllib.request.urlopen(url, timeout=5) as response:
                 if response.status == 200:
                     try:
-                        pids.add(json.loads(response.read()).get("pid"))
+                        return {json.loads(response.read()).get("pid")}
                     except (ValueError, AttributeError):  # a 200 without a JSON object: no pid
-                        pass
-                    return pids
-                else:
-                    last = f"HTTP {response.status}"
+                        return {None}
+                last = f"HTTP {response.status}"
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}"
         except (urllib.error.URLError, OSError, ValueError) as exc:

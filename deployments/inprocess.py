@@ -196,10 +196,9 @@ def set_niceness(niceness: int) -> None:
     os.nice(niceness - os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def _supervise(ports: list[int], host: str) -> int:
+def _supervise(spec: WorkerSpec, ports: list[int], host: str) -> int:
     """One child per port, each serving one process of the spec; a child that exits ends the
     rest (the baseline is whole or down), and SIGTERM is passed on to every child."""
-    spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
     env = {**os.environ, SPEC_ENV: replace(spec, workers=1).to_json()}
     children = [subprocess.Popen([sys.executable, "-m", "deployments.inprocess", "--host", host, "--port", str(port)],
                                  env=env) for port in ports]
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.niceness is not None:
         set_niceness(spec.niceness)  # before any worker starts: they inherit it
     if spec.workers > 1:
-        return _supervise(args.port, args.host)
+        return _supervise(spec, args.port, args.host)
     import uvicorn
 
     uvicorn.run("deployments.inprocess:worker_app", factory=True, host=args.host, port=args.port[0],
