@@ -11,6 +11,7 @@ candidates each row needs, so the ranker can run here (fused) or in its own depl
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as futures
 import threading
 import time
@@ -215,6 +216,25 @@ class Retrieved:
     scores: np.ndarray | None = None  # set when the ranker ran fused, right after generation
 
 
+@dataclass
+class _SourceRun:
+    """One request's sources under way: when they started, the pooled ones' futures, and the
+    inline ones' (ok, value)."""
+
+    started: float
+    pending: dict[str, futures.Future] = field(default_factory=dict)
+    here: dict[str, tuple[bool, object]] = field(default_factory=dict)
+
+
+@dataclass
+class _Request:
+    """One request's member batch and source jobs, from its start (t0) on."""
+
+    t0: float
+    batch: Any
+    jobs: dict[str, Callable[[], object]]
+
+
 class Retrieval:
     """The candidate stage on one model: `__call__(ctx) -> Retrieved`."""
 
@@ -250,28 +270,55 @@ class Retrieval:
         Sources named in `inline` (in-memory lookups) run in this thread while the others run:
         a thread hand-off would cost more than they do; an error or an overrun still drops them.
         Returns (results, degraded, failed_closed)."""
-        started = time.monotonic()
-        pending: dict[str, futures.Future] = {}
-        here: dict[str, tuple[bool, object]] = {}
+        return self._gather(jobs, self._start(jobs, inline))
+
+    async def _run_all_async(self, jobs: dict[str, Callable[[], object]], inline: frozenset[str] = frozenset()
+                             ) -> tuple[dict[str, object], list[str], list[str]]:
+        """`_run_all` for a caller on an event loop: the wait for the pooled sources is awaited,
+        so a slow source holds this request only, never the loop (other pages go on meanwhile).
+        The same start, the same deadlines, the same verdicts."""
+        run = self._start(jobs, inline)
+        if run.pending:
+            latest = max(self.config.policy(name).timeout_ms for name in run.pending) / 1000.0
+            left = latest - (time.monotonic() - run.started)
+            waiting = [asyncio.wrap_future(f) for f in run.pending.values()]
+            await asyncio.wait(waiting, timeout=max(left, 0.0))
+            for waited in waiting:  # the verdicts come from the futures themselves, in _gather
+                if waited.done():
+                    waited.exception()  # seen: a raising source is no "never retrieved" warning
+                else:
+                    waited.cancel()  # stops only the waiting; a running source ends on its own
+        return self._gather(jobs, run)
+
+    def _start(self, jobs: dict[str, Callable[[], object]], inline: frozenset[str]) -> _SourceRun:
+        """Submit the pooled sources, then run the inline ones here meanwhile."""
+        run = _SourceRun(started=time.monotonic())
         for name, fn in jobs.items():
             if name in inline:
                 continue
             with _IN_FLIGHT_LOCK:
                 busy = self._in_flight.get(name, 0)
                 if busy >= MAX_IN_FLIGHT:
-                    continue  # dropped below, without a thread
+                    continue  # dropped in _gather, without a thread
                 self._in_flight[name] = busy + 1
             future = self._pool.submit(self._guarded(name, fn))
             future.add_done_callback(lambda _, name=name: self._finished(name))
-            pending[name] = future
+            run.pending[name] = future
         for name in inline & set(jobs):
             began = time.monotonic()
             try:
                 value = self._guarded(name, jobs[name])()
                 overran = time.monotonic() - began > self.config.policy(name).timeout_ms / 1000.0
-                here[name] = (not overran, value)
+                run.here[name] = (not overran, value)
             except Exception as exc:  # the source's own error: dropped and named below
-                here[name] = (False, exc)
+                run.here[name] = (False, exc)
+        return run
+
+    def _gather(self, jobs: dict[str, Callable[[], object]], run: _SourceRun
+                ) -> tuple[dict[str, object], list[str], list[str]]:
+        """Each source's verdict: its result if it came in time, else dropped and named (a pooled
+        one waited for here at most what is left of its own timeout)."""
+        started, pending, here = run.started, run.pending, run.here
         results: dict[str, object] = {}
         degraded, closed = [], []
         for name in jobs:
@@ -304,6 +351,15 @@ class Retrieval:
             self._in_flight[name] -= 1
 
     def __call__(self, ctx: HomepageContext) -> Retrieved:
+        request = self._request(ctx)
+        return self._retrieved(request, *self._run_all(request.jobs, inline=self._inline))
+
+    async def generate(self, ctx: HomepageContext) -> Retrieved:
+        """`__call__` on an event loop: the sources' wait is awaited (see `_run_all_async`)."""
+        request = self._request(ctx)
+        return self._retrieved(request, *await self._run_all_async(request.jobs, inline=self._inline))
+
+    def _request(self, ctx: HomepageContext) -> _Request:
         t0 = time.perf_counter()
         model, cfg, catalog = self.model, self.config, self.catalog
         live = LiveMember(ctx.member_id, _history(ctx), ctx.titles_played, ctx.first_event_ms)
@@ -312,7 +368,12 @@ class Retrieval:
         seeds = [t for t in dict.fromkeys(ctx.recently_watched) if t in catalog.titles][: cfg.because_seeds]
         request = SourceRequest(ctx, histories, seeds)
         jobs: dict[str, Callable[[], object]] = {s.name: partial(s, request) for s in self.sources}
-        results, degraded, closed = self._run_all(jobs, inline=self._inline)
+        return _Request(t0, batch, jobs)
+
+    def _retrieved(self, request: _Request, results: dict[str, object], degraded: list[str],
+                   closed: list[str]) -> Retrieved:
+        model, cfg = self.model, self.config
+        batch, histories = request.batch, request.batch.histories
         if self._missing:
             degraded += self._missing
             closed += [name for name in self._missing if not cfg.policy(name).fail_open]
@@ -339,7 +400,7 @@ class Retrieval:
             rows=rows,
             degraded=sorted(degraded),
             failed_closed=sorted(closed),
-            timings_ms={"sources": round((t1 - t0) * 1e3, 2), "features": round((t2 - t1) * 1e3, 2)},
+            timings_ms={"sources": round((t1 - request.t0) * 1e3, 2), "features": round((t2 - t1) * 1e3, 2)},
             boost=dict(cfg.editorial_boost),
         )
 
@@ -398,6 +459,14 @@ class CandidateStage:
         return model if model is not None and model.version == version else None
 
     def __call__(self, ctx: HomepageContext) -> Retrieved:
+        return self._retrieval()(ctx)
+
+    async def generate(self, ctx: HomepageContext) -> Retrieved:
+        """The same on an event loop (the fused placement): no thread hand-off for the page's
+        own work, the sources' wait awaited."""
+        return await self._retrieval().generate(ctx)
+
+    def _retrieval(self) -> Retrieval:
         model = self.holder.model
         if model is None:
             raise RuntimeError("no model version is loaded yet")
@@ -406,7 +475,7 @@ class CandidateStage:
             with self._lock:
                 built = self._built = (model, self.config,
                                        Retrieval(model, self.catalog, self.config, executor=self._pool))
-        return built[2](ctx)
+        return built[2]
 
 
 def _history(ctx: HomepageContext) -> tuple[int, ...]:

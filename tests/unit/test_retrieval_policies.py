@@ -201,3 +201,44 @@ def test_inline_sources_are_isolated_too_and_run_beside_the_threaded_ones(pool):
     assert results == {"model": "model", "lookup": "lookup"}
     assert sorted(degraded) == ["lookup_bad", "lookup_slow"]
     assert threads["lookup"] == threading.get_ident() != threads["model"]
+
+
+def test_awaited_sources_get_the_same_verdicts_and_leave_the_loop_free(pool):
+    """The fused placement awaits the pooled sources on the replica's event loop: the verdicts
+    are `_run_all`'s (inline, pooled, raising, hanging, fail-closed), and while a source hangs the
+    loop keeps serving other coroutines (a blocking wait would give the ticker no turn at all)."""
+    import asyncio
+
+    release = threading.Event()
+    config = RetrievalConfig(policies={"hangs": SourcePolicy(timeout_ms=200),
+                                       "critical": SourcePolicy(timeout_ms=2000, fail_open=False)},
+                             default_policy=SourcePolicy(timeout_ms=2000))
+    retrieval = make_retrieval(config, pool)
+    jobs = {"quick": lambda: 1, "hangs": lambda: release.wait(10.0), "critical": fails,
+            "lookup": lambda: [3]}
+
+    async def with_ticker():
+        ticks = 0
+
+        async def tick():
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        await asyncio.sleep(0)
+        try:
+            return await retrieval._run_all_async(jobs, inline=frozenset({"lookup"})), ticks
+        finally:
+            ticker.cancel()
+
+    try:
+        (results, degraded, closed), ticks = asyncio.run(with_ticker())
+        returned_while_hanging = not release.is_set()
+    finally:
+        release.set()
+    assert returned_while_hanging
+    assert results == {"quick": 1, "lookup": [3]}
+    assert degraded == ["hangs", "critical"] and closed == ["critical"]
+    assert ticks >= 5  # ~20 turns in the 200 ms the hanging source was given
