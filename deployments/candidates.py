@@ -224,6 +224,7 @@ class _SourceRun:
     started: float
     pending: dict[str, futures.Future] = field(default_factory=dict)
     here: dict[str, tuple[bool, object]] = field(default_factory=dict)
+    expired: set[str] = field(default_factory=set)  # pooled, not back by their own deadline
 
 
 @dataclass
@@ -276,18 +277,30 @@ class Retrieval:
                              ) -> tuple[dict[str, object], list[str], list[str]]:
         """`_run_all` for a caller on an event loop: the wait for the pooled sources is awaited,
         so a slow source holds this request only, never the loop (other pages go on meanwhile).
-        The same start, the same deadlines, the same verdicts."""
-        run = self._start(jobs, inline)
-        if run.pending:
-            latest = max(self.config.policy(name).timeout_ms for name in run.pending) / 1000.0
-            left = latest - (time.monotonic() - run.started)
-            waiting = [asyncio.wrap_future(f) for f in run.pending.values()]
-            await asyncio.wait(waiting, timeout=max(left, 0.0))
-            for waited in waiting:  # the verdicts come from the futures themselves, in _gather
-                if waited.done():
+        Each pooled source is waited for until its own deadline, as `_run_all` does; one not
+        back by then is dropped even if it finishes before the others. A source given the
+        injected "slow" fault runs on the pool here, so the fault sleeps there, not on the loop."""
+        slowed = {name for name, fault in self.config.faults.items() if fault == "slow"}
+        run = self._start(jobs, inline - slowed)
+        waiting = {asyncio.wrap_future(f): name for name, f in run.pending.items()}
+        try:
+            outstanding = set(waiting)
+            while outstanding:
+                due = {w: run.started + self.config.policy(waiting[w]).timeout_ms / 1000.0 for w in outstanding}
+                earliest = min(due.values()) - time.monotonic()
+                if earliest > 0:
+                    _, outstanding = await asyncio.wait(outstanding, timeout=earliest,
+                                                        return_when=asyncio.FIRST_COMPLETED)
+                now = time.monotonic()
+                for waited in [w for w in outstanding if due[w] <= now]:
+                    run.expired.add(waiting[waited])  # past its own deadline: dropped in _gather
+                    outstanding.discard(waited)
+        finally:  # also when this request is cancelled mid-wait
+            for waited in waiting:
+                if waited.done() and not waited.cancelled():
                     waited.exception()  # seen: a raising source is no "never retrieved" warning
                 else:
-                    waited.cancel()  # stops only the waiting; a running source ends on its own
+                    waited.cancel()  # a queued source never runs; a running one ends on its own
         return self._gather(jobs, run)
 
     def _start(self, jobs: dict[str, Callable[[], object]], inline: frozenset[str]) -> _SourceRun:
@@ -337,6 +350,8 @@ class Retrieval:
             try:
                 if future is None:
                     raise TimeoutError(f"{name}: still busy from earlier requests")
+                if name in run.expired:
+                    raise TimeoutError(f"{name}: not back by its deadline")
                 results[name] = future.result(timeout=max(left, 0.0))
             except Exception:  # timeout or the source's own error: drop it, name it
                 if future is not None:

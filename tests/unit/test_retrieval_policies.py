@@ -203,42 +203,76 @@ def test_inline_sources_are_isolated_too_and_run_beside_the_threaded_ones(pool):
     assert threads["lookup"] == threading.get_ident() != threads["model"]
 
 
+async def _with_ticker(call):
+    """Run `call()` on this loop beside a ticker; returns (its result, the ticker's turns)."""
+    import asyncio
+
+    ticks = 0
+
+    async def tick():
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0)
+    try:
+        return await call(), ticks
+    finally:
+        ticker.cancel()
+
+
 def test_awaited_sources_get_the_same_verdicts_and_leave_the_loop_free(pool):
     """The fused placement awaits the pooled sources on the replica's event loop: the verdicts
-    are `_run_all`'s (inline, pooled, raising, hanging, fail-closed), and while a source hangs the
-    loop keeps serving other coroutines (a blocking wait would give the ticker no turn at all)."""
+    are `_run_all`'s (inline, pooled, raising, hanging, fail-closed), a hanging source is given
+    its own timeout and not the longest one, and while it hangs the loop keeps serving other
+    coroutines (a blocking wait would give the ticker no turn at all)."""
     import asyncio
 
     release = threading.Event()
     config = RetrievalConfig(policies={"hangs": SourcePolicy(timeout_ms=200),
-                                       "critical": SourcePolicy(timeout_ms=2000, fail_open=False)},
-                             default_policy=SourcePolicy(timeout_ms=2000))
+                                       "critical": SourcePolicy(timeout_ms=5000, fail_open=False)},
+                             default_policy=SourcePolicy(timeout_ms=5000))
     retrieval = make_retrieval(config, pool)
     jobs = {"quick": lambda: 1, "hangs": lambda: release.wait(10.0), "critical": fails,
             "lookup": lambda: [3]}
-
-    async def with_ticker():
-        ticks = 0
-
-        async def tick():
-            nonlocal ticks
-            while True:
-                await asyncio.sleep(0.01)
-                ticks += 1
-
-        ticker = asyncio.create_task(tick())
-        await asyncio.sleep(0)
-        try:
-            return await retrieval._run_all_async(jobs, inline=frozenset({"lookup"})), ticks
-        finally:
-            ticker.cancel()
-
+    started = time.monotonic()
     try:
-        (results, degraded, closed), ticks = asyncio.run(with_ticker())
+        (results, degraded, closed), ticks = asyncio.run(
+            _with_ticker(lambda: retrieval._run_all_async(jobs, inline=frozenset({"lookup"}))))
+        elapsed = time.monotonic() - started
         returned_while_hanging = not release.is_set()
     finally:
         release.set()
     assert returned_while_hanging
+    assert elapsed < 2.5  # its own 200 ms, not the others' 5 s
     assert results == {"quick": 1, "lookup": [3]}
     assert degraded == ["hangs", "critical"] and closed == ["critical"]
     assert ticks >= 5  # ~20 turns in the 200 ms the hanging source was given
+
+
+def test_an_awaited_source_not_back_by_its_own_deadline_is_dropped_though_it_ends_before_the_others(pool):
+    import asyncio
+
+    config = RetrievalConfig(policies={"tight": SourcePolicy(timeout_ms=50)},
+                             default_policy=SourcePolicy(timeout_ms=5000))
+    jobs = {"tight": lambda: time.sleep(0.3) or "late", "loose": lambda: time.sleep(0.6) or "fine"}
+    results, degraded, _ = asyncio.run(make_retrieval(config, pool)._run_all_async(jobs))
+    assert results == {"loose": "fine"} and degraded == ["tight"]
+
+
+def test_the_slow_fault_on_an_inline_source_sleeps_off_the_loop(pool):
+    """Chaos on a row source (inline: it runs on the caller's thread) must not freeze a replica's
+    event loop: on the awaited path the faulted source runs on the pool and is dropped in time."""
+    import asyncio
+
+    config = RetrievalConfig(policies={"lookup": SourcePolicy(timeout_ms=100)},
+                             default_policy=SourcePolicy(timeout_ms=5000),
+                             faults={"lookup": "slow"}, slow_fault_s=0.5)
+    retrieval = make_retrieval(config, pool)
+    (results, degraded, _), ticks = asyncio.run(_with_ticker(
+        lambda: retrieval._run_all_async({"lookup": lambda: [1], "other": lambda: 2},
+                                         inline=frozenset({"lookup"}))))
+    assert results == {"other": 2} and degraded == ["lookup"]
+    assert ticks >= 3  # the loop turned while the fault slept (inline on the loop: 0 turns)
