@@ -247,6 +247,9 @@ class Retrieval:
         self._in_flight: dict[str, int] = {}
         self.sources = build_sources(model, catalog, self.config)
         self._inline = frozenset(s.name for s in self.sources if s.inline)
+        # on an event loop these run on the pool even if inline: the injected fault's sleep must
+        # not hold the loop
+        self._slowed = frozenset(n for n, fault in self.config.faults.items() if fault == "slow")
         self._row_sources = [s.name for s in self.sources if not isinstance(s, ModelSource)]
         # configured model sources this model does not have: asked for, never run, so named
         self._missing = sorted(set(self.config.sources) - set(ROW_SOURCES) - set(model.source_names))
@@ -280,14 +283,13 @@ class Retrieval:
         Each pooled source is waited for until its own deadline, as `_run_all` does; one not
         back by then is dropped even if it finishes before the others. A source given the
         injected "slow" fault runs on the pool here, so the fault sleeps there, not on the loop."""
-        slowed = {name for name, fault in self.config.faults.items() if fault == "slow"}
-        run = self._start(jobs, inline - slowed)
+        run = self._start(jobs, inline - self._slowed)
         waiting = {asyncio.wrap_future(f): name for name, f in run.pending.items()}
+        due = {w: self._deadline(run, name) for w, name in waiting.items()}
         try:
             outstanding = set(waiting)
             while outstanding:
-                due = {w: run.started + self.config.policy(waiting[w]).timeout_ms / 1000.0 for w in outstanding}
-                earliest = min(due.values()) - time.monotonic()
+                earliest = min(due[w] for w in outstanding) - time.monotonic()
                 if earliest > 0:
                     _, outstanding = await asyncio.wait(outstanding, timeout=earliest,
                                                         return_when=asyncio.FIRST_COMPLETED)
@@ -327,11 +329,15 @@ class Retrieval:
                 run.here[name] = (False, exc)
         return run
 
+    def _deadline(self, run: _SourceRun, name: str) -> float:
+        """When source `name` of this run is due (time.monotonic): its own timeout from the start."""
+        return run.started + self.config.policy(name).timeout_ms / 1000.0
+
     def _gather(self, jobs: dict[str, Callable[[], object]], run: _SourceRun
                 ) -> tuple[dict[str, object], list[str], list[str]]:
         """Each source's verdict: its result if it came in time, else dropped and named (a pooled
         one waited for here at most what is left of its own timeout)."""
-        started, pending, here = run.started, run.pending, run.here
+        pending, here = run.pending, run.here
         results: dict[str, object] = {}
         degraded, closed = [], []
         for name in jobs:
@@ -346,7 +352,7 @@ class Retrieval:
                         closed.append(name)
                 continue
             future = pending.get(name)
-            left = policy.timeout_ms / 1000.0 - (time.monotonic() - started)
+            left = self._deadline(run, name) - time.monotonic()
             try:
                 if future is None:
                     raise TimeoutError(f"{name}: still busy from earlier requests")
