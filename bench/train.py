@@ -210,7 +210,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
             prestarted.append(early.result(since=fed))
             early.close()  # untimed, as in the retrain: Ray Train's teardown runs after the models came
             teardowns.append(early.teardown_s)
-            inherited.append(early.controller_env_inherited)
+            inherited.append(early.worker_env_vars)
             _progress(f"repeat {repeat + 1}/{repeats}: the same, started ahead ({startups[-1]:.1f} s), "
                       f"from the hand-over: {next(iter(prestarted[-1].values())).seconds:.2f} s")
     finally:
@@ -256,8 +256,8 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
         "max_abs_prediction_diff": max_diff,
         "models_identical": max_diff == 0.0,
         "ray_train_settings": {name: os.environ.get(name, value) for name, value in RAY_TRAIN_DEFAULTS.items()},
-        # True: the cluster carried Ray Train's settings, so its controller went without a runtime_env
-        "controller_env_inherited": inherited,
+        # the env vars each started-ahead run's worker got in a runtime_env ([]: none, a plain worker)
+        "worker_env_vars": inherited,
         "load_avg_1m": [round(load_at_start, 2), round(load_at_end, 2)],
     }
 

@@ -166,8 +166,8 @@ class Pipeline:
         self.training_ = {"rows": table.num_rows, "positives": float(play.sum()), "engine": first.engine,
                           "seconds": {"run": round(first.seconds, 3),
                                       **{o: round(results[o].stages["train"], 3) for o in OBJECTIVES}}}
-        if run is not None:  # whether Ray Train's controller could skip its runtime_env (ray_train_startup)
-            self.training_["controller_env_inherited"] = run.controller_env_inherited
+        if run is not None:  # []: the training worker started without a runtime_env (ray_train_startup)
+            self.training_["worker_env_vars"] = run.worker_env_vars
         per_model = ("split", "dmatrix", "train")
         self.ranker_stages_ = {**{k: v for k, v in first.stages.items() if k not in per_model},
                                **{f"{o}.{k}": results[o].stages[k] for o in OBJECTIVES for k in per_model}}

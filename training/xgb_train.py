@@ -26,19 +26,20 @@ Why train_ray looks the way it does (measured on a 2-core machine, DESIGN.md sec
     (`_ray_train_settings`, user-set values win);
   * the run's storage_path is a temporary directory, removed when the run ends.
 
-Where the fixed cost goes: each fit starts fresh Python processes, one per actor, each ~1-3 CPU-s
-(interpreter, `import ray`, ray.train's imports of pandas, fsspec and ray.data): Ray Train's
-controller, then its placement-group cleaner, synchronization actor and training worker together
-(the raylet starts at most num_cpus at once), on a fresh cluster once its autoscaling
-coordinator; then callbacks, the rabit tracker and the train fn shipped to the worker; from the
-report to fit() returning, the poll interval and the worker and placement group teardown.
-`training.ray_train_startup` removes two costs without changing what runs: no DatasetManager
-process (its datasets callback is dropped when the trainer has no datasets, and train_ray gives
-it none), and no runtime_env for the controller when the cluster already carries its settings
-(so it and the actors it creates skip setup_worker.py's second interpreter). The mailbox actor
-lives in that module too, which imports only the standard library, so its process stays light.
-None of the other processes can be skipped by a Ray Train setting in ray 2.60, and neither a
-larger worker_maximum_startup_concurrency nor a longer poll interval shortened the fit.
+Where the fixed cost goes: Ray Train 2.60 as shipped starts fresh Python processes per fit, one
+per actor, each ~1-3 CPU-s (interpreter, `import ray`, ray.train's imports of pandas, fsspec and
+ray.data): its controller, then the controller's placement-group cleaner, synchronization actor and
+training worker (the raylet starts at most num_cpus at once), a dataset manager, a preemption
+watcher. `training.ray_train_lean` (why, in `training.ray_train_startup`) runs the same control
+loop with three fewer: the controller on the run's thread in the driver (which has imported
+ray.train already), so no controller process and no placement-group cleaner (it guards against
+the controller's process dying while the driver lives); no dataset manager (train_ray gives the
+trainer no datasets); and, on one node, a training worker without a runtime_env when it inherits
+the settings anyway, so it skips setup_worker.py's second interpreter. What is left per fit: the
+mailbox actor (a light module), the synchronization actor and the worker, the worker's imports of
+ray.train and xgboost, the rabit tracker and the train fn shipped; from the report to fit()
+returning, the poll interval and the worker and placement-group teardown. A larger
+worker_maximum_startup_concurrency and a longer poll interval did not shorten the fit.
 
 The fixed cost does not shrink when the machine is quiet or the table small, so the ratio to
 plain xgboost is worst there (`marquee bench train`, README Benchmarks): a retrain hides it by
@@ -78,13 +79,7 @@ from marquee.settings import (
     check_text,
     fail,
 )
-from training.ray_train_startup import (
-    RAY_TRAIN_DEFAULTS,
-    Mailbox,
-    cluster_carries,
-    controller_env_vars,
-    lean_trainer,
-)
+from training.ray_train_startup import RAY_TRAIN_DEFAULTS, Mailbox, local_raylet_environment
 
 if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
     import ray.data
@@ -543,6 +538,7 @@ def _train_loop_per_worker(config: dict) -> None:
         "models": {name: {"stages": stages, "evals": evals} for name, (_, evals, stages) in fitted.items()},
         "rows": table.num_rows,
         "started_at": started_at,
+        "worker_env_vars": sorted((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}),
     }
     if rank == 0:  # the models go straight back; Ray Train's report and teardown follow unwaited
         boosters = {name: bytes(booster.save_raw("ubj")) for name, (booster, _, _) in fitted.items()}
@@ -589,7 +585,8 @@ class RayTrainRun:
         self._error: BaseException | None = None
         self._mailbox = ray.remote(Mailbox).options(num_cpus=0).remote()
         self._delivery = self._mailbox.delivery.remote()
-        self.controller_env_inherited: bool | None = None  # known once the run has started
+        # the env vars worker 0's runtime_env held ([]: none, it started as a plain worker); known with the result
+        self.worker_env_vars: list[str] | None = None
         self.teardown_s: float | None = None  # from the models' delivery to Ray Train's end, once closed
         self._delivered_at: float | None = None
         self._error_logged = False
@@ -606,27 +603,30 @@ class RayTrainRun:
     def _fit(self) -> None:
         import ray
         import ray.train
-        from ray.train.xgboost import XGBoostTrainer
+
+        from training.ray_train_lean import LeanXGBoostTrainer
 
         try:
             with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage, _ray_train_settings():
                 self._fit_started_at = time.time()
-                wanted = controller_env_vars()
-                seen = ray.get(self._mailbox.environment.remote(sorted(wanted)))
-                self.controller_env_inherited = cluster_carries(wanted, seen)
-                trainer = lean_trainer(XGBoostTrainer)(
+                mailbox = self._mailbox
+                trainer = LeanXGBoostTrainer(
                     _train_loop_per_worker,
                     train_loop_config={"mailbox": self._mailbox, "nthread": self.cpus_per_worker},
                     scaling_config=ray.train.ScalingConfig(
                         num_workers=self.num_workers, use_gpu=False,
                         resources_per_worker={"CPU": self.cpus_per_worker}),
                     run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
-                    controller_env_inherited=self.controller_env_inherited,
+                    inherited=lambda names: _inherited_environment(mailbox, names),
                 )
                 trainer.fit()
                 self._fit_ended_at = time.time()
         except BaseException as exc:  # re-raised by result() if no models came, on the caller's thread
             self._error = exc
+
+    @property
+    def fed(self) -> bool:
+        return self._specs is not None
 
     def feed(self, data: "pa.Table | ray.data.Dataset", specs: dict[str, TrainSpec]) -> None:
         """Hand the run its rows and what to fit on them (validated here, on the caller's thread;
@@ -708,6 +708,7 @@ class RayTrainRun:
             boosters[name].load_model(bytearray(raw))
         metrics = parcel["metrics"]
         self._delivered_at = metrics["delivered_at"]
+        self.worker_env_vars = metrics["worker_env_vars"]
         stages = dict(self._stages)
         # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
         stages["startup"] = max(0.0, metrics["started_at"] - self._fit_started_at)
@@ -720,6 +721,17 @@ class RayTrainRun:
                                   {**stages, **{k: float(v) for k, v in metrics["models"][name]["stages"].items()}},
                                   "ray_train", metrics["models"][name]["evals"])
                 for name in self._specs}
+
+
+def _inherited_environment(mailbox, names: list[str]) -> dict[str, str | None]:
+    """What a plain worker of the run's raylet inherits, for `names`: read from the raylet this
+    process started, else asked of the mailbox (a plain worker of the same cluster)."""
+    import ray
+
+    raylet = local_raylet_environment()
+    if raylet is not None:
+        return {name: raylet.get(name) for name in names}
+    return ray.get(mailbox.environment.remote(names))
 
 
 _OPEN_RUNS: "weakref.WeakSet[RayTrainRun]" = weakref.WeakSet()
@@ -735,10 +747,14 @@ def _remember(run: RayTrainRun) -> None:
 
 
 def close_runs(timeout_s: float = 120.0) -> None:
-    """Wait for every run whose models came back to finish tearing down: call before
-    ray.shutdown, so a run's processes are not cut off mid-teardown."""
+    """Wait for every run whose models came back to finish tearing down, and call off every run
+    never fed (its workers would wait for rows that will not come): call before ray.shutdown, so
+    a run's processes are not cut off mid-teardown."""
     for run in list(_OPEN_RUNS):
-        run.close(timeout_s)
+        if run.fed:
+            run.close(timeout_s)
+        else:
+            run.abort("the process is shutting down")
 
 
 def _kill_quietly(actor) -> None:

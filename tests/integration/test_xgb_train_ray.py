@@ -173,28 +173,77 @@ def test_the_models_come_back_before_ray_train_has_torn_down(ray_cluster):
 
 def _dataset_managers() -> int:
     """DatasetManager actors this session has created so far (GCS actor table, dead ones too)."""
-    return sum(actor["ActorClassName"] == "DatasetManager" for actor in ray._private.state.actors().values())
+    return _actors_of("DatasetManager")
 
 
-@pytest.mark.parametrize("cluster_has_the_setting", [True, False])
-def test_the_lean_run_skips_the_dataset_manager_and_the_controllers_runtime_env_only_when_safe(
-        ray_cluster, monkeypatch, cluster_has_the_setting):
-    """The shared cluster was started with cluster_environment(), so the controller needs no
-    runtime_env; a setting the cluster does not carry (the driver asks for another health-check
-    interval) keeps Ray Train's own path. Either way the run starts no DatasetManager and the
+def _actors_of(*class_names: str) -> int:
+    """Actors of these classes this session has created so far (GCS actor table, dead ones too)."""
+    return sum(actor["ActorClassName"] in class_names for actor in ray._private.state.actors().values())
+
+
+def _live_placement_groups() -> int:
+    return sum(pg["state"] != "REMOVED" for pg in ray.util.placement_group_table().values())
+
+
+def test_the_controller_runs_in_the_driver_and_leaves_no_placement_group(ray_cluster):
+    """No controller or placement-group cleaner actor is started (the controller is the driver's
+    thread), and the run's placement group is removed when it ends, fed or called off."""
+    from training.xgb_train import RayTrainRun
+
+    controllers_before = _actors_of("TrainController", "PlacementGroupCleaner")
+    groups_before = _live_placement_groups()
+    table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
+        "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
+    with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
+        run.feed(table, {"model": spec})
+        run.result()
+    called_off = RayTrainRun(num_workers=1, cpus_per_worker=1)
+    called_off.wait_until_started()
+    assert _live_placement_groups() == groups_before + 1  # the waiting run holds its CPUs
+    called_off.abort("the test calls it off")
+    assert not called_off._thread.is_alive()
+    assert "called off" in str(called_off._error)
+    assert _actors_of("TrainController", "PlacementGroupCleaner") == controllers_before
+    assert _live_placement_groups() == groups_before
+
+
+def test_close_runs_calls_off_a_run_never_fed_instead_of_waiting_for_its_rows(ray_cluster):
+    import time
+
+    from training.xgb_train import _OPEN_RUNS, RayTrainRun, close_runs
+
+    run = RayTrainRun(num_workers=1, cpus_per_worker=1)
+    run.wait_until_started()
+    t = time.perf_counter()
+    close_runs(timeout_s=60)
+    assert time.perf_counter() - t < 30 and not run._thread.is_alive() and run not in _OPEN_RUNS
+
+
+@pytest.mark.parametrize("case", ["carried", "joined", "differs"])
+def test_the_lean_run_skips_the_dataset_manager_and_the_workers_runtime_env_only_when_safe(
+        ray_cluster, monkeypatch, case):
+    """The shared cluster (one node) was started with cluster_environment(), so the training
+    worker inherits every setting the run propagates and starts without a runtime_env, whether
+    the raylet's environment is read from /proc (this process started it) or, as a driver that
+    joined a running cluster must, asked of the mailbox; a setting the cluster does not carry
+    (the driver asks for another health-check interval) still reaches the worker in its
+    runtime_env, as Ray Train would give it. Either way the run starts no DatasetManager and the
     model is the local one."""
+    import training.xgb_train
     from training.ray_train_startup import HEALTH_CHECK_INTERVAL_ENV
     from training.xgb_train import RayTrainRun
 
-    if not cluster_has_the_setting:
+    if case == "differs":
         monkeypatch.setenv(HEALTH_CHECK_INTERVAL_ENV, "0.2")
+    if case == "joined":
+        monkeypatch.setattr(training.xgb_train, "local_raylet_environment", lambda: None)
     managers_before = _dataset_managers()
     table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
         "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
     with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
         run.feed(table, {"model": spec})
         result = run.result()["model"]
-    assert run.controller_env_inherited is cluster_has_the_setting
+    assert run.worker_env_vars == ([HEALTH_CHECK_INTERVAL_ENV] if case == "differs" else [])
     assert _dataset_managers() == managers_before
     np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
                                   predict(train_local(table, spec).booster, table, FEATURES))

@@ -1,4 +1,4 @@
-"""The single-machine Ray start-up environment and the check that lets a Ray Train controller go
+"""The single-machine Ray start-up environment and the rule that lets a Ray Train worker go
 without a runtime_env: the user's values win, and any difference keeps Ray Train's own path."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from training.ray_train_startup import (
     RAY_TRAIN_DEFAULTS,
     WARN_BLOCKING_GET_ENV,
     Mailbox,
-    cluster_carries,
     cluster_environment,
+    worker_runtime_env,
 )
 
 
@@ -25,12 +25,20 @@ def test_cluster_environment_holds_every_default_and_the_users_value_wins():
     assert "UNRELATED" not in env  # only what Ray Train's controller needs
 
 
-def test_the_cluster_carries_the_controllers_vars_only_when_every_value_matches():
-    wanted = {HEALTH_CHECK_INTERVAL_ENV: "0.1", WARN_BLOCKING_GET_ENV: "0"}
-    assert cluster_carries(wanted, {HEALTH_CHECK_INTERVAL_ENV: "0.1", WARN_BLOCKING_GET_ENV: "0", "X": "1"})
-    assert not cluster_carries(wanted, {HEALTH_CHECK_INTERVAL_ENV: "0.1", WARN_BLOCKING_GET_ENV: None})
-    assert not cluster_carries(wanted, {HEALTH_CHECK_INTERVAL_ENV: "3", WARN_BLOCKING_GET_ENV: "0"})
-    assert cluster_carries({}, {})
+def test_a_worker_keeps_only_the_env_vars_it_would_not_inherit_and_only_on_one_node():
+    runtime_env = {"env_vars": {HEALTH_CHECK_INTERVAL_ENV: "0.1", WARN_BLOCKING_GET_ENV: "0"}}
+    inherited = {HEALTH_CHECK_INTERVAL_ENV: "0.1", WARN_BLOCKING_GET_ENV: "0"}
+    assert worker_runtime_env(runtime_env, inherited, single_node=True) == {}  # a plain worker
+    differs = {HEALTH_CHECK_INTERVAL_ENV: "2", WARN_BLOCKING_GET_ENV: "0"}
+    assert worker_runtime_env(runtime_env, differs, single_node=True) == {
+        "env_vars": {HEALTH_CHECK_INTERVAL_ENV: "0.1"}}
+    missing = {HEALTH_CHECK_INTERVAL_ENV: None, WARN_BLOCKING_GET_ENV: "0"}
+    assert worker_runtime_env(runtime_env, missing, single_node=True) == {
+        "env_vars": {HEALTH_CHECK_INTERVAL_ENV: "0.1"}}
+    assert worker_runtime_env(runtime_env, inherited, single_node=False) == runtime_env  # other raylets
+    other = {"env_vars": {WARN_BLOCKING_GET_ENV: "0"}, "working_dir": "/src"}
+    assert worker_runtime_env(other, inherited, single_node=True) == {"working_dir": "/src"}
+    assert runtime_env["env_vars"] == inherited  # the input is not changed
 
 
 def test_the_mailbox_gives_its_parcel_once_to_every_taker_and_reports_its_environment(monkeypatch):
