@@ -5,7 +5,8 @@ removed under load. Prints one JSON report; tests/system/test_multinode.py judge
 
 Steps: prepare a small home in this process (world, arrow features, a model trained locally: no
 Ray needed, ~4 s), start `ray.cluster_utils.Cluster` (a head and N worker nodes, logical CPUs),
-start the stateful actors on it (ops.local.up.prepare_system), deploy the cluster profile
+fit a small XGBoost model through Ray Train on it (its controller in this driver, which joined the
+cluster: the several-node path), start the stateful actors on it (ops.local.up.prepare_system), deploy the cluster profile
 (deployments.app.deploy), record where every replica and actor runs, start closed-loop readers
 and writers (multinode_load.py, its own process), kill the worker node that hosts the most
 replicas, wait until Serve has replaced them on the remaining nodes, keep the load a few seconds
@@ -182,6 +183,8 @@ def run(args) -> dict:
     try:
         mark("cluster_started")
         ray.init(address=cluster.address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+        report["ray_train"] = ray_train_fit()
+        mark("ray_train_fitted")
         prepare_system(paths, paths.world)
         mark("actors_started")
         url = deploy({"home": str(paths.home), "profile": "cluster", "cpu_scale": CPU_SCALE}, free_port())
@@ -237,6 +240,30 @@ def run(args) -> dict:
                         "missing_count": len(acked - logged), "missing": sorted(acked - logged)[:20]}
     mark("events_checked")
     return report
+
+
+def ray_train_fit() -> dict:
+    """One small fit through Ray Train on this cluster of several nodes, against the same fit in
+    this process: what it returned and what its worker was started with."""
+    import numpy as np
+    import pyarrow as pa
+
+    from training.xgb_train import RayTrainRun, TrainSpec, predict, train_local
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2_000, 4)).astype(np.float32)
+    table = pa.table({**{f"f{i}": x[:, i] for i in range(4)},
+                      "label": (x[:, 0] + 0.5 * x[:, 1] > 0).astype(np.int8)})
+    spec = TrainSpec(features=[f"f{i}" for i in range(4)], label="label", num_boost_round=10,
+                     params={"objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
+    started = time.monotonic()
+    with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
+        run.feed(table, {"model": spec})
+        booster = run.result()["model"].booster
+    same = bool(np.array_equal(predict(booster, table, spec.features),
+                               predict(train_local(table, spec).booster, table, spec.features)))
+    return {"seconds": round(time.monotonic() - started, 2), "models_identical": same,
+            "worker_env_vars": run.worker_env_vars, "alive_nodes": len(alive_node_ids())}
 
 
 def _if_complete(where: dict, minimum: dict[str, int]) -> dict | None:

@@ -36,7 +36,8 @@ def run_scenario(tmp_path: Path, *, workers: int, readers: int, warmup_s: float,
     report = json.loads(out.read_text())
     print(json.dumps({"total_s": report["total_s"], "timeline_s": report["timeline_s"],
                       "homepage_during_removal": report["load"]["homepage"]["during_removal"],
-                      "events": report["events"], "replicas_before": report["before"]["replicas"],
+                      "events": report["events"], "ray_train": report["ray_train"],
+                      "replicas_before": report["before"]["replicas"],
                       "replicas_after": report["after"]["replicas"]}))  # shown with -s
     return report
 
@@ -44,6 +45,12 @@ def run_scenario(tmp_path: Path, *, workers: int, readers: int, warmup_s: float,
 def check_report(report: dict) -> None:
     head, removed = report["head_node"], report["removed_node"]
     before, after = report["before"], report["after"]
+
+    # Ray Train on several nodes: the controller in the driver fits the local model, and its
+    # worker keeps the runtime_env Ray Train gives it (another node's raylet may differ)
+    fit = report["ray_train"]
+    assert fit["alive_nodes"] >= 2 and fit["models_identical"], fit
+    assert "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" in fit["worker_env_vars"], fit
 
     # spread: the replicas ran on more than one node, and the removed worker hosted some of them
     nodes_before = {node for nodes in before["replicas"].values() for node in nodes}
