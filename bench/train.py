@@ -191,7 +191,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
         train_ray_many(warm, specs, num_workers=workers, cpus_per_worker=cpus_per_worker)
         warmup_s = time.perf_counter() - t
         _progress(f"warm-up (untimed) {warmup_s:.1f} s")
-        plain, on_ray, prestarted, startups, inherited, teardowns = [], [], [], [], [], []
+        plain, on_ray, prestarted, startups, worker_env_vars, teardowns = [], [], [], [], [], []
         for repeat in range(repeats):  # interleaved, so machine noise hits both engines alike
             local = train_local_many(table, specs)
             plain.append(local)
@@ -210,7 +210,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
             prestarted.append(early.result(since=fed))
             early.close()  # untimed, as in the retrain: Ray Train's teardown runs after the models came
             teardowns.append(early.teardown_s)
-            inherited.append(early.worker_env_vars)
+            worker_env_vars.append(early.worker_env_vars)
             _progress(f"repeat {repeat + 1}/{repeats}: the same, started ahead ({startups[-1]:.1f} s), "
                       f"from the hand-over: {next(iter(prestarted[-1].values())).seconds:.2f} s")
     finally:
@@ -257,7 +257,7 @@ def run(table, specs: dict, described: dict, *, repeats: int, workers: int = 1, 
         "models_identical": max_diff == 0.0,
         "ray_train_settings": {name: os.environ.get(name, value) for name, value in RAY_TRAIN_DEFAULTS.items()},
         # the env vars each started-ahead run's worker got in a runtime_env ([]: none, a plain worker)
-        "worker_env_vars": inherited,
+        "worker_env_vars": worker_env_vars,
         "load_avg_1m": [round(load_at_start, 2), round(load_at_end, 2)],
     }
 

@@ -31,13 +31,15 @@ class LeanWorkerGroup(WorkerGroup):
     """Ray Train's worker group, its workers' runtime_env reduced to what they would not inherit
     (`inherited` is set per run by the controller)."""
 
-    inherited: Inherited | None = None
+    inherited: Inherited
 
     def _get_worker_runtime_env(self, custom_runtime_env: Any) -> dict:  # type: ignore[override]
         full = dict(WorkerGroup._get_worker_runtime_env(custom_runtime_env))
-        if self.inherited is None or not full.get("env_vars") or not _single_node():
+        if not full.get("env_vars"):
             return full
-        return worker_runtime_env(full, self.inherited(sorted(full["env_vars"])), single_node=True)
+        single_node = _single_node()  # several nodes: nothing to ask, every var is kept
+        inherited = self.inherited(sorted(full["env_vars"])) if single_node else {}
+        return worker_runtime_env(full, inherited, single_node)
 
     def _init_train_context_on_workers(self, workers: list, sync_actor: Any, train_context_args: dict) -> None:
         """As Ray Train does, but with no controller actor to hand the workers: the controller is

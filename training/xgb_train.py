@@ -55,6 +55,7 @@ gives each worker its own shard (rank i reads shards[i]). With one worker this i
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import tempfile
@@ -609,7 +610,6 @@ class RayTrainRun:
         try:
             with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage, _ray_train_settings():
                 self._fit_started_at = time.time()
-                mailbox = self._mailbox
                 trainer = LeanXGBoostTrainer(
                     _train_loop_per_worker,
                     train_loop_config={"mailbox": self._mailbox, "nthread": self.cpus_per_worker},
@@ -617,7 +617,7 @@ class RayTrainRun:
                         num_workers=self.num_workers, use_gpu=False,
                         resources_per_worker={"CPU": self.cpus_per_worker}),
                     run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
-                    inherited=lambda names: _inherited_environment(mailbox, names),
+                    inherited=functools.partial(_inherited_environment, self._mailbox),
                 )
                 trainer.fit()
                 self._fit_ended_at = time.time()
