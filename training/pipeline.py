@@ -47,18 +47,21 @@ def build_sources(content: TitleContent | None, seed: int) -> dict:
 def _start_ray_run():
     """A Ray Train run sized to what the cluster can give now (a worker asking for more CPUs than
     are free, serving actors holding fractions, would wait forever for its placement group),
-    started now: its start-up overlaps the retrieval work that builds its rows."""
+    started now: its start-up overlaps the retrieval work that builds its rows. It leaves spare
+    workers for the next run only on a cluster that outlives this process (one it joined): the
+    spares of a cluster that ends with the retrain would only take CPU from its evaluation."""
     import math
 
     import ray
 
+    from training.ray_train_startup import local_raylet_pid
     from training.xgb_train import RayTrainRun
 
     if not ray.is_initialized():
         ray.init()
     free = ray.available_resources().get("CPU", 1.0)
     cpus = max(1, min(int(math.floor(free + 1e-9)), int(ray.cluster_resources().get("CPU", 1))))
-    return RayTrainRun(num_workers=1, cpus_per_worker=cpus)
+    return RayTrainRun(num_workers=1, cpus_per_worker=cpus, spares=local_raylet_pid() is None)
 
 
 def holdout_last(data: TrainData, holdout: int, min_rows: int) -> tuple[TrainData, dict[int, set[int]], dict[int, set[int]]]:

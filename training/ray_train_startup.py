@@ -69,19 +69,26 @@ def worker_runtime_env(runtime_env: dict, inherited: dict[str, str | None], sing
     return reduced
 
 
-def local_raylet_environment() -> dict[str, str] | None:
-    """The environment of the raylet this process started (the workers it spawns inherit it),
-    read from /proc: no worker to ask and wait for. None when this process did not start the
-    raylet (it joined a running cluster) or the environment cannot be read."""
+def local_raylet_pid() -> int | None:
+    """The pid of the raylet this process started (its workers are the raylet's children); None
+    when this process joined a running cluster instead."""
     import ray
     from ray._private import ray_constants
 
     node = ray._private.worker._global_node
     raylets = node.all_processes.get(ray_constants.PROCESS_TYPE_RAYLET) if node is not None else None
-    if not raylets:
+    return raylets[0].process.pid if raylets else None
+
+
+def local_raylet_environment() -> dict[str, str] | None:
+    """The environment of the raylet this process started (the workers it spawns inherit it),
+    read from /proc: no worker to ask and wait for. None when this process did not start the
+    raylet (it joined a running cluster) or the environment cannot be read."""
+    pid = local_raylet_pid()
+    if pid is None:
         return None
     try:
-        with open(f"/proc/{raylets[0].process.pid}/environ", "rb") as handle:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
             entries = handle.read().split(b"\0")
     except OSError:
         return None

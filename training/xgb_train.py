@@ -39,7 +39,9 @@ the settings anyway, so it skips setup_worker.py's second interpreter. What is l
 mailbox actor (a light module), the synchronization actor and the worker, the worker's imports of
 ray.train and xgboost, the rabit tracker and the train fn shipped; from the report to fit()
 returning, the poll interval and the worker and placement-group teardown. A larger
-worker_maximum_startup_concurrency and a longer poll interval did not shorten the fit.
+worker_maximum_startup_concurrency and a longer poll interval did not shorten the fit. The
+worker's own spawn and imports go too when the raylet has a warm spare: a run that fitted leaves
+one for the next (`training.spare_workers`; on one node, `RayTrainRun(spares=...)`).
 
 The fixed cost does not shrink when the machine is quiet or the table small, so the ratio to
 plain xgboost is worst there (`marquee bench train`, README Benchmarks): a retrain hides it by
@@ -81,6 +83,7 @@ from marquee.settings import (
     fail,
 )
 from training.ray_train_startup import RAY_TRAIN_DEFAULTS, Mailbox, local_raylet_environment
+from training.spare_workers import prestart_spares, spare_runtime_envs
 
 if TYPE_CHECKING:  # ray stays out of module import: `marquee --help` and unit tests stay light
     import ray.data
@@ -540,6 +543,7 @@ def _train_loop_per_worker(config: dict) -> None:
         "rows": table.num_rows,
         "started_at": started_at,
         "worker_env_vars": sorted((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}),
+        "worker_pid": os.getpid(),
     }
     if rank == 0:  # the models go straight back; Ray Train's report and teardown follow unwaited
         boosters = {name: bytes(booster.save_raw("ubj")) for name, (booster, _, _) in fitted.items()}
@@ -569,15 +573,19 @@ class RayTrainRun:
     as soon as they are fitted, so `result` does not wait for Ray Train's report, poll interval
     and worker-group teardown (~1 s here), which go on on the run's thread; `close` (or leaving
     a `with` block, or `close_runs()` before ray.shutdown) waits for them. `abort` calls an unfed
-    run off."""
+    run off.
 
-    def __init__(self, *, num_workers: int = 1, cpus_per_worker: int = 2) -> None:
+    With `spares` (the default), on one node a worker takes a warm spare process if the raylet
+    has one, and a run that fitted leaves spares for the next (`training.spare_workers`: its
+    start-up then skips the worker's spawn and imports)."""
+
+    def __init__(self, *, num_workers: int = 1, cpus_per_worker: int = 2, spares: bool = True) -> None:
         import threading
 
         import ray
 
         _check_scaling(num_workers, cpus_per_worker)
-        self.num_workers, self.cpus_per_worker = num_workers, cpus_per_worker
+        self.num_workers, self.cpus_per_worker, self.spares = num_workers, cpus_per_worker, spares
         self._started = time.perf_counter()
         self._stages: dict[str, float] = {}
         self._specs: dict[str, TrainSpec] | None = None
@@ -588,6 +596,8 @@ class RayTrainRun:
         self._delivery = self._mailbox.delivery.remote()
         # the env vars worker 0's runtime_env held ([]: none, it started as a plain worker); known with the result
         self.worker_env_vars: list[str] | None = None
+        self.worker_pid: int | None = None  # worker 0's process (a spare's, when it took one)
+        self.spares_asked = 0  # spare workers asked of the raylet once the run ended
         self.teardown_s: float | None = None  # from the models' delivery to Ray Train's end, once closed
         self._delivered_at: float | None = None
         self._error_logged = False
@@ -607,6 +617,7 @@ class RayTrainRun:
 
         from training.ray_train_lean import LeanXGBoostTrainer
 
+        spare_envs: list[dict] | None = [] if self.spares else None  # the workers' runtime_envs
         try:
             with tempfile.TemporaryDirectory(prefix="marquee-xgb-run-") as storage, _ray_train_settings():
                 self._fit_started_at = time.time()
@@ -618,11 +629,18 @@ class RayTrainRun:
                         resources_per_worker={"CPU": self.cpus_per_worker}),
                     run_config=ray.train.RunConfig(name="xgb", storage_path=storage),
                     inherited=functools.partial(_inherited_environment, self._mailbox),
+                    spare_envs=spare_envs,
                 )
                 trainer.fit()
                 self._fit_ended_at = time.time()
         except BaseException as exc:  # re-raised by result() if no models came, on the caller's thread
             self._error = exc
+            return
+        if spare_envs:  # one node and a run that fitted: leave the next run warm processes
+            try:
+                self.spares_asked = prestart_spares(spare_runtime_envs(self.num_workers, spare_envs[-1]))
+            except Exception as exc:  # a spare only saves time
+                log.info("no spare workers for the next run: %s", exc)
 
     @property
     def fed(self) -> bool:
@@ -709,6 +727,7 @@ class RayTrainRun:
         metrics = parcel["metrics"]
         self._delivered_at = metrics["delivered_at"]
         self.worker_env_vars = metrics["worker_env_vars"]
+        self.worker_pid = metrics["worker_pid"]
         stages = dict(self._stages)
         # Wall-clock stamps from the worker: same host here; on a cluster they carry clock skew.
         stages["startup"] = max(0.0, metrics["started_at"] - self._fit_started_at)
@@ -787,15 +806,17 @@ def train_ray_many(
     *,
     num_workers: int = 1,
     cpus_per_worker: int = 2,
+    spares: bool = True,
 ) -> dict[str, TrainResult]:
     """Several boosters in ONE Ray Train run: the same workers read the rows once and fit every
     spec in turn (as train_local_many does), so the run's fixed start-up is paid once, not once
     per model. Every spec needs the same group column (the shards are cut at its boundaries).
-    The rows are validated and cut before the run starts. `seconds` of each result is the whole run's."""
+    The rows are validated and cut before the run starts. `seconds` of each result is the whole
+    run's. `spares`: as RayTrainRun's."""
     start = time.perf_counter()
     _check_scaling(num_workers, cpus_per_worker)
     shards, stages = _prepare(data, specs, num_workers)
-    with RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker) as run:
+    with RayTrainRun(num_workers=num_workers, cpus_per_worker=cpus_per_worker, spares=spares) as run:
         run._feed_shards(shards, specs, stages)
         return run.result(since=start)
 

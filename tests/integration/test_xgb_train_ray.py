@@ -240,10 +240,11 @@ def test_the_lean_run_skips_the_dataset_manager_and_the_workers_runtime_env_only
     managers_before = _dataset_managers()
     table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
         "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
-    with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
+    with RayTrainRun(num_workers=1, cpus_per_worker=1, spares=False) as run:  # spares: the next test
         run.feed(table, {"model": spec})
         result = run.result()["model"]
     assert run.worker_env_vars == ([HEALTH_CHECK_INTERVAL_ENV] if case == "differs" else [])
+    assert run.spares_asked == 0
     assert _dataset_managers() == managers_before
     np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
                                   predict(train_local(table, spec).booster, table, FEATURES))
@@ -260,3 +261,45 @@ def test_a_run_fed_bad_rows_is_called_off_and_says_why(ray_cluster):
         run.result()
     # the CPUs it held are free again: the next run fits
     assert train_ray(small_table(), binary_spec(), num_workers=1, cpus_per_worker=1).engine == "ray_train"
+
+
+def _fit_tiny(**run_options):
+    from training.xgb_train import RayTrainRun
+
+    table, spec = small_table(), binary_spec(eval_fraction=0.0, params={
+        "objective": "binary:logistic", "tree_method": "hist", "max_depth": 3, "nthread": 1})
+    with RayTrainRun(num_workers=1, cpus_per_worker=1, **run_options) as run:
+        run.feed(table, {"model": spec})
+        result = run.result()["model"]
+    np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
+                                  predict(train_local(table, spec).booster, table, FEATURES))
+    return run
+
+
+def test_a_run_leaves_warm_spares_that_the_next_run_takes(ray_cluster):
+    """A run that fitted asks the raylet for spares started with the training worker's runtime_env
+    (its imports done by the setup hook) and a plain one; the next run's training worker and
+    synchronization actor take the hooked ones (their processes end with that run), and the model
+    is the local one. A run with spares=False neither takes nor leaves any."""
+    import psutil
+
+    from training.spare_workers import SETUP_HOOK_ENV, hooked_spares, spare_pids, wait_for_spares
+
+    first = _fit_tiny()
+    assert first.spares_asked == hooked_spares(1) + 1
+    wait_for_spares(hooked_spares(1), timeout_s=60)
+    waiting = set(spare_pids())
+    assert len(waiting) >= hooked_spares(1)
+    for pid in waiting:  # started as asked: with the hook, and idle
+        assert psutil.Process(pid).environ()[SETUP_HOOK_ENV] == "training.spare_workers.import_training_worker"
+
+    without = _fit_tiny(spares=False)
+    assert without.worker_pid not in waiting and without.spares_asked == 0
+    assert waiting <= set(spare_pids())  # nothing took them
+
+    second = _fit_tiny()
+    assert second.worker_pid in waiting
+    assert second.worker_env_vars == [SETUP_HOOK_ENV]
+    still_idle = waiting & set(spare_pids(hooked=False))
+    assert len(waiting) - len(still_idle) == hooked_spares(1)  # the worker's and the synchronization actor's
+    assert second.spares_asked == hooked_spares(1) + 1

@@ -59,3 +59,27 @@ def test_the_mailbox_gives_its_parcel_once_to_every_taker_and_reports_its_enviro
     got, waiting, seen = asyncio.run(scenario())
     assert got == [{"specs": 1}, {"specs": 1}] and waiting == 0
     assert seen == {HEALTH_CHECK_INTERVAL_ENV: "0.1", PREEMPTION_WATCHER_ENV: None}
+
+
+def test_the_spare_hook_is_rays_setup_hook_and_names_a_function_that_imports_the_worker():
+    import importlib
+
+    from ray._private import ray_constants
+
+    from training.spare_workers import SETUP_HOOK_ENV, TRAINING_WORKER_HOOK, import_training_worker
+
+    assert SETUP_HOOK_ENV == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    module, _, name = TRAINING_WORKER_HOOK.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is import_training_worker
+
+
+def test_with_spare_hook_adds_only_the_hook_and_leaves_its_input_alone():
+    from training.spare_workers import SETUP_HOOK_ENV, TRAINING_WORKER_HOOK, hooked_spares, spare_runtime_envs, with_spare_hook
+
+    assert with_spare_hook({}) == {"env_vars": {SETUP_HOOK_ENV: TRAINING_WORKER_HOOK}}
+    given = {"env_vars": {"A": "1"}, "working_dir": "/src"}
+    assert with_spare_hook(given) == {"env_vars": {"A": "1", SETUP_HOOK_ENV: TRAINING_WORKER_HOOK}, "working_dir": "/src"}
+    assert given == {"env_vars": {"A": "1"}, "working_dir": "/src"}
+    hooked = with_spare_hook({})
+    envs = spare_runtime_envs(2, hooked)
+    assert envs.count(hooked) == hooked_spares(2) == 3 and envs.count({}) == 1  # + the mailbox's plain one
