@@ -62,10 +62,12 @@ class LeanWorkerGroup(WorkerGroup):
         import of ray.train (~0.6 CPU-s) runs beside the fit."""
         if self.spare_envs is None or not _single_node():
             return super()._start_impl(worker_group_state_builder)
-        waiting = len(spare_pids())
+        self._hooked = (True, True)  # to learn the runtime_env the workers would take spares with
+        hooked = self._get_worker_runtime_env(self._train_run_context.run_config.worker_runtime_env)
+        job_env_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+        waiting = len(spare_pids(env_vars={**job_env_vars, **hooked.get("env_vars", {})}))
         num_workers = self._worker_group_context.num_workers
         self._hooked = (waiting >= num_workers, waiting >= num_workers + 1)
-        hooked = self._get_worker_runtime_env(self._train_run_context.run_config.worker_runtime_env)
         if not self._hooked[1]:
             return super()._start_impl(worker_group_state_builder)
         with _sync_actor_runtime_env(hooked):

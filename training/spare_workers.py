@@ -68,10 +68,29 @@ def spare_runtime_envs(num_workers: int, worker_runtime_env: dict) -> list[dict]
     return [dict(worker_runtime_env)] * hooked_spares(num_workers) + [{}] * PLAIN_SPARES_PER_RUN
 
 
+def leased_runtime_env(actor_env: dict, job_env: str) -> str:
+    """The runtime_env string the raylet matches idle workers by (a hash of it) for an actor
+    created with `actor_env` in a job whose driver serialized its runtime_env as `job_env`, as
+    Ray 2.60's core worker forms it (measured: a spare started with any other spelling is not
+    reused): no actor runtime_env, the job's as it is; no job runtime_env, the actor's as the
+    driver serializes it (sorted keys, json's default separators); both, the two merged (the
+    actor's fields over the job's, env vars merged key by key) and dumped compactly, sorted."""
+    if not actor_env:
+        return job_env
+    if job_env in ("", "{}"):
+        return json.dumps(actor_env, sort_keys=True)
+    job = json.loads(job_env)
+    merged = {**job, **actor_env}
+    if "env_vars" in job or "env_vars" in actor_env:
+        merged["env_vars"] = {**(job.get("env_vars") or {}), **(actor_env.get("env_vars") or {})}
+    return json.dumps(merged, sort_keys=True, separators=(",", ":"))
+
+
 def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALIVE_S) -> int:
-    """Ask this process's raylet to start one idle worker per runtime_env ({}: a plain one), for
-    no job in particular. Returns how many were asked for; a refusal is logged and costs nothing
-    else (a spare only saves time)."""
+    """Ask this process's raylet to start one idle worker per actor runtime_env ({}: an actor
+    given none), as this job's actors with it would be leased (`leased_runtime_env`), for no job
+    in particular. Returns how many were asked for; a refusal is logged and costs nothing else
+    (a spare only saves time)."""
     import ray
     from ray._private.grpc_utils import init_grpc_channel
     from ray._private.utils import get_runtime_env_info
@@ -80,18 +99,19 @@ def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALI
 
     if not runtime_envs:
         return 0
+    job_env = ray._private.worker.global_worker.core_worker.get_job_config().runtime_env_info.serialized_runtime_env
     node_id = ray.get_runtime_context().get_node_id()
     node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
     channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
     asked = 0
     try:
         stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
-        for serialized, count in Counter(json.dumps(env, sort_keys=True) for env in runtime_envs).items():
-            env = json.loads(serialized)
+        for leased, count in Counter(leased_runtime_env(env, job_env) for env in runtime_envs).items():
             request = node_manager_pb2.PrestartWorkersRequest(
                 language=common_pb2.PYTHON, num_workers=count, keep_alive_duration_secs=keep_alive_s)
-            if env:  # no runtime_env_info: the empty runtime_env plain workers and actors share
-                request.runtime_env_info.CopyFrom(get_runtime_env_info(RuntimeEnv(**env), serialize=False))
+            if leased not in ("", "{}"):  # none: the empty runtime_env plain workers and actors share
+                request.runtime_env_info.CopyFrom(get_runtime_env_info(RuntimeEnv(**json.loads(leased)), serialize=False))
+                request.runtime_env_info.serialized_runtime_env = leased
             try:
                 stub.PrestartWorkers(request, timeout=10)
                 asked += count
@@ -102,10 +122,11 @@ def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALI
     return asked
 
 
-def spare_pids(hooked: bool = True) -> list[int]:
+def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> list[int]:
     """The idle Ray workers (never given work) of the raylet this process started (of any
     cluster on this machine when it joined one): those started with the spare hook, or
-    (hooked=False) every idle one."""
+    (hooked=False) every idle one; with `env_vars`, only those whose environment holds them
+    (a spare started for another job's runtime_env is not handed to this one's actors)."""
     import psutil
 
     from training.ray_train_startup import local_raylet_pid
@@ -118,15 +139,21 @@ def spare_pids(hooked: bool = True) -> list[int]:
                 continue
             if raylet is not None and process.info["ppid"] != raylet:
                 continue
-            if not hooked or process.environ().get(SETUP_HOOK_ENV) == TRAINING_WORKER_HOOK:
-                found.append(process.pid)
+            wanted = {**(env_vars or {}), **({SETUP_HOOK_ENV: TRAINING_WORKER_HOOK} if hooked else {})}
+            if wanted:
+                environ = process.environ()
+                if any(environ.get(name) != value for name, value in wanted.items()):
+                    continue
+            found.append(process.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
 
 
-def wait_for_spares(count: int, timeout_s: float = 30.0, quiet_cpu_s: float = 0.02) -> float:
-    """Block until the raylet has at least `count` hooked spares and no idle worker is still
+def wait_for_spares(count: int, timeout_s: float = 30.0, quiet_cpu_s: float = 0.02,
+                    env_vars: dict[str, str] | None = None) -> float:
+    """Block until the raylet has at least `count` hooked spares (holding `env_vars`, as
+    `spare_pids`) and no idle worker is still
     busy starting (their CPU time grew less than `quiet_cpu_s` over 0.25 s); returns the wait in
     seconds. Raises TimeoutError. For benchmarks and tests that must not time anything while
     spares start beside it."""
@@ -134,7 +161,7 @@ def wait_for_spares(count: int, timeout_s: float = 30.0, quiet_cpu_s: float = 0.
 
     started = time.perf_counter()
     while time.perf_counter() - started < timeout_s:
-        if len(spare_pids()) >= count:
+        if len(spare_pids(env_vars=env_vars)) >= count:
             idle = spare_pids(hooked=False)
             before = _cpu_seconds(psutil, idle)
             time.sleep(0.25)

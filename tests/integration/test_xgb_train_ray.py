@@ -303,3 +303,46 @@ def test_a_run_leaves_warm_spares_that_the_next_run_takes(ray_cluster):
     still_idle = waiting & set(spare_pids(hooked=False))
     assert len(waiting) - len(still_idle) == hooked_spares(1)  # the worker's and the synchronization actor's
     assert second.spares_asked == hooked_spares(1) + 1
+
+
+JOINED_DRIVER = """
+import json, sys
+import numpy as np, pyarrow as pa, ray
+ray.init(address=sys.argv[1], runtime_env={"env_vars": {"MARQUEE_PROBE": "joined"}},
+         log_to_driver=False, configure_logging=False)
+from training.spare_workers import hooked_spares, spare_pids, wait_for_spares
+from training.xgb_train import RayTrainRun, TrainSpec
+rng = np.random.default_rng(3)
+x = rng.standard_normal((2000, 3)).astype(np.float32)
+table = pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "y": (x[:, 0] > 0).astype(np.int8)})
+spec = TrainSpec(features=["a", "b", "c"], label="y", num_boost_round=5,
+                 params={"objective": "binary:logistic", "tree_method": "hist", "nthread": 1})
+runs = []
+for _ in range(2):
+    with RayTrainRun(num_workers=1, cpus_per_worker=1) as run:
+        run.feed(table, {"m": spec})
+        run.result()
+    mine = {"MARQUEE_PROBE": "joined"}  # this job's spares, not the session's own
+    wait_for_spares(hooked_spares(1), timeout_s=60, env_vars=mine)
+    runs.append({"pid": run.worker_pid, "asked": run.spares_asked, "env_vars": run.worker_env_vars,
+                 "spares_after": spare_pids(env_vars=mine)})
+print(json.dumps(runs))
+"""
+
+
+def test_a_driver_with_a_job_runtime_env_leaves_spares_its_next_run_takes(ray_cluster):
+    """As a retrain submitted to `marquee up`'s cluster runs: a driver that joined the cluster
+    with a runtime_env of its own (which Ray merges into every actor's); the spares its first run
+    leaves are spelled as its actors are leased, so its second run's worker takes one."""
+    import json
+    import subprocess
+    import sys
+
+    address = ray.get_runtime_context().gcs_address
+    out = subprocess.run([sys.executable, "-c", JOINED_DRIVER, address], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    first, second = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first["asked"] == second["asked"] == 3
+    assert len(first["spares_after"]) == 2 and second["pid"] in first["spares_after"]
+    assert "MARQUEE_PROBE" in second["env_vars"] and "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR" in second["env_vars"]

@@ -83,3 +83,15 @@ def test_with_spare_hook_adds_only_the_hook_and_leaves_its_input_alone():
     hooked = with_spare_hook({})
     envs = spare_runtime_envs(2, hooked)
     assert envs.count(hooked) == hooked_spares(2) == 3 and envs.count({}) == 1  # + the mailbox's plain one
+
+
+def test_the_leased_runtime_env_is_spelled_as_rays_core_worker_spells_it():
+    from ray.runtime_env import RuntimeEnv
+
+    from training.spare_workers import leased_runtime_env
+
+    actor = {"env_vars": {"HOOK": "m.f", "A": "1"}}
+    assert leased_runtime_env({}, "") == "" and leased_runtime_env({}, '{"env_vars": {"J": "1"}}') == '{"env_vars": {"J": "1"}}'
+    assert leased_runtime_env(actor, "") == RuntimeEnv(**actor).serialize() == '{"env_vars": {"A": "1", "HOOK": "m.f"}}'
+    job = '{"env_vars": {"A": "0", "J": "1"}, "working_dir": "/w"}'
+    assert leased_runtime_env(actor, job) == '{"env_vars":{"A":"1","HOOK":"m.f","J":"1"},"working_dir":"/w"}'

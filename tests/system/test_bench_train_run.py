@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-
-import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,12 +21,13 @@ def test_bench_train_runs_every_engine_and_the_cold_run_takes_the_spares():
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    assert result["models_identical"] is True  # every Ray run's boosters predict as plain xgboost's
-    assert result["spares_taken"] == [2]  # the worker's and the synchronization actor's
-    assert len(result["spare_start_wait_s"]) == 3  # after the warm-up, the cold run and the run ahead
-    assert result["worker_env_vars"] == [["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"]]
-    assert result["plain_niceness"] == [result["worker_niceness"]]  # plain xgboost at Ray's worker niceness
+    assert result["models_identical"] is True, result  # every Ray run's boosters predict as plain xgboost's
+    assert result["spares_taken"] == [2], result  # the worker's and the synchronization actor's
+    assert len(result["spare_start_wait_s"]) == 3, result  # after the warm-up, the cold run and the run ahead
+    assert result["worker_env_vars"] == [["__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"]], result
+    assert result["plain_niceness"] == [result["worker_niceness"]], result  # plain at Ray's worker niceness
     for key in ("plain_s", "ray_train_s", "no_spare_s", "prestarted_s"):
-        assert result[key] > 0, key
+        assert result[key] > 0, result
     for ratio, seconds in (("overhead_ratio", "ray_train_s"), ("no_spare_ratio", "no_spare_s")):
-        assert result[ratio] * result["plain_s"] == pytest.approx(result[seconds], rel=0.05), ratio
+        # both printed rounded to 3 decimals: the product is off by at most that rounding
+        assert abs(result[ratio] * result["plain_s"] - result[seconds]) <= 0.001 * (result["plain_s"] + result[ratio] + 1), result
