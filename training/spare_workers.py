@@ -13,11 +13,12 @@ in Ray 2.60, so it is sent as the raylet's gRPC message) makes a spare ready ahe
     workers and the synchronization actor get the same var in their runtime_env
     (`with_spare_hook`, `training.ray_train_lean`), so the raylet matches them (a worker is
     reused only for the same runtime_env);
-  * a plain spare for the run's mailbox, which inherits the job's (empty) runtime_env: it skips
-    the spawn and `import ray`.
+  * a plain spare for the run's mailbox, which inherits the job's runtime_env: it skips the
+    spawn and `import ray`.
 
-Spares belong to no job, so a retrain submitted later as a new driver takes them too; the raylet
-keeps them `SPARE_KEEP_ALIVE_S` even above its idle-worker limit. Cost: the spares' start-up
+Spares belong to no job, so a retrain submitted later as a new driver takes them too (each is
+started with the runtime_env its actor will be leased with, `leased_runtime_env`); the raylet keeps
+them `SPARE_KEEP_ALIVE_S` even above its idle-worker limit. Cost: the spares' start-up
 (~2 CPU-s) right after a run, and their memory while idle (measured here: ~115 MB USS for a
 hooked spare, ~41 MB for a plain one). One node only: on several nodes the worker's node is
 not known in advance, and its runtime_env is Ray Train's own (`worker_runtime_env`).
