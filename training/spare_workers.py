@@ -136,7 +136,7 @@ def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> l
     found = []
     for process in psutil.process_iter(["cmdline", "ppid"]):
         try:
-            if "ray::IDLE" not in " ".join(process.info["cmdline"] or []):
+            if not (process.info["cmdline"] or [""])[0].startswith("ray::IDLE"):  # Ray's process title
                 continue
             if raylet is not None and process.info["ppid"] != raylet:
                 continue
