@@ -35,40 +35,42 @@ class LeanWorkerGroup(WorkerGroup):
     on one node with `spare_envs` set (a list), its workers and synchronization actor take the
     raylet's warm spares (`training.spare_workers`) when there are enough, and the hooked
     runtime_env the run's spares are to be started with is appended to `spare_envs`
-    (`inherited` and `spare_envs` are set per run)."""
+    (`inherited` and `spare_envs` are set per run). The workers' runtime_env is resolved once
+    per start (`_start_impl`): resolving it may ask the mailbox."""
 
     inherited: Inherited
     spare_envs: list[dict] | None = None
-    _hooked: tuple[bool, bool] = (False, False)  # (the workers take spares, the sync actor does)
+    _worker_env: dict | None = None  # the workers' runtime_env, as resolved when the group started
+
+    def _resolve_runtime_env(self, custom_runtime_env: Any, single_node: bool) -> dict:
+        full = dict(WorkerGroup._get_worker_runtime_env(custom_runtime_env))
+        if single_node and full.get("env_vars"):  # several nodes: nothing to ask, every var is kept
+            full = worker_runtime_env(full, self.inherited(sorted(full["env_vars"])), single_node=True)
+        return full
 
     def _get_worker_runtime_env(self, custom_runtime_env: Any) -> dict:  # type: ignore[override]
-        full = dict(WorkerGroup._get_worker_runtime_env(custom_runtime_env))
-        if not _single_node():  # several nodes: nothing to ask, every var is kept, no spares
-            return full
-        if full.get("env_vars"):
-            full = worker_runtime_env(full, self.inherited(sorted(full["env_vars"])), single_node=True)
-        if self.spare_envs is None:
-            return full
-        hooked = with_spare_hook(full)
-        self.spare_envs.append(hooked)
-        # Only with a spare to take: a fresh worker with a runtime_env starts through Ray's
-        # setup_worker.py, slower than a plain one (measured in a retrain: 3.3 -> 4.4 s start-up).
-        return hooked if self._hooked[0] else full
+        if self._worker_env is not None:
+            return self._worker_env
+        return self._resolve_runtime_env(custom_runtime_env, _single_node())
 
     def _start_impl(self, worker_group_state_builder: Any) -> None:
         """As Ray Train does, with the spares split before it starts: the workers take the hooked
         spares first; the synchronization actor (created inline with the job's runtime_env, so
         given the workers' here) takes one when there is one left, since in a plain process its
         import of ray.train (~0.6 CPU-s) runs beside the fit."""
-        if self.spare_envs is None or not _single_node():
+        single_node = _single_node()
+        self._worker_env = self._resolve_runtime_env(self._train_run_context.run_config.worker_runtime_env,
+                                                     single_node)
+        if self.spare_envs is None or not single_node:  # several nodes: no spares
             return super()._start_impl(worker_group_state_builder)
-        self._hooked = (True, True)  # to learn the runtime_env the workers would take spares with
-        hooked = self._get_worker_runtime_env(self._train_run_context.run_config.worker_runtime_env)
+        hooked = with_spare_hook(self._worker_env)
+        self.spare_envs.append(hooked)
         job_env_vars = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
-        waiting = len(spare_pids(env_vars={**job_env_vars, **hooked.get("env_vars", {})}))
+        waiting = len(spare_pids(env_vars={**job_env_vars, **hooked["env_vars"]}))
         num_workers = self._worker_group_context.num_workers
-        self._hooked = (waiting >= num_workers, waiting >= num_workers + 1)
-        if not self._hooked[1]:
+        if waiting >= num_workers:  # only with a spare to take: a fresh worker with a runtime_env
+            self._worker_env = hooked  # starts through setup_worker.py (start-up 3.3 -> 4.4 s, a retrain)
+        if waiting < num_workers + 1:
             return super()._start_impl(worker_group_state_builder)
         with _sync_actor_runtime_env(hooked):
             return super()._start_impl(worker_group_state_builder)

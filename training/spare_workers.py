@@ -133,6 +133,7 @@ def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> l
     from training.ray_train_startup import local_raylet_pid
 
     raylet = local_raylet_pid()
+    wanted = {**(env_vars or {}), **({SETUP_HOOK_ENV: TRAINING_WORKER_HOOK} if hooked else {})}
     found = []
     for process in psutil.process_iter(["cmdline", "ppid"]):
         try:
@@ -140,7 +141,6 @@ def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> l
                 continue
             if raylet is not None and process.info["ppid"] != raylet:
                 continue
-            wanted = {**(env_vars or {}), **({SETUP_HOOK_ENV: TRAINING_WORKER_HOOK} if hooked else {})}
             if wanted:
                 environ = process.environ()
                 if any(environ.get(name) != value for name, value in wanted.items()):
@@ -154,10 +154,9 @@ def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> l
 def wait_for_spares(count: int, timeout_s: float = 30.0, quiet_cpu_s: float = 0.02,
                     env_vars: dict[str, str] | None = None) -> float:
     """Block until the raylet has at least `count` hooked spares (holding `env_vars`, as
-    `spare_pids`) and no idle worker is still
-    busy starting (their CPU time grew less than `quiet_cpu_s` over 0.25 s); returns the wait in
-    seconds. Raises TimeoutError. For benchmarks and tests that must not time anything while
-    spares start beside it."""
+    `spare_pids`) and no idle worker is still busy starting (their CPU time grew less than
+    `quiet_cpu_s` over 0.25 s); returns the wait in seconds. Raises TimeoutError. For benchmarks
+    and tests that must not time anything while spares start beside it."""
     import psutil
 
     started = time.perf_counter()
