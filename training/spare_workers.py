@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter
 
 # ray._private.ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR: a worker started with it set to a
 # module path calls that function before it takes work (Ray's worker_process_setup_hook).
@@ -64,9 +63,11 @@ def hooked_spares(num_workers: int) -> int:
 
 
 def spare_runtime_envs(num_workers: int, worker_runtime_env: dict) -> list[dict]:
-    """The runtime_envs to prestart after a run of `num_workers` training workers: theirs for each
-    worker and for the synchronization actor, and a plain one ({}) for the mailbox."""
-    return [dict(worker_runtime_env)] * hooked_spares(num_workers) + [{}] * PLAIN_SPARES_PER_RUN
+    """The runtime_envs to prestart after a run of `num_workers` training workers, in the order to
+    ask for them: a plain one ({}) for the mailbox, then theirs for each worker and for the
+    synchronization actor (the plain one starts fastest: when the last hooked spare is ready,
+    every spare is)."""
+    return [{}] * PLAIN_SPARES_PER_RUN + [dict(worker_runtime_env)] * hooked_spares(num_workers)
 
 
 def leased_runtime_env(actor_env: dict, job_env: str) -> str:
@@ -87,11 +88,15 @@ def leased_runtime_env(actor_env: dict, job_env: str) -> str:
     return json.dumps(merged, sort_keys=True, separators=(",", ":"))
 
 
-def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALIVE_S) -> int:
-    """Ask this process's raylet to start one idle worker per actor runtime_env ({}: an actor
-    given none), as this job's actors with it would be leased (`leased_runtime_env`), for no job
-    in particular. Returns how many were asked for; a refusal is logged and costs nothing else
-    (a spare only saves time)."""
+def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALIVE_S,
+                    appear_timeout_s: float = 20.0) -> int:
+    """Ask this process's raylet for one idle worker per actor runtime_env ({}: an actor given
+    none), as this job's actors with it would be leased (`leased_runtime_env`), for no job in
+    particular: one at a time, each once the one before has registered, because the raylet
+    starts at most its startup concurrency (its CPUs) at once and drops a prestart beyond it
+    (measured: three asked at once on 2 CPUs gave two). Blocks for the spares' start (~1 s
+    each): call it off the caller's path. Returns how many registered; a refusal or a spare
+    that does not come is logged and costs nothing else (a spare only saves time)."""
     import ray
     from ray._private.grpc_utils import init_grpc_channel
     from ray._private.utils import get_runtime_env_info
@@ -104,23 +109,39 @@ def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALI
     node_id = ray.get_runtime_context().get_node_id()
     node = next(n for n in ray.nodes() if n["NodeID"] == node_id)
     channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
-    asked = 0
+    started = 0
     try:
         stub = node_manager_pb2_grpc.NodeManagerServiceStub(channel)
-        for leased, count in Counter(leased_runtime_env(env, job_env) for env in runtime_envs).items():
+        for env in runtime_envs:
+            leased = leased_runtime_env(env, job_env)
             request = node_manager_pb2.PrestartWorkersRequest(
-                language=common_pb2.PYTHON, num_workers=count, keep_alive_duration_secs=keep_alive_s)
+                language=common_pb2.PYTHON, num_workers=1, keep_alive_duration_secs=keep_alive_s)
             if leased not in ("", "{}"):  # none: the empty runtime_env plain workers and actors share
                 request.runtime_env_info.CopyFrom(get_runtime_env_info(RuntimeEnv(**json.loads(leased)), serialize=False))
                 request.runtime_env_info.serialized_runtime_env = leased
+            idle_before = set(spare_pids(hooked=False))
             try:
                 stub.PrestartWorkers(request, timeout=10)
-                asked += count
             except Exception as exc:  # grpc errors: the raylet refused or is going away
-                log.info("the raylet did not prestart %d spare worker(s): %s", count, exc)
+                log.info("the raylet did not prestart a spare worker: %s", exc)
+                continue
+            if _registered(idle_before, appear_timeout_s):
+                started += 1
+            else:
+                log.info("a spare worker did not register within %.0f s", appear_timeout_s)
     finally:
         channel.close()
-    return asked
+    return started
+
+
+def _registered(idle_before: set[int], timeout_s: float) -> bool:
+    """Whether an idle worker not in `idle_before` appears within `timeout_s`."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if set(spare_pids(hooked=False)) - idle_before:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def spare_pids(hooked: bool = True, env_vars: dict[str, str] | None = None) -> list[int]:

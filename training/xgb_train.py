@@ -61,6 +61,7 @@ import functools
 import logging
 import os
 import tempfile
+import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -580,8 +581,6 @@ class RayTrainRun:
     start-up then skips the worker's spawn and imports)."""
 
     def __init__(self, *, num_workers: int = 1, cpus_per_worker: int = 2, spares: bool = True) -> None:
-        import threading
-
         import ray
 
         _check_scaling(num_workers, cpus_per_worker)
@@ -597,7 +596,8 @@ class RayTrainRun:
         # the env vars worker 0's runtime_env held ([]: none, it started as a plain worker); known with the result
         self.worker_env_vars: list[str] | None = None
         self.worker_pid: int | None = None  # worker 0's process (a spare's, when it took one)
-        self.spares_asked = 0  # spare workers asked of the raylet once the run ended
+        self.spares_started = 0  # spare workers left for the next run, once they have started
+        self._spares_thread: threading.Thread | None = None
         self.teardown_s: float | None = None  # from the models' delivery to Ray Train's end, once closed
         self._delivered_at: float | None = None
         self._error_logged = False
@@ -636,11 +636,26 @@ class RayTrainRun:
         except BaseException as exc:  # re-raised by result() if no models came, on the caller's thread
             self._error = exc
             return
-        if spare_envs:  # one node and a run that fitted: leave the next run warm processes
-            try:
-                self.spares_asked = prestart_spares(spare_runtime_envs(self.num_workers, spare_envs[-1]))
-            except Exception as exc:  # a spare only saves time
-                log.info("no spare workers for the next run: %s", exc)
+        if spare_envs:  # one node and a run that fitted: leave the next run warm processes, off
+            # the caller's path (they start one at a time, ~1 s each)
+            self._spares_thread = threading.Thread(
+                target=self._leave_spares, args=(spare_runtime_envs(self.num_workers, spare_envs[-1]),),
+                name="ray-train-spares", daemon=True)
+            self._spares_thread.start()
+
+    def _leave_spares(self, runtime_envs: list[dict]) -> None:
+        try:
+            self.spares_started = prestart_spares(runtime_envs)
+        except Exception as exc:  # a spare only saves time
+            log.info("no spare workers for the next run: %s", exc)
+
+    def wait_for_spares(self, timeout_s: float = 120.0) -> int:
+        """Wait until the spares this run leaves have started; returns how many did (0: none
+        asked for, as with spares=False or on several nodes)."""
+        self._thread.join(timeout_s)
+        if self._spares_thread is not None:
+            self._spares_thread.join(timeout_s)
+        return self.spares_started
 
     @property
     def fed(self) -> bool:

@@ -244,7 +244,7 @@ def test_the_lean_run_skips_the_dataset_manager_and_the_workers_runtime_env_only
         run.feed(table, {"model": spec})
         result = run.result()["model"]
     assert run.worker_env_vars == ([HEALTH_CHECK_INTERVAL_ENV] if case == "differs" else [])
-    assert run.spares_asked == 0
+    assert run.wait_for_spares() == 0
     assert _dataset_managers() == managers_before
     np.testing.assert_array_equal(predict(result.booster, table, FEATURES),
                                   predict(train_local(table, spec).booster, table, FEATURES))
@@ -286,7 +286,7 @@ def test_a_run_leaves_warm_spares_that_the_next_run_takes(ray_cluster):
     from training.spare_workers import SETUP_HOOK_ENV, hooked_spares, spare_pids, wait_for_spares
 
     first = _fit_tiny()
-    assert first.spares_asked == hooked_spares(1) + 1
+    assert first.wait_for_spares() == hooked_spares(1) + 1
     wait_for_spares(hooked_spares(1), timeout_s=60)
     waiting = set(spare_pids())
     assert len(waiting) >= hooked_spares(1)
@@ -294,7 +294,7 @@ def test_a_run_leaves_warm_spares_that_the_next_run_takes(ray_cluster):
         assert psutil.Process(pid).environ()[SETUP_HOOK_ENV] == "training.spare_workers.import_training_worker"
 
     without = _fit_tiny(spares=False)
-    assert without.worker_pid not in waiting and without.spares_asked == 0
+    assert without.worker_pid not in waiting and without.wait_for_spares() == 0
     assert waiting <= set(spare_pids())  # nothing took them
 
     second = _fit_tiny()
@@ -302,7 +302,7 @@ def test_a_run_leaves_warm_spares_that_the_next_run_takes(ray_cluster):
     assert second.worker_env_vars == [SETUP_HOOK_ENV]
     still_idle = waiting & set(spare_pids(hooked=False))
     assert len(waiting) - len(still_idle) == hooked_spares(1)  # the worker's and the synchronization actor's
-    assert second.spares_asked == hooked_spares(1) + 1
+    assert second.wait_for_spares() == hooked_spares(1) + 1
 
 
 JOINED_DRIVER = """
@@ -323,8 +323,9 @@ for _ in range(2):
         run.feed(table, {"m": spec})
         run.result()
     mine = {"MARQUEE_PROBE": "joined"}  # this job's spares, not the session's own
+    started = run.wait_for_spares()
     wait_for_spares(hooked_spares(1), timeout_s=60, env_vars=mine)
-    runs.append({"pid": run.worker_pid, "asked": run.spares_asked, "env_vars": run.worker_env_vars,
+    runs.append({"pid": run.worker_pid, "asked": started, "env_vars": run.worker_env_vars,
                  "spares_after": spare_pids(env_vars=mine)})
 print(json.dumps(runs))
 """

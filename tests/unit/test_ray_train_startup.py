@@ -82,7 +82,7 @@ def test_with_spare_hook_adds_only_the_hook_and_leaves_its_input_alone():
     assert given == {"env_vars": {"A": "1"}, "working_dir": "/src"}
     hooked = with_spare_hook({})
     envs = spare_runtime_envs(2, hooked)
-    assert envs.count(hooked) == hooked_spares(2) == 3 and envs.count({}) == 1  # + the mailbox's plain one
+    assert envs == [{}] + [hooked] * hooked_spares(2) and hooked_spares(2) == 3  # the mailbox's plain one first
 
 
 def test_the_leased_runtime_env_is_spelled_as_rays_core_worker_spells_it():
