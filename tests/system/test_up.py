@@ -82,6 +82,27 @@ def _homepage(port: int, member: int) -> dict:
     return response.json()
 
 
+def _homepage_requests_counted(home: Path, timeout_s: float = 45.0) -> float:
+    """The node's Prometheus export (Ray's metrics agent) until it counts homepage requests.
+    HAProxy's own request metrics are off (marquee/home.py SERVE_ENV), so these are the
+    replicas' ingress metrics: the families must not vanish with it."""
+    cluster = json.loads((home / "cluster.json").read_text())
+    session = Path(cluster["temp_dir"]) / "session_latest"
+    port = int(next(session.glob("metrics_export_port_*")).read_text().strip())
+    deadline, last = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        last = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        counted = [float(line.rsplit(" ", 1)[1]) for line in last.splitlines()
+                   if line.startswith("ray_serve_num_http_requests_total{")
+                   and 'application="marquee"' in line and 'route="/v1/homepage"' in line
+                   and 'status_code="200"' in line]
+        if counted:
+            return sum(counted)
+        time.sleep(1)
+    raise AssertionError("no ray_serve_num_http_requests_total for /v1/homepage in the node's metrics: "
+                         + "\n".join(line for line in last.splitlines() if "serve_num_http" in line)[:2000])
+
+
 @pytest.mark.timeout(600)
 def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
     home = tmp_path / "home"
@@ -102,6 +123,7 @@ def test_up_serves_the_system_and_ctrl_c_stops_it(tmp_path):
         assert page["model_versions"]["ranker"] == "v0001" and page["rows"] and not page["degraded"]
         markers = _markers(home)
         assert any("haproxy" in " ".join(p.info["cmdline"] or []) for p in _processes(markers))
+        assert _homepage_requests_counted(home) >= 1  # by the replicas, in process
 
         probe = _probe(home)
         manifest = json.loads((home / "world" / "manifest.json").read_text())
