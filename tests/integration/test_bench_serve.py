@@ -18,6 +18,7 @@ import pytest
 import ops.local.up
 from bench import serve
 from bench.loadgen import LoadResult
+from marquee.home import SERVE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -342,7 +343,8 @@ def test_command_prints_one_json_object_and_stops_everything(stand_ins, tmp_path
     assert summary["ratio_at_8_clients"] is None  # no 8-client level in this run
     assert summary["meets_targets"]["errors"] is True
     assert summary["per_level"]["64"]["fair"]["deliberate_503"] == fair64["deliberate_503"]
-    assert set(result["env"]) == {"RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY", "cpus"}
+    # the Serve settings the run had, as `marquee up` sets them, and the machine's CPUs
+    assert set(result["env"]) == {*SERVE_ENV, "cpus"} >= {"RAY_SERVE_HAPROXY_METRICS_ENABLED", "RAY_SERVE_ENABLE_HA_PROXY"}
     assert stand_ins["bring_up"]["profile"] == "single" and stand_ins["bring_up"]["home"] == tmp_path
     assert stand_ins["stopped"] == tmp_path
     assert all(p.poll() is not None for p in stand_ins["processes"])
