@@ -14,14 +14,16 @@ from actors.named import lazy_remote, start_bound_actor
 from marquee.home import Paths
 from marquee.names import MEMBER_STATE_ACTOR, NAMESPACE
 from marquee.schema import CLIENT_EVENT_TYPES
+from state.eventlog.wire import table_from_ipc
 from state.member_state import MemberStateError, MemberStateService, read_titles
 from state.member_state.decode import REQUIRED_COLUMNS
 from state.member_state.views import ContinueWatching, MemberSnapshot  # noqa: F401  (for test_homepage)
 
 
 class RemoteLogSource:
-    """Adapts an event-log actor handle (`handle.read.remote(since, limit, types, columns)`) to
-    `EventSource`; `types` / `columns` (None: all) are what this follower needs."""
+    """Adapts an event-log actor handle (`handle.read_ipc.remote(since, limit, types, columns)`,
+    the rows as Arrow IPC bytes) to `EventSource`; `types` / `columns` (None: all) are what this
+    follower needs."""
 
     def __init__(self, handle: Any, timeout_s: float = 60.0, *, types: list[str] | None = None,
                  columns: list[str] | None = None):
@@ -32,7 +34,8 @@ class RemoteLogSource:
     def read(self, since_seq: int, limit: int) -> pa.Table:
         import ray
 
-        return ray.get(self.handle.read.remote(since_seq, limit, self.types, self.columns), timeout=self.timeout_s)
+        data = ray.get(self.handle.read_ipc.remote(since_seq, limit, self.types, self.columns), timeout=self.timeout_s)
+        return table_from_ipc(data)
 
 
 def member_event_source(handle: Any) -> RemoteLogSource:

@@ -67,6 +67,11 @@ def test_learner_actor_publishes_polls_and_resumes_after_a_kill(ray_cluster, tmp
 
             return self.table.filter(pc.greater(self.table.column("seq"), since_seq)).slice(0, limit)
 
+        def read_ipc(self, since_seq, limit, types=None, columns=None):  # as the real log
+            from state.eventlog.wire import table_to_ipc
+
+            return table_to_ipc(self.read(since_seq, limit, types, columns))
+
         def last_seq(self):
             import pyarrow.compute as pc
 

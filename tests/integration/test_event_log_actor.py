@@ -13,6 +13,7 @@ import uuid
 import pytest
 
 from actors.events import append_with_retry, start_event_log
+from actors.member_state import RemoteLogSource
 from marquee.dataset import events_dataset
 
 T0 = 1_735_689_600_000
@@ -94,8 +95,14 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path):
     assert reported_accepted <= table.num_rows == len(acknowledged)
     assert ray.get(handle.last_seq.remote()) == table.num_rows - 1
 
+    # what followers poll with: the same rows as Arrow IPC bytes, from the WAL and, below, from Parquet
+    assert RemoteLogSource(handle).read(-1, 10**9).equals(table)
+    assert RemoteLogSource(handle, types=["impression"], columns=["member_id"]).read(-1, 10**9).equals(
+        ray.get(handle.read.remote(-1, 10**9, ["impression"], ["member_id"])))
+
     ray.get(handle.compact.remote(include_active=True))
     check(ray.get(handle.read.remote(-1, 10**9)))
+    assert RemoteLogSource(handle).read(49, 120).equals(ray.get(handle.read.remote(49, 120)))
     on_disk = events_dataset(root / "events").to_table()
     check(on_disk.sort_by("seq"))
     assert sorted(set(on_disk.column("day").to_pylist())) == ["2025-01-01", "2025-01-02", "2025-01-03"]

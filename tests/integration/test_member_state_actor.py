@@ -59,6 +59,11 @@ def fake_log_class(ray_cluster):
             rows = self.table.filter(pc.greater(self.table.column("seq"), since_seq))
             return rows.slice(0, limit)
 
+        def read_ipc(self, since_seq: int, limit: int, types=None, columns=None) -> bytes:  # as the real log
+            from state.eventlog.wire import table_to_ipc
+
+            return table_to_ipc(self.read(since_seq, limit, types, columns))
+
     return FakeLog
 
 
