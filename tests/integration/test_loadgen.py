@@ -201,9 +201,11 @@ def test_other_statuses_are_errors_with_examples(server):
 
 def test_reconnects_when_the_server_closes(server):
     for path in ("/close", "/idle-close"):
-        result = load(server.url(path))
-        assert result.ok > 1 and result.errors == 0, (path, result.error_examples)
-        assert result.reconnects > 0
+        # a 1 s window: in one CI run the 0.3 s default held a single answer after 84 in the
+        # warm-up (the machine stalled the process), though every reconnect had worked
+        result = load(server.url(path), duration_s=1.0)
+        assert result.ok > 1 and result.errors == 0, (path, result.error_examples, result)
+        assert result.reconnects >= result.ok  # every answer came on a connection of its own
 
 
 def test_timeouts_are_counted(server):
