@@ -44,7 +44,9 @@ class LeanWorkerGroup(WorkerGroup):
 
     def _resolve_runtime_env(self, custom_runtime_env: Any, single_node: bool) -> dict:
         full = dict(WorkerGroup._get_worker_runtime_env(custom_runtime_env))
-        if single_node and full.get("env_vars"):  # several nodes: nothing to ask, every var is kept
+        # one node: keep only the vars the workers would not inherit (asked of the mailbox);
+        # several nodes: nothing to ask, every var is kept
+        if single_node and full.get("env_vars"):
             full = worker_runtime_env(full, self.inherited(sorted(full["env_vars"])), single_node=True)
         return full
 

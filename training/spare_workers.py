@@ -70,6 +70,10 @@ def spare_runtime_envs(num_workers: int, worker_runtime_env: dict) -> list[dict]
     return [{}] * PLAIN_SPARES_PER_RUN + [dict(worker_runtime_env)] * hooked_spares(num_workers)
 
 
+# how a serialized runtime_env says "none": the job's or a lease's; workers with it share one pool
+_NO_RUNTIME_ENV = ("", "{}")
+
+
 def leased_runtime_env(actor_env: dict, job_env: str) -> str:
     """The runtime_env string the raylet matches idle workers by (a hash of it) for an actor
     created with `actor_env` in a job whose driver serialized its runtime_env as `job_env`, as
@@ -79,7 +83,7 @@ def leased_runtime_env(actor_env: dict, job_env: str) -> str:
     actor's fields over the job's, env vars merged key by key) and dumped compactly, sorted."""
     if not actor_env:
         return job_env
-    if job_env in ("", "{}"):
+    if job_env in _NO_RUNTIME_ENV:
         return json.dumps(actor_env, sort_keys=True)
     job = json.loads(job_env)
     merged = {**job, **actor_env}
@@ -116,7 +120,7 @@ def prestart_spares(runtime_envs: list[dict], keep_alive_s: int = SPARE_KEEP_ALI
             leased = leased_runtime_env(env, job_env)
             request = node_manager_pb2.PrestartWorkersRequest(
                 language=common_pb2.PYTHON, num_workers=1, keep_alive_duration_secs=keep_alive_s)
-            if leased not in ("", "{}"):  # none: the empty runtime_env plain workers and actors share
+            if leased not in _NO_RUNTIME_ENV:  # none: the empty runtime_env plain workers and actors share
                 request.runtime_env_info.CopyFrom(get_runtime_env_info(RuntimeEnv(**json.loads(leased)), serialize=False))
                 request.runtime_env_info.serialized_runtime_env = leased
             idle_before = set(spare_pids(hooked=False))
