@@ -57,6 +57,7 @@ from bandits.store import MemberThemeCounts, PolicyStore
 from marquee.durable import write_atomic
 from marquee.names import BANDIT_LEARNER_ACTOR, NAMESPACE
 from marquee.settings import assign, check_choice, check_int, check_mapping, check_number, fail
+from state.eventlog.follow import LongPoll
 
 log = logging.getLogger("marquee.bandit_learner")
 
@@ -272,14 +273,17 @@ class BanditLearner:
 
     def _poll(self) -> None:
         delay = self.settings.poll_interval_s
+        between = LongPoll(self.reader)  # idle: wait on the log, not poll it
         while not self._stop.wait(delay):
             try:
+                before = self.applied_seq
                 self.sync()
-                self.last_error, delay = None, self.settings.poll_interval_s
+                self.last_error = None
+                delay = between.pause(self.applied_seq == before, self.settings.poll_interval_s)
             except Exception as exc:  # the log may be restarting: back off, keep what we have
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("bandit learner: poll failed: %s", self.last_error)
-                delay = min(delay * 2, 10.0)
+                delay = min(max(delay, self.settings.poll_interval_s) * 2, 10.0)
 
     # -- stats -----------------------------------------------------------------------------------
 

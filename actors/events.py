@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +21,9 @@ from state.eventlog import AppendResult, EventLog
 from state.eventlog.wire import table_to_ipc
 
 log = logging.getLogger(__name__)
+WAIT_GROUP = "waits"  # the concurrency group of long polls: never queued behind appends, nor they behind it
+MAX_WAITERS = 64  # followers waiting at once (each holds one thread of the group while it waits)
+MAX_WAIT_S = 30.0  # no call waits longer, whatever it asks
 
 
 class _EventLogActorImpl:
@@ -27,9 +31,33 @@ class _EventLogActorImpl:
 
     def __init__(self, root: str, fsync: bool = True, segment_max_events: int = 200_000, auto_compact: bool = True):
         self._log = EventLog(root, fsync=fsync, segment_max_events=segment_max_events, auto_compact=auto_compact)
+        self._grew = threading.Condition()  # notified after every write that may add rows
 
     def append(self, events: list[dict]) -> AppendResult:
-        return self._log.append(events)
+        try:
+            return self._log.append(events)
+        finally:
+            self._notify()
+
+    def wait_beyond(self, seq: int, timeout_s: float) -> int:
+        """Long poll for followers (state/eventlog/follow.py): the log's last seq as soon as it
+        differs from `seq` (grown; or a log that is not the one `seq` came from), else after
+        `timeout_s` (at most MAX_WAIT_S). Runs in its own concurrency group, so the log's other
+        methods still run one at a time in the default one and never wait behind it."""
+        deadline = time.monotonic() + min(max(float(timeout_s), 0.0), MAX_WAIT_S)
+        with self._grew:
+            while self._log.last_seq == seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._grew.wait(left)
+            return self._log.last_seq
+
+    wait_beyond.__ray_concurrency_group__ = WAIT_GROUP  # what @ray.method(concurrency_group=...) sets
+
+    def _notify(self) -> None:
+        with self._grew:
+            self._grew.notify_all()
 
     def read(self, since_seq: int = -1, limit: int = 50_000, types: list[str] | None = None,
              columns: list[str] | None = None) -> pa.Table:
@@ -45,7 +73,10 @@ class _EventLogActorImpl:
 
     def import_events_dir(self, events_dir: str) -> AppendResult:
         """Bulk-load a dataset's day-partitioned events (read here, next to the log's disk)."""
-        return self._log.import_table(events_dataset(events_dir).to_table(columns=EVENT_SCHEMA.names))
+        try:
+            return self._log.import_table(events_dataset(events_dir).to_table(columns=EVENT_SCHEMA.names))
+        finally:
+            self._notify()
 
     def last_seq(self) -> int:
         return self._log.last_seq
@@ -67,7 +98,9 @@ class _EventLogActorImpl:
 def _build_remote_class():
     import ray
 
-    return ray.remote(_EventLogActorImpl)
+    # a threaded actor with one thread for everything but the long polls: the default group keeps
+    # max_concurrency 1, so the EventLog itself is still only ever called from one thread at a time
+    return ray.remote(concurrency_groups={WAIT_GROUP: MAX_WAITERS})(_EventLogActorImpl)
 
 
 _remote_class = lazy_remote(_build_remote_class)

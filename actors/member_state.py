@@ -37,6 +37,12 @@ class RemoteLogSource:
         data = ray.get(self.handle.read_ipc.remote(since_seq, limit, self.types, self.columns), timeout=self.timeout_s)
         return table_from_ipc(data)
 
+    def wait_beyond(self, seq: int, timeout_s: float) -> int:
+        """The log actor's long poll (state/eventlog/follow.py: what an idle follower does)."""
+        import ray
+
+        return ray.get(self.handle.wait_beyond.remote(seq, timeout_s), timeout=timeout_s + self.timeout_s)
+
 
 def member_event_source(handle: Any) -> RemoteLogSource:
     """What member state reads from the log (the actor and every replica-local view alike):

@@ -46,12 +46,18 @@ class _FollowedLog:
         self._source: Any = None
 
     def read(self, since_seq: int, limit: int) -> pa.Table:
+        return self._current().read(since_seq, limit)
+
+    def wait_beyond(self, seq: int, timeout_s: float) -> int:
+        return self._current().wait_beyond(seq, timeout_s)
+
+    def _current(self) -> Any:
         handle = self.log_handle()
         if handle is None:
             raise LookupError("the event log is not running")
         if handle is not self._handle:  # the actor's source, rebuilt only when the handle changes
             self._handle, self._source = handle, member_event_source(handle)
-        return self._source.read(since_seq, limit)
+        return self._source
 
 
 class LocalMemberView:

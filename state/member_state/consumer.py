@@ -14,6 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from state.eventlog.follow import LongPoll
 from state.member_state.errors import MemberStateError
 from state.member_state.model import EventSource, MemberState
 from state.member_state.snapshot import SNAPSHOT_FILE, write_snapshot
@@ -162,11 +163,14 @@ class MemberStateService:
 
     def _poll(self) -> None:
         delay = self._poll_interval_s
+        between = LongPoll(self._source)  # idle: wait on the log, not poll it
         while not self._stop.wait(delay):
             try:
+                before = self._state.applied_seq
                 self.sync()
-                self.last_error, delay = None, self._poll_interval_s
+                self.last_error = None
+                delay = between.pause(self._state.applied_seq == before, self._poll_interval_s)
             except Exception as exc:  # the log may be restarting; back off, keep serving
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("member state: poll failed: %s", self.last_error)
-                delay = min(delay * 2, 10.0)
+                delay = min(max(delay, self._poll_interval_s) * 2, 10.0)

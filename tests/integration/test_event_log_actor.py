@@ -153,3 +153,32 @@ def test_append_with_retry_resends_the_same_events_after_a_lost_ack(ray_cluster,
     assert (result.accepted, result.duplicates, result.last_seq) == (0, 50, 49)
     assert not marker.exists()
     ray.kill(handle, no_restart=True)
+
+
+def test_long_poll_wakes_waiters_on_append_and_never_holds_appends_up(ray_cluster, tmp_path):
+    """wait_beyond (what idle followers call) answers at once when the log is ahead, blocks
+    while it is not, wakes every waiter when a batch is durable, and runs beside the appends:
+    eight followers waiting do not delay a write."""
+    ray = ray_cluster
+    handle = start_event_log(tmp_path / "eventlog", name=f"event-log-wait-{uuid.uuid4().hex[:8]}",
+                             namespace="marquee-test")
+    source = RemoteLogSource(handle)
+    began = time.monotonic()
+    assert source.wait_beyond(-2, 10.0) == -1  # an empty log is ahead of "nothing seen"
+    assert time.monotonic() - began < 5.0
+
+    waiters = [handle.wait_beyond.remote(-1, 20.0) for _ in range(8)]
+    ready, _ = ray.wait(waiters, num_returns=len(waiters), timeout=0.5)
+    assert ready == []  # nothing appended: they wait
+    began = time.monotonic()
+    assert ray.get(handle.append.remote(make_batch(0, 50)), timeout=10).last_seq == 49
+    appended_in = time.monotonic() - began
+    assert ray.get(waiters, timeout=10) == [49] * 8
+    woken_in = time.monotonic() - began
+    assert appended_in < 5.0 and woken_in < 5.0  # not the waiters' 20 s
+
+    began = time.monotonic()
+    assert source.wait_beyond(49, 0.5) == 49  # nothing new: back after its own timeout
+    assert 0.5 <= time.monotonic() - began < 5.0
+    assert source.read(40, 100).column("seq").to_pylist() == list(range(41, 50))
+    ray.kill(handle, no_restart=True)

@@ -1,0 +1,64 @@
+"""What a follower of the log does between two catch-ups: wait on the log when it can, else sleep.
+
+A follower (member state, every replica's member view, the bandit learner) used to read the log
+every poll interval whether or not anything had been appended: on an idle cluster, five followers
+made ~25 empty actor calls a second, and a new event waited up to one interval to be seen. A
+source that offers `wait_beyond(seq, timeout_s) -> last_seq` (the log actor's long poll,
+actors/events.py) lets an idle follower block until the log grows instead: one call per
+`wait_s` while nothing happens, and a new event is read as soon as it is durable. A follower that
+found rows keeps its interval between reads, so a busy log is read exactly as before.
+
+`seen` is the log's newest seq as last reported, not the follower's own applied seq: a follower
+that reads only some event types (member state skips the server's decision records) would
+otherwise be woken at once by every row it does not read. A wake reads at once only if the last
+wake was an interval ago: with many replicas each flushing decision records several times a
+second, every follower is woken by each flush, and reading at every wake would make the log's
+load grow with the square of the replicas; this way a follower still reads at most once an
+interval, as it did when it polled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+LONG_POLL_S = 2.0  # longest an idle follower waits in one call (it also bounds how long stop() waits)
+
+
+class LongPoll:
+    """`pause(idle, interval_s)`: the delay before the next catch-up, after waiting on the source
+    when the last one found nothing. Sources without `wait_beyond` always get `interval_s`."""
+
+    def __init__(self, source: Any, wait_s: float = LONG_POLL_S, clock: Callable[[], float] = time.monotonic):
+        if not wait_s > 0:
+            raise ValueError(f"wait_s must be > 0, got {wait_s!r}")
+        self._wait = getattr(source, "wait_beyond", None)
+        self.wait_s, self._clock = wait_s, clock
+        self._woken_at = -float("inf")
+        self.seen = -2  # below any seq (an empty log reports -1): the first wait answers at once
+        self.waits = 0  # calls made, for the tests and stats
+
+    @property
+    def available(self) -> bool:
+        return self._wait is not None
+
+    def pause(self, idle: bool, interval_s: float) -> float:
+        """After a catch-up that applied nothing (`idle`): wait until the log has grown beyond
+        what was last seen (at most wait_s); if it grew, read it now, or once an interval has
+        passed since the last wake; else interval_s. Errors from the source propagate: the
+        follower's own back-off handles them."""
+        if not idle or self._wait is None:
+            return interval_s
+        before = self.seen
+        try:
+            self.seen = int(self._wait(before, self.wait_s))
+        except AttributeError:  # a log actor of an older version, without the long poll: poll it
+            self._wait = None
+            return interval_s
+        self.waits += 1
+        if self.seen == before:
+            return interval_s
+        now = self._clock()
+        since, self._woken_at = now - self._woken_at, now
+        return max(0.0, interval_s - since)
