@@ -273,13 +273,12 @@ class BanditLearner:
 
     def _poll(self) -> None:
         delay = self.settings.poll_interval_s
-        between = LongPoll(self.reader)  # idle: wait on the log, not poll it
+        between = LongPoll(self.reader)  # wait on the log between catch-ups, not poll it
         while not self._stop.wait(delay):
             try:
-                before = self.applied_seq
                 self.sync()
                 self.last_error = None
-                delay = between.pause(self.applied_seq == before, self.settings.poll_interval_s)
+                delay = between.pause(self.settings.poll_interval_s)
             except Exception as exc:  # the log may be restarting: back off, keep what we have
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("bandit learner: poll failed: %s", self.last_error)

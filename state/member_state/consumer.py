@@ -163,13 +163,12 @@ class MemberStateService:
 
     def _poll(self) -> None:
         delay = self._poll_interval_s
-        between = LongPoll(self._source)  # idle: wait on the log, not poll it
+        between = LongPoll(self._source)  # wait on the log between catch-ups, not poll it
         while not self._stop.wait(delay):
             try:
-                before = self._state.applied_seq
                 self.sync()
                 self.last_error = None
-                delay = between.pause(self._state.applied_seq == before, self._poll_interval_s)
+                delay = between.pause(self._poll_interval_s)
             except Exception as exc:  # the log may be restarting; back off, keep serving
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("member state: poll failed: %s", self.last_error)

@@ -14,50 +14,55 @@ from tests.unit.test_member_state import FakeSource, Log
 
 
 class Waited:
-    """wait_beyond as the log actor answers it: at once when `seq` differs from the newest seq."""
+    """wait_beyond as the log actor answers it: at once when `seq` differs from the newest seq,
+    else after the whole timeout; the log grows by `grows` (seq, after seconds) if one is set."""
 
     def __init__(self, last: int = -1):
-        self.last, self.calls = last, []
+        self.last, self.calls, self.now, self.grows = last, [], 100.0, None
+
+    def clock(self) -> float:
+        return self.now
 
     def wait_beyond(self, seq: int, timeout_s: float) -> int:
         self.calls.append((seq, timeout_s))
+        if self.last == seq:
+            if self.grows is not None:
+                self.last, after = self.grows
+                self.now += after
+                self.grows = None
+            else:
+                self.now += timeout_s
         return self.last
 
 
 def test_a_source_without_a_long_poll_is_polled_at_the_interval():
     between = LongPoll(object())
     assert not between.available
-    assert between.pause(True, 0.2) == 0.2 and between.pause(False, 0.2) == 0.2
+    assert between.pause(0.2) == 0.2
 
 
-def test_an_idle_follower_waits_beyond_the_newest_seq_it_was_told():
-    now = [100.0]
+def test_a_follower_waits_beyond_the_newest_seq_it_was_told():
     source = Waited(last=41)
-    between = LongPoll(source, wait_s=1.5, clock=lambda: now[0])
-    assert between.pause(False, 0.2) == 0.2 and source.calls == []  # it found rows: no wait
-    assert between.pause(True, 0.2) == 0.0  # first wait: the log is ahead of "nothing seen", read now
+    between = LongPoll(source, wait_s=1.5, clock=source.clock)
+    assert between.pause(0.2) == 0.2  # the log is ahead of "nothing seen": answered at once
     assert source.calls == [(-2, 1.5)] and between.seen == 41
-    assert between.pause(True, 0.2) == 0.2  # nothing new since 41: the interval, after the wait
-    assert source.calls[-1] == (41, 1.5)
-    now[0] += 5.0
-    source.last = 45  # rows this follower does not read: woken once, then it waits beyond 45
-    assert between.pause(True, 0.2) == 0.0 and between.seen == 45
-    assert between.pause(True, 0.2) == 0.2 and source.calls[-1] == (45, 1.5)
+    assert between.pause(0.2) == 0.2  # nothing new since 41: the interval, after 1.5 s waited
+    assert source.calls[-1] == (41, 1.5) and source.now == 101.5
+    source.grows = (45, 0.7)  # an append 0.7 s into the wait (rows it may not even read)
+    assert between.pause(0.2) == 0.0 and between.seen == 45  # waited longer than an interval: read now
+    assert between.pause(0.2) == 0.2 and source.calls[-1] == (45, 1.5)
     assert between.waits == 4
 
 
 def test_wakes_in_quick_succession_read_at_most_once_an_interval():
     """Many replicas' decision flushes wake every follower; it still reads once an interval."""
-    now = [100.0]
     source = Waited(last=10)
-    between = LongPoll(source, clock=lambda: now[0])
-    assert between.pause(True, 0.2) == 0.0  # the first wake in a long while: read now
-    now[0] += 0.05
-    source.last = 11
-    assert between.pause(True, 0.2) == pytest.approx(0.15)  # woken 0.05 s after the last wake
-    now[0] += 0.5
-    source.last = 12
-    assert between.pause(True, 0.2) == 0.0
+    between = LongPoll(source, clock=source.clock)
+    between.pause(0.2)  # seen: 10
+    source.grows = (11, 0.05)  # woken 0.05 s after its last read
+    assert between.pause(0.2) == pytest.approx(0.15)
+    source.last = 12  # grown before it even asked: answered at once
+    assert between.pause(0.2) == pytest.approx(0.2)
 
 
 def test_errors_reach_the_follower_and_an_older_log_without_the_method_is_polled():
@@ -66,15 +71,15 @@ def test_errors_reach_the_follower_and_an_older_log_without_the_method_is_polled
             raise ConnectionError("log restarting")
 
     with pytest.raises(ConnectionError):
-        LongPoll(Failing()).pause(True, 0.2)
+        LongPoll(Failing()).pause(0.2)
 
     class Older:
         def wait_beyond(self, seq, timeout_s):
             raise AttributeError("'ActorHandle' object has no attribute 'wait_beyond'")
 
     between = LongPoll(Older())
-    assert between.pause(True, 0.2) == 0.2 and not between.available
-    assert between.pause(True, 0.2) == 0.2
+    assert between.pause(0.2) == 0.2 and not between.available
+    assert between.pause(0.2) == 0.2
 
 
 def test_wait_s_must_be_positive():
@@ -106,7 +111,7 @@ class WaitableSource(FakeSource):
             return self.last
 
 
-def test_an_idle_member_state_waits_on_the_log_and_sees_an_append_at_once(tmp_path):
+def test_member_state_waits_on_the_log_and_sees_an_append_at_once(tmp_path):
     log = Log().add(7, 1, "my_list_add", 0)
     source = WaitableSource(log)
     service = MemberStateService(tmp_path, source, poll_interval_s=0.01)
