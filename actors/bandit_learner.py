@@ -57,7 +57,7 @@ from bandits.store import MemberThemeCounts, PolicyStore
 from marquee.durable import write_atomic
 from marquee.names import BANDIT_LEARNER_ACTOR, NAMESPACE
 from marquee.settings import assign, check_choice, check_int, check_mapping, check_number, fail
-from state.eventlog.follow import LongPoll
+from state.eventlog.follow import follow
 
 log = logging.getLogger("marquee.bandit_learner")
 
@@ -272,17 +272,10 @@ class BanditLearner:
             self._thread = None
 
     def _poll(self) -> None:
-        delay = self.settings.poll_interval_s
-        between = LongPoll(self.reader)  # wait on the log between catch-ups, not poll it
-        while not self._stop.wait(delay):
-            try:
-                self.sync()
-                self.last_error = None
-                delay = between.pause(self.settings.poll_interval_s)
-            except Exception as exc:  # the log may be restarting: back off, keep what we have
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("bandit learner: poll failed: %s", self.last_error)
-                delay = min(max(delay, self.settings.poll_interval_s) * 2, 10.0)
+        follow(self.reader, self.sync, self._stop, self.settings.poll_interval_s, self._report, log)
+
+    def _report(self, error: str | None) -> None:
+        self.last_error = error
 
     # -- stats -----------------------------------------------------------------------------------
 

@@ -18,11 +18,14 @@ reads at most once an interval, as it did when it polled, and one that was idle 
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 LONG_POLL_S = 2.0  # longest an idle follower waits in one call (it also bounds how long stop() waits)
+MAX_BACKOFF_S = 10.0  # the longest pause after failed catch-ups
 
 
 class LongPoll:
@@ -58,3 +61,22 @@ class LongPoll:
         if self.seen == before:
             return interval_s
         return max(0.0, interval_s - (self._clock() - read_at))
+
+
+def follow(source: Any, sync: Callable[[], Any], stop: threading.Event, interval_s: float,
+           report: Callable[[str | None], None], log: logging.Logger) -> None:
+    """A follower's loop (member state, the bandit learner): catch up, then pause (LongPoll);
+    a failed catch-up is reported (`report(message)`, `report(None)` once one succeeds), logged and
+    retried after a doubling back-off, so a restarting log never stops the follower."""
+    between = LongPoll(source)
+    delay = interval_s
+    while not stop.wait(delay):
+        try:
+            sync()
+            report(None)
+            delay = between.pause(interval_s)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            report(message)
+            log.warning("%s: poll failed: %s", log.name, message)
+            delay = min(max(delay, interval_s) * 2, MAX_BACKOFF_S)

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from state.eventlog.follow import LongPoll
+from state.eventlog.follow import follow
 from state.member_state.errors import MemberStateError
 from state.member_state.model import EventSource, MemberState
 from state.member_state.snapshot import SNAPSHOT_FILE, write_snapshot
@@ -162,14 +162,7 @@ class MemberStateService:
             self.snapshot()
 
     def _poll(self) -> None:
-        delay = self._poll_interval_s
-        between = LongPoll(self._source)  # wait on the log between catch-ups, not poll it
-        while not self._stop.wait(delay):
-            try:
-                self.sync()
-                self.last_error = None
-                delay = between.pause(self._poll_interval_s)
-            except Exception as exc:  # the log may be restarting; back off, keep serving
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("member state: poll failed: %s", self.last_error)
-                delay = min(max(delay, self._poll_interval_s) * 2, 10.0)
+        follow(self._source, self.sync, self._stop, self._poll_interval_s, self._report, log)
+
+    def _report(self, error: str | None) -> None:
+        self.last_error = error
